@@ -1,0 +1,105 @@
+"""``d2c-pack build``: score (cached) → select → package, one condensed dataset folder per run.
+
+Re-running the same command continues where it stopped: scoring resumes from its cache, and a
+finished folder whose recipe matches is left as it is. Under ``torchrun`` every rank scores
+its share; rank 0 selects and writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from d2c_pack import distributed
+from d2c_pack.errors import UserError
+from d2c_pack.package import DATA_DIR, Package, Selection, build_identity, read_build_identity, write_package
+from d2c_pack.recipe import flag
+from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_source
+from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, parse_budget, select
+
+# Settings of how a run executes, not of what it produces: left out of d2c/recipe.yaml.
+MACHINE_SETTINGS = frozenset({"out", "work", "device", "workers", "batch_size", "overwrite"})
+
+
+@dataclasses.dataclass(kw_only=True)
+class BuildConfig(ScoreConfig):
+    """Settings of ``d2c-pack build`` (its flags and recipe keys)."""
+
+    out: str = flag(help="Output folder, laid out like a Hub dataset repository.")
+    budget: str = flag("0.8%", help="How many images to keep: '0.8%' of each class's share, a total '10k' / '10000', or '10/class'.")
+    selector: str = flag("interval", help=f"Selection rule: {', '.join(SELECTORS)} (interval = D2C).")
+    interval: str = flag("auto", help="Stride k of interval sampling, or 'auto' = round(0.75 · mean class size / per-class budget).")
+    with_scores: bool = flag(True, help="Also publish every source image's score as the 'scores' config.")
+    max_shard_size: str = flag("500MB", help="Largest parquet shard (uncompressed Arrow size).")
+    overwrite: bool = flag(False, help="Replace an existing dataset folder built with other settings.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.selector not in SELECTORS:
+            raise UserError(f"unknown selector {self.selector!r}; choose one of: {', '.join(SELECTORS)}")
+        if self.interval != "auto" and not (str(self.interval).isdigit() and int(self.interval) >= 1):
+            raise UserError(f"--interval must be 'auto' or a positive integer, got {self.interval!r}")
+
+
+def select_subset(config: BuildConfig, scores: Scores, num_classes: int) -> Selection:
+    """Applies the configured selector and budget to the scored images."""
+    class_sizes = np.bincount(scores.labels, minlength=num_classes).tolist()
+    per_class = parse_budget(config.budget, class_sizes)
+    interval = None
+    if config.selector == "interval":
+        interval = auto_interval(class_sizes, per_class) if config.interval == "auto" else int(config.interval)
+    positions = select(
+        config.selector, scores=scores.scores, labels=scores.labels, per_class=per_class, ids=scores.source_ids,
+        k=interval, seed=config.seed, features=scores.features,
+    )  # fmt: skip
+    ranks = difficulty_ranks(scores.scores, scores.labels, ids=scores.source_ids)
+    return Selection(positions=positions, ranks=ranks, per_class=per_class, interval=interval)
+
+
+def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
+    """The build's settings with every automatic choice made explicit: a recipe that rebuilds the same folder."""
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
+    if selection.interval is not None:
+        recipe["interval"] = str(selection.interval)
+    return recipe
+
+
+def build(config: BuildConfig) -> Path | None:
+    """Builds the condensed dataset folder ``config.out``; returns it on rank 0 (None on other ranks)."""
+    context = distributed.init(config.device)
+    out = Path(config.out)
+    if out.exists() and not config.overwrite and read_build_identity(out) is None:
+        raise UserError(f"{out} exists and is not a d2c-pack dataset folder; choose another --out")
+    source = config.open_source(streaming=config.streaming)
+    parse_budget(config.budget, source.class_sizes)  # a bad budget fails now, not after hours of scoring
+    scores_file = score_source(config, context, source)
+    if not context.is_main:
+        return None
+    scores = read_scores(scores_file)
+    if len(scores) == 0:
+        raise UserError(f"no image of {config.source} could be read; nothing to select")
+    selection = select_subset(config, scores, source.num_classes)
+    key = read_cache_key(scores_file)
+    inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"]}
+    package = Package(source, scores, selection, resolved_recipe(config, selection), inputs, config.with_scores, config.max_shard_size)
+    existing = read_build_identity(out)
+    if existing == build_identity(package):
+        return out  # already built from exactly these settings and inputs
+    if existing is not None and not config.overwrite:
+        raise UserError(f"{out} holds a dataset built with other settings or inputs; pass --overwrite to replace it or choose another --out")
+    return write_package(package, out)
+
+def describe_build(out: Path) -> str:
+    """A short summary of a built folder: rows, classes, files and size."""
+    shards = sorted((out / DATA_DIR).glob("*.parquet"))
+    labels = np.concatenate([pq.read_table(shard, columns=["label"])["label"].to_numpy() for shard in shards])
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    return (
+        f"built {out}: {len(labels):,} rows over {len(present)} classes "
+        f"({present.min()}–{present.max()} per class), {len(shards)} data shard(s), {size / 1e6:.1f} MB"
+    )

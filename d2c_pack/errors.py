@@ -1,0 +1,12 @@
+"""Errors a user can cause and fix; the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (paths, flags, recipes, data), not a bug.
+
+    The CLI shows ``error: <message>`` and exits with status 2; ``--debug`` shows the traceback.
+    """
+
+
+class SourceError(UserError):
+    """A source that is missing, empty or cannot be read as a labelled image dataset."""

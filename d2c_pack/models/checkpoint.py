@@ -1,0 +1,257 @@
+"""Saving and loading backbones: official raw state dicts and this project's safetensors folders.
+
+Two formats are read by :func:`load_backbone`:
+
+* **official files** (``DiT-XL-2-256x256.pt``, ``SiT-XL-2-256x256.pt`` or a DiT/SiT training
+  checkpoint holding ``"ema"``/``"model"``): the architecture is inferred from the tensor
+  shapes; what the network predicts (ε or velocity) is read from the file name or given.
+* **project folders** written by :func:`save_backbone`: ``config.json`` (a
+  :class:`BackboneConfig`) beside ``model.safetensors`` (and, in training checkpoints,
+  ``ema.safetensors``, which is preferred).
+
+Pickled checkpoints are only ever read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from d2c_pack.demo import DEMO_BACKBONES
+from d2c_pack.errors import UserError
+from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
+
+Prediction = Literal["velocity", "epsilon"]
+PREDICTIONS: tuple[str, ...] = ("velocity", "epsilon")
+# The latent space of the official DiT and SiT checkpoints (DESIGN §3.2).
+OFFICIAL_VAE = "stabilityai/sd-vae-ft-ema"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+EMA_WEIGHTS_NAME = "ema.safetensors"
+# Where the official release files live (weights cannot be fetched at run time on every machine).
+OFFICIAL_DOWNLOADS = {
+    f"DiT-XL-2-{size}x{size}.pt": f"https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-{size}x{size}.pt" for size in (256, 512)
+}
+
+
+@dataclasses.dataclass
+class BackboneConfig:
+    """Everything needed to rebuild a backbone and use it: architecture, target and input space.
+
+    ``vae`` names the diffusers ``AutoencoderKL`` whose latents the backbone sees (``None`` = pixel
+    space); ``image_size`` is the image resolution R before encoding.
+    """
+
+    name: str
+    input_size: int
+    patch_size: int
+    in_channels: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    class_dropout_prob: float
+    num_classes: int
+    learn_sigma: bool
+    prediction: Prediction
+    vae: str | None
+    image_size: int
+    class_names: list[str] | None = None
+
+    def model_kwargs(self) -> dict:
+        """The official ``DiT(...)`` constructor arguments."""
+        keys = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio")
+        extra = ("class_dropout_prob", "num_classes", "learn_sigma")
+        return {k: getattr(self, k) for k in keys + extra}
+
+    def build(self) -> DiT:
+        return DiT(**self.model_kwargs())
+
+
+def backbone_config(
+    name: str,
+    *,
+    image_size: int,
+    num_classes: int,
+    vae: str | None,
+    in_channels: int,
+    prediction: Prediction | None = None,
+    learn_sigma: bool = True,
+    class_dropout_prob: float = 0.1,
+    class_names: list[str] | None = None,
+    downsample: int | None = None,
+) -> BackboneConfig:
+    """The config of a ``BACKBONES`` entry such as ``"SiT-XL/2"`` for a given data space.
+
+    The prediction target defaults to the family's: velocity for SiT, ε for DiT. ``downsample``
+    is the VAE's spatial reduction (default 8 with a VAE, 1 in pixel space).
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(BACKBONES)}")
+    family, size_patch = name.split("-", 1)
+    size, patch = size_patch.split("/")
+    depth, hidden, heads = MODEL_SIZES[size]
+    downsample = downsample or (8 if vae else 1)
+    if image_size % (downsample * int(patch)):
+        raise UserError(f"image size {image_size} is not divisible by {downsample * int(patch)} for {name}")
+    return BackboneConfig(
+        name=name,
+        input_size=image_size // downsample,
+        patch_size=int(patch),
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        class_dropout_prob=class_dropout_prob,
+        num_classes=num_classes,
+        learn_sigma=learn_sigma,
+        prediction=prediction or ("velocity" if family == "SiT" else "epsilon"),
+        vae=vae,
+        image_size=image_size,
+        class_names=class_names,
+    )
+
+
+def save_backbone(model: DiT, config: BackboneConfig, folder: str | Path, *, ema: DiT | None = None) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` (and ``ema.safetensors`` if given) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    save_file(_contiguous_state_dict(model), str(folder / WEIGHTS_NAME))
+    if ema is not None:
+        save_file(_contiguous_state_dict(ema), str(folder / EMA_WEIGHTS_NAME))
+    return folder
+
+
+def load_backbone(
+    path: str | Path,
+    *,
+    prediction: Prediction | None = None,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> tuple[DiT, BackboneConfig]:
+    """Loads a backbone from an official ``.pt`` file or a project folder, in eval mode.
+
+    ``prediction`` overrides what the file name or config says the network predicts.
+    ``use_ema`` picks ``ema.safetensors`` over ``model.safetensors`` in a training checkpoint
+    and ``"ema"`` over ``"model"`` in an official training checkpoint.
+    """
+    weights = backbone_weights_file(path, use_ema=use_ema)
+    if weights.suffix == ".safetensors":
+        config = read_config(weights.parent)
+        state_dict = load_file(str(weights), device=str(map_location))
+    else:
+        state_dict = _load_official_state_dict(weights, use_ema, map_location)
+        config = infer_config(state_dict, prediction=prediction or _prediction_from_filename(weights))
+    if prediction is not None:
+        config.prediction = prediction
+    model = config.build()
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval().to(map_location), config
+
+
+def backbone_weights_file(path: str | Path, *, use_ema: bool = True) -> Path:
+    """The file ``load_backbone(path)`` reads its weights from (what a scorer's sha256 is taken of)."""
+    path = resolve_backbone_path(path)
+    if path.is_dir():
+        read_config(path)  # a clear error for a folder that is not a backbone
+        return path / (EMA_WEIGHTS_NAME if use_ema and (path / EMA_WEIGHTS_NAME).exists() else WEIGHTS_NAME)
+    if path.is_file():
+        return path
+    hint = f" (download it from {OFFICIAL_DOWNLOADS[path.name]})" if path.name in OFFICIAL_DOWNLOADS else ""
+    raise UserError(f"no backbone at {path}: expected an official .pt file or a folder with {CONFIG_NAME}{hint}")
+
+
+def resolve_backbone_path(path: str | Path) -> Path:
+    """A path as given, or the packaged weights of an embedded demo model (``demo:digits``)."""
+    if str(path) in DEMO_BACKBONES:
+        return DEMO_BACKBONES[str(path)]
+    return Path(path)
+
+
+def read_config(folder: Path) -> BackboneConfig:
+    config_file = folder / CONFIG_NAME
+    if not config_file.exists():
+        raise UserError(f"{folder} has no {CONFIG_NAME}: not a d2c-pack backbone folder")
+    fields = {f.name for f in dataclasses.fields(BackboneConfig)}
+    return BackboneConfig(**{k: v for k, v in json.loads(config_file.read_text()).items() if k in fields})
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], *, prediction: Prediction) -> BackboneConfig:
+    """Reads the architecture of an official DiT/SiT state dict from its tensor shapes.
+
+    The number of heads leaves no trace in the shapes: it is taken from the official size
+    with the same width and depth, else head dimension 64.
+    """
+    try:
+        proj = state_dict["x_embedder.proj.weight"]  # (D, C, p, p)
+        num_patches = state_dict["pos_embed"].shape[1]
+        out_features = state_dict["final_layer.linear.weight"].shape[0]  # p*p*C_out
+        fc1 = state_dict["blocks.0.mlp.fc1.weight"]  # (D*mlp_ratio, D)
+        num_labels = state_dict["y_embedder.embedding_table.weight"].shape[0]
+    except KeyError as missing:
+        raise UserError(f"not a DiT/SiT state dict: key {missing} is missing") from None
+    hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    heads = next((h for d, w, h in MODEL_SIZES.values() if (d, w) == (depth, hidden)), hidden // 64)
+    grid = int(round(num_patches**0.5))
+    # Official checkpoints are always trained with label dropout, hence the extra null-class row.
+    return BackboneConfig(
+        name=_official_name(hidden, depth, patch, prediction),
+        input_size=grid * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=fc1.shape[0] / hidden,
+        class_dropout_prob=0.1,
+        num_classes=num_labels - 1,
+        learn_sigma=out_features == 2 * patch * patch * in_channels,
+        prediction=prediction,
+        vae=OFFICIAL_VAE if in_channels == 4 else None,
+        image_size=grid * patch * (8 if in_channels == 4 else 1),
+    )
+
+
+def _official_name(hidden: int, depth: int, patch: int, prediction: Prediction) -> str:
+    family = "SiT" if prediction == "velocity" else "DiT"
+    size = next((s for s, (d, w, _) in MODEL_SIZES.items() if (d, w) == (depth, hidden)), f"{depth}x{hidden}")
+    return f"{family}-{size}/{patch}"
+
+
+def _prediction_from_filename(path: Path) -> Prediction:
+    name = path.name.lower()
+    if name.startswith("sit"):
+        return "velocity"
+    if name.startswith("dit"):
+        return "epsilon"
+    raise UserError(
+        f"cannot tell from the name {path.name!r} whether it predicts noise (DiT) or velocity (SiT): "
+        "pass prediction='epsilon' or 'velocity' (CLI: --prediction)"
+    )
+
+
+def _load_official_state_dict(path: Path, use_ema: bool, map_location) -> dict[str, torch.Tensor]:
+    # DiT/SiT training checkpoints also hold their argparse Namespace, a plain attribute bag.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # pickle errors have no common base class
+            raise UserError(f"cannot read {path} as a weights-only checkpoint: {err}") from None
+    for key in (("ema", "model") if use_ema else ("model", "ema")):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def _contiguous_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}

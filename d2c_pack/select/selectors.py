@@ -1,0 +1,213 @@
+"""Per-class selectors: D2C's interval sampling over diffusion difficulty, and its baselines.
+
+Every selector works class by class and returns the selected positions (indices into its
+inputs) as a sorted int64 array. ``per_class`` is one budget for every class present or a
+sequence of budgets indexed by class; a class with no more images than its budget is taken
+whole. Difficulty ranks sort by score (higher = harder), then source id, then position, so a
+selection never depends on the order the images arrive in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from d2c_pack.errors import UserError
+
+Selector = Callable[..., np.ndarray]
+Budget = int | Sequence[int]
+Ids = Sequence[str] | None
+SELECTORS: tuple[str, ...] = ("interval", "min", "max", "medium", "random", "kcenter", "herding")
+
+
+def _classes(
+    labels: np.ndarray, per_class: Budget, *keys: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Yield ``(class, members, budget)``; members sorted by ``keys`` (last first), then index."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if isinstance(per_class, (int, np.integer)):
+        n_classes = int(labels.max()) + 1 if labels.size else 0
+        budgets = np.full(n_classes, per_class, dtype=np.int64)
+    else:
+        budgets = np.asarray(per_class, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(budgets)):
+        raise ValueError(f"labels must lie in 0..{len(budgets) - 1}, one budget per class")
+    if (budgets < 0).any():
+        raise ValueError("per-class budgets must be >= 0")
+    order = np.lexsort((*keys, labels))  # lexsort is stable: full ties keep position order
+    bounds = np.searchsorted(labels[order], np.arange(len(budgets) + 1))
+    for c, m in enumerate(budgets):
+        yield c, order[bounds[c] : bounds[c + 1]], int(m)
+
+
+def _rank_keys(scores: np.ndarray, ids: Ids) -> tuple[np.ndarray, ...]:
+    scores = np.asarray(scores, dtype=np.float64)
+    return (scores,) if ids is None else (np.asarray(ids, dtype=str), scores)
+
+
+def _select(
+    labels: np.ndarray,
+    per_class: Budget,
+    pick: Callable[[int, np.ndarray, int], np.ndarray],
+    *keys: np.ndarray,
+) -> np.ndarray:
+    """Apply ``pick(class, members, m)`` to every class larger than its budget ``m >= 1``."""
+    picks = [np.empty(0, dtype=np.int64)]
+    for c, members, m in _classes(labels, per_class, *keys):
+        if len(members) > m:
+            members = pick(c, members, m) if m else members[:0]
+        picks.append(members)
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def _by_rank(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    per_class: Budget,
+    ids: Ids,
+    ranks: Callable[[int, int], np.ndarray],
+) -> np.ndarray:
+    """Select the ranks ``ranks(n, m)`` of every class, 0 = easiest."""
+    keys = _rank_keys(scores, ids)
+    return _select(labels, per_class, lambda c, members, m: members[ranks(len(members), m)], *keys)
+
+
+def difficulty_ranks(scores: np.ndarray, labels: np.ndarray, ids: Ids = None) -> np.ndarray:
+    """Rank of every image within its class, 0 = easiest (lowest score), as int64 (N,)."""
+    ranks = np.empty(len(labels), dtype=np.int64)
+    for _, members, _ in _classes(labels, 0, *_rank_keys(scores, ids)):
+        ranks[members] = np.arange(len(members))
+    return ranks
+
+
+def interval_select(
+    scores: np.ndarray, labels: np.ndarray, per_class: Budget, k: int, ids: Ids = None
+) -> np.ndarray:
+    """D2C interval sampling: ranks 0, k, 2k, ... of every class, spanning its difficulty range.
+
+    Where ``(m-1)·k`` would run past a class of ``n`` images, the stride shrinks for that class
+    to ``max(1, (n-1) // (m-1))``.
+    """
+    if k < 1:
+        raise ValueError(f"interval k must be >= 1, got {k}")
+
+    def ranks(n: int, m: int) -> np.ndarray:
+        stride = k if (m - 1) * k < n else max(1, (n - 1) // (m - 1))
+        return np.arange(m) * stride
+
+    return _by_rank(scores, labels, per_class, ids, ranks)
+
+
+def min_select(
+    scores: np.ndarray, labels: np.ndarray, per_class: Budget, ids: Ids = None
+) -> np.ndarray:
+    """The ``m`` easiest images of every class."""
+    return _by_rank(scores, labels, per_class, ids, lambda n, m: np.arange(m))
+
+
+def max_select(
+    scores: np.ndarray, labels: np.ndarray, per_class: Budget, ids: Ids = None
+) -> np.ndarray:
+    """The ``m`` hardest images of every class."""
+    return _by_rank(scores, labels, per_class, ids, lambda n, m: np.arange(n - m, n))
+
+
+def medium_select(
+    scores: np.ndarray, labels: np.ndarray, per_class: Budget, ids: Ids = None
+) -> np.ndarray:
+    """The ``m`` contiguous ranks around each class's median, from rank ``(n - m) // 2``."""
+    return _by_rank(scores, labels, per_class, ids, lambda n, m: np.arange(m) + (n - m) // 2)
+
+
+def random_select(labels: np.ndarray, per_class: Budget, seed: int) -> np.ndarray:
+    """Uniform sample per class; class ``c`` draws from ``default_rng([seed, c])``, so one
+    class's pick does not depend on the others."""
+
+    def pick(c: int, members: np.ndarray, m: int) -> np.ndarray:
+        return members[np.random.default_rng([seed, c]).choice(len(members), m, replace=False)]
+
+    return _select(labels, per_class, pick)
+
+
+def _sq_dist(x: np.ndarray, point: np.ndarray) -> np.ndarray:
+    return ((x - point) ** 2).sum(axis=1)
+
+
+def _kcenter(x: np.ndarray, m: int) -> list[int]:
+    chosen = [int(np.argmin(_sq_dist(x, x.mean(axis=0))))]
+    dist = np.full(len(x), np.inf)
+    for _ in range(m - 1):
+        dist = np.minimum(dist, _sq_dist(x, x[chosen[-1]]))
+        dist[chosen[-1]] = -np.inf  # not 0: a duplicate of a chosen point must beat the point
+        chosen.append(int(np.argmax(dist)))
+    return chosen
+
+
+def _herding(x: np.ndarray, m: int) -> list[int]:
+    mean, total, chosen = x.mean(axis=0), np.zeros(x.shape[1]), []
+    for t in range(m):
+        gap = _sq_dist((total + x) / (t + 1), mean)
+        gap[chosen] = np.inf
+        chosen.append(int(np.argmin(gap)))
+        total += x[chosen[-1]]
+    return chosen
+
+
+def kcenter_select(features: np.ndarray, labels: np.ndarray, per_class: Budget) -> np.ndarray:
+    """Greedy k-center per class (Sener & Savarese, 2018) on Euclidean distance.
+
+    Starts from the member nearest the class mean, then adds the member farthest from the
+    chosen set; ties go to the lowest position.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    return _select(labels, per_class, lambda c, members, m: members[_kcenter(features[members], m)])
+
+
+def herding_select(features: np.ndarray, labels: np.ndarray, per_class: Budget) -> np.ndarray:
+    """Herding per class (Welling, 2009, as used by iCaRL).
+
+    Each step adds the member that brings the chosen set's mean closest to the class mean;
+    ties go to the lowest position.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    return _select(labels, per_class, lambda c, members, m: members[_herding(features[members], m)])
+
+
+def auto_interval(class_sizes: Sequence[int], per_class: Budget) -> int:
+    """``max(1, round(0.75 · mean class size / mean budget))``; on ImageNet 96 for 10 per class."""
+    budget = float(np.mean(per_class))
+    if budget <= 0:
+        raise ValueError("the automatic interval needs a positive per-class budget")
+    return max(1, round(0.75 * float(np.mean(class_sizes)) / budget))
+
+
+def select(
+    name: str,
+    *,
+    scores: np.ndarray | None,
+    labels: np.ndarray,
+    per_class: Budget,
+    ids: Ids = None,
+    k: int | None = None,
+    seed: int = 0,
+    features: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run the selector called ``name`` (one of ``SELECTORS``) on the inputs it needs."""
+    if name not in SELECTORS:
+        raise UserError(f"unknown selector {name!r}; choose one of: {', '.join(SELECTORS)}")
+    if name in ("kcenter", "herding"):
+        if features is None:
+            raise UserError(f"selector {name!r} needs image features (pooled visual embeddings)")
+        selector = kcenter_select if name == "kcenter" else herding_select
+        return selector(features, labels, per_class)
+    if name == "random":
+        return random_select(labels, per_class, seed)
+    if scores is None:
+        raise UserError(f"selector {name!r} needs difficulty scores")
+    if name == "interval":
+        if k is None or k < 1:
+            raise UserError(f"selector 'interval' needs an interval k >= 1, got {k}")
+        return interval_select(scores, labels, per_class, k, ids)
+    ranked = {"min": min_select, "max": max_select, "medium": medium_select}[name]
+    return ranked(scores, labels, per_class, ids)

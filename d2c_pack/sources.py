@@ -1,0 +1,612 @@
+"""Labelled image sources behind one interface: demo digits, image folders, Hugging Face datasets.
+
+``open_source(spec)`` picks the implementation from the spec string:
+
+- ``demo:digits``: the handwritten digits scikit-learn ships (no network).
+- ``hf:NAME``: a Hub dataset repository, or a local folder laid out like one.
+- a folder written by ``Dataset.save_to_disk``, a ``.parquet`` file, or a folder of parquet files.
+- any other folder: one sub-folder per class (torchvision ``ImageFolder`` layout).
+
+Every source yields the original encoded bytes next to the decoded image, knows its class
+sizes right after opening, and skips (and records) images that cannot be read or decoded.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.exceptions import DatasetsError
+from datasets.utils.file_utils import xopen
+from PIL import Image, UnidentifiedImageError
+
+from d2c_pack.errors import SourceError, UserError
+from d2c_pack.recipe import flag
+
+logger = logging.getLogger("d2c_pack.sources")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""File name endings (compared lower-case) that an image folder source picks up."""
+
+_DECODE_ERRORS = (
+    OSError,  # includes UnidentifiedImageError and truncated files
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,  # some plugins fail this way on malformed headers
+    Image.DecompressionBombError,
+)
+_WORDNET_ID = re.compile(r"n\d{8}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One decoded image of a source with its label and original bytes."""
+
+    index: int
+    source_id: str
+    label: int
+    image: Image.Image
+    data: bytes
+
+
+@dataclass
+class SkippedImage:
+    """An image that was left out because it could not be read or decoded."""
+
+    index: int
+    source_id: str
+    reason: str
+
+
+class _Entry(NamedTuple):
+    """A not yet decoded image: its bytes, or where to read them."""
+
+    index: int
+    source_id: str
+    label: int
+    data: bytes | None
+    path: str | None
+
+
+class ImageSource(abc.ABC):
+    """A labelled image collection addressed by a stable index ``0..len-1``.
+
+    ``class_sizes`` counts the images listed when the source was opened; corrupt images are
+    only found while decoding and then show up in ``skipped``.
+    """
+
+    spec: str
+    class_names: list[str]
+    class_sizes: list[int]
+    skipped: list[SkippedImage]
+
+    def __init__(self, spec: str, class_names: list[str], class_sizes: list[int]) -> None:
+        self.spec = spec
+        self.class_names = class_names
+        self.class_sizes = class_sizes
+        self.skipped: list[SkippedImage] = []
+        self._skipped_indices: set[int] = set()
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of images listed, including any that later turn out to be corrupt."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest that changes when the listed content changes; decodes nothing."""
+
+    @abc.abstractmethod
+    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+        """Yield the entries at ``indices`` (sorted, in range), or all of them, in index order."""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, including any without images."""
+        return len(self.class_names)
+
+    @property
+    def random_access(self) -> bool:
+        """Whether ``get`` works; False for streamed datasets."""
+        return True
+
+    def iter_records(self, indices: Iterable[int] | None = None) -> Iterator[SourceRecord]:
+        """Yield the decodable records at ``indices`` (all if None) in ascending index order."""
+        wanted = None if indices is None else self._checked(indices)
+        for entry in self._entries(wanted):
+            record = self._decode(entry)
+            if record is not None:
+                yield record
+
+    def get(self, index: int) -> SourceRecord | None:
+        """The record at ``index``, or None if that image is corrupt (it is then in ``skipped``)."""
+        if not self.random_access:
+            raise UserError(
+                f"{self.spec} is streamed and has no random access: "
+                "open it without streaming or iterate with iter_records()"
+            )
+        (entry,) = self._entries(self._checked([index]))
+        return self._decode(entry)
+
+    def _checked(self, indices: Iterable[int]) -> list[int]:
+        wanted = sorted({int(i) for i in indices})
+        if wanted and (wanted[0] < 0 or wanted[-1] >= len(self)):
+            raise IndexError(f"index out of range for {self.spec} with {len(self)} images")
+        return wanted
+
+    def _decode(self, entry: _Entry) -> SourceRecord | None:
+        try:
+            data = entry.data if entry.data is not None else _read(entry.path)
+        except OSError as error:
+            return self._skip(entry, f"cannot read: {_one_line(error)}")
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except _DECODE_ERRORS as error:
+            return self._skip(entry, f"cannot decode: {_decode_problem(data, error)}")
+        return SourceRecord(entry.index, entry.source_id, entry.label, image, data)
+
+    def _skip(self, entry: _Entry, reason: str) -> None:
+        if entry.index not in self._skipped_indices:
+            self._skipped_indices.add(entry.index)
+            self.skipped.append(SkippedImage(entry.index, entry.source_id, reason))
+            logger.warning("skipping image %s (index %d): %s", entry.source_id, entry.index, reason)
+
+
+def _read(path: str | None) -> bytes:
+    """Bytes of a local file or a URL that ``datasets`` can stream (hf://, zip://...)."""
+    if not path:
+        raise OSError("the image has neither bytes nor a path")
+    with xopen(path, "rb") as file:
+        return file.read()
+
+
+def _decode_problem(data: bytes, error: Exception) -> str:
+    # PIL's messages for these embed the repr of the BytesIO (a memory address).
+    if not data:
+        return "empty file"
+    if isinstance(error, UnidentifiedImageError):
+        return "not a recognised image format"
+    return _one_line(error)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+class DigitsSource(ImageSource):
+    """scikit-learn's 1,797 handwritten digits as 32×32 RGB PNG images, classes "0".."9".
+
+    Each 8×8 image (values 0..16) is scaled to 0..255, upscaled with BICUBIC and converted
+    to RGB; the PNG encoding of that image is the record's ``data``.
+    """
+
+    _VERSION = 1  # bump when the rendering below changes
+
+    def __init__(self, spec: str = "demo:digits") -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        self._images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
+        self._labels = digits.target.astype(int)
+        sizes = np.bincount(self._labels, minlength=10).tolist()
+        super().__init__(spec, [str(d) for d in range(10)], sizes)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def fingerprint(self) -> str:
+        import sklearn
+
+        return _sha256_json(["demo:digits", self._VERSION, sklearn.__version__])
+
+    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+        for index in range(len(self)) if indices is None else indices:
+            label = int(self._labels[index])
+            yield _Entry(index, f"digits/{index:04d}", label, self._png(index), None)
+
+    def _png(self, index: int) -> bytes:
+        image = Image.fromarray(self._images[index]).resize((32, 32), Image.BICUBIC).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+class ImageFolderSource(ImageSource):
+    """A folder with one sub-folder per class; images are found recursively inside each.
+
+    Classes are the sorted sub-folder names; images are ordered by relative POSIX path,
+    which is also their ``source_id``. Hidden files and folders (leading ".") are ignored.
+    Folders named by WordNet id (``n01440764``) get the ImageNet lemmas as class names.
+    """
+
+    def __init__(self, spec: str, root: Path) -> None:
+        self.root = root
+        folders = sorted(
+            entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")
+        )
+        if not folders:
+            raise SourceError(_no_class_folders_message(spec, root))
+        self._files = _list_images(root, folders)
+        if not self._files:
+            raise SourceError(
+                f"no images in the {len(folders)} class folders of {spec} "
+                f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "for a folder laid out like a Hub dataset use hf:PATH"
+            )
+        sizes = np.bincount([label for _, label in self._files], minlength=len(folders)).tolist()
+        for folder, size in zip(folders, sizes):
+            if size == 0:
+                logger.warning("class folder %s of %s has no images", folder, spec)
+        super().__init__(spec, _class_names(folders), sizes)
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.class_names).encode())
+            for relative, _ in self._files:
+                stat = (self.root / relative).stat()
+                digest.update(json.dumps([relative, stat.st_size, stat.st_mtime_ns]).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+        for index in range(len(self)) if indices is None else indices:
+            relative, label = self._files[index]
+            yield _Entry(index, relative, label, None, str(self.root / relative))
+
+
+def _no_class_folders_message(spec: str, root: Path) -> str:
+    entries = [path for path in root.iterdir() if not path.name.startswith(".")]
+    if any(path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS for path in entries):
+        return f"{spec} has images but no class sub-folders: put each class's images in a sub-folder of its own"
+    problem = "has no class sub-folders" if entries else "is an empty folder"
+    return f"{spec} {problem}: expected one sub-folder of images per class"
+
+
+def _list_images(root: Path, folders: list[str]) -> list[tuple[str, int]]:
+    """(relative POSIX path, label) of every image under the class folders, sorted by path."""
+    files = []
+    for label, folder in enumerate(folders):
+        # Follow links like torchvision's ImageFolder: class folders are often symlinked.
+        for directory, subdirectories, names in os.walk(root / folder, followlinks=True):
+            subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+            for name in names:
+                if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    files.append((Path(directory, name).relative_to(root).as_posix(), label))
+    return sorted(files)
+
+
+def _class_names(folders: list[str]) -> list[str]:
+    """Folder names, with WordNet ids replaced by their ImageNet lemmas (e.g. "tench, Tinca tinca")."""
+    if not any(_WORDNET_ID.fullmatch(folder) for folder in folders):
+        return list(folders)
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [_lemmas_or_name(info, folder) for folder in folders]
+
+
+def _lemmas_or_name(info: Any, folder: str) -> str:
+    if not _WORDNET_ID.fullmatch(folder):
+        return folder
+    try:
+        return info.label_name_to_description(folder)
+    except KeyError:  # not a synset timm knows: keep the folder name
+        return folder
+
+
+class DatasetsSource(ImageSource):
+    """A split of a ``datasets`` dataset, map-style (random access) or streamed.
+
+    Images are read undecoded (``Image(decode=False)``) so ``data`` holds the stored bytes.
+    ``source_id`` is ``id_column`` if given, else the file name stored with embedded image
+    bytes, else ``"{split}/{index:08d}"``. A path stored *without* bytes is where the file
+    lies on this machine (a cache path or URL), not a stable id, so it is not used as one.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        dataset: datasets.Dataset | datasets.IterableDataset,
+        *,
+        split: str,
+        image_column: str,
+        label_column: str,
+        id_column: str | None,
+        identity: dict[str, Any],
+    ) -> None:
+        if isinstance(dataset, datasets.IterableDataset) and dataset.features is None:
+            dataset = dataset._resolve_features()
+        _check_columns(spec, dataset, [image_column, label_column, id_column])
+        self._split = split
+        self._image_column = image_column
+        self._id_column = id_column
+        self._identity = identity
+        label_feature = dataset.features[label_column]
+        counts = _label_counts(spec, dataset, label_column, label_feature)
+        names = _label_names(spec, label_column, label_feature, len(counts))
+        self._length = int(counts.sum())
+        columns = [image_column, label_column] + ([id_column] if id_column else [])
+        self._dataset = _undecoded(spec, dataset, image_column).select_columns(columns)
+        self._label_column = label_column
+        super().__init__(spec, names, counts.tolist() + [0] * (len(names) - len(counts)))
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def random_access(self) -> bool:
+        """False when streaming: records can only be reached by iterating."""
+        return isinstance(self._dataset, datasets.Dataset)
+
+    def fingerprint(self) -> str:
+        return _sha256_json(self._identity)
+
+    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+        if self.random_access:
+            order = range(len(self)) if indices is None else indices
+            for start in range(0, len(order), _BATCH_SIZE):
+                chunk = list(order[start : start + _BATCH_SIZE])
+                batch = self._dataset[chunk]
+                rows = (dict(zip(batch, values)) for values in zip(*batch.values()))
+                yield from (self._entry(index, row) for index, row in zip(chunk, rows))
+            return
+        wanted = None if indices is None else set(indices)
+        last = None if indices is None else max(indices, default=-1)
+        for index, row in enumerate(self._dataset):
+            if last is not None and index > last:
+                return
+            if wanted is None or index in wanted:
+                yield self._entry(index, row)
+
+    def _entry(self, index: int, row: dict[str, Any]) -> _Entry:
+        cell = row[self._image_column]
+        data, path = (cell, None) if isinstance(cell, bytes) else (cell.get("bytes"), cell.get("path"))
+        if self._id_column:
+            source_id = str(row[self._id_column])
+        elif data is not None and path:
+            source_id = path
+        else:
+            source_id = f"{self._split}/{index:08d}"
+        return _Entry(index, source_id, int(row[self._label_column]), data, path)
+
+
+def _check_columns(spec: str, dataset: Any, columns: list[str | None]) -> None:
+    available = list(dataset.features)
+    for column in columns:
+        if column is not None and column not in available:
+            raise SourceError(
+                f"{spec} has no column {column!r}; available columns: {', '.join(available)} "
+                "(choose with --image-column / --label-column / --id-column)"
+            )
+
+
+def _label_counts(spec: str, dataset: Any, column: str, feature: Any) -> np.ndarray:
+    """Images per label value, read from the label column alone (no image decoding)."""
+    is_integer = isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    )
+    if not is_integer:
+        raise SourceError(
+            f"{spec}: label column {column!r} must hold class indices (ClassLabel or integers), found {feature}"
+        )
+    labels = _read_labels(dataset, column)
+    if labels.size == 0:
+        raise SourceError(f"{spec} is empty: the split has no images")
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        raise SourceError(
+            f"{spec}: {unlabelled} images have no label (null or -1) in column {column!r}; use a labelled split"
+        )
+    return np.bincount(labels)
+
+
+def _read_labels(dataset: Any, column: str) -> np.ndarray:
+    """The label column as int64, nulls as -1: through Arrow, or one pass when streaming."""
+    labels_only = dataset.select_columns([column])
+    if isinstance(dataset, datasets.Dataset):
+        return labels_only.with_format("arrow")[column].cast(pa.int64()).fill_null(-1).to_numpy()
+    batches = labels_only.iter(batch_size=10_000)
+    return np.array([-1 if x is None else x for batch in batches for x in batch[column]], dtype=np.int64)
+
+
+def _label_names(spec: str, column: str, feature: Any, num_labels: int) -> list[str]:
+    """ClassLabel names, or "0".."max" for a plain integer label column."""
+    if not isinstance(feature, datasets.ClassLabel):
+        return [str(i) for i in range(num_labels)]
+    if num_labels > feature.num_classes:
+        raise SourceError(
+            f"{spec}: column {column!r} has label {num_labels - 1} but only {feature.num_classes} class names"
+        )
+    return list(feature.names)
+
+
+def _undecoded(spec: str, dataset: Any, column: str) -> Any:
+    """The dataset with ``column`` yielding stored bytes/path instead of decoded images."""
+    feature = dataset.features[column]
+    if isinstance(feature, datasets.Image):
+        return dataset.cast_column(column, datasets.Image(decode=False))
+    is_binary = isinstance(feature, datasets.Value) and feature.dtype in {"binary", "large_binary"}
+    if is_binary or (isinstance(feature, dict) and "bytes" in feature):
+        return dataset
+    raise SourceError(
+        f"{spec}: column {column!r} does not hold images (found {feature}); choose one with --image-column"
+    )
+
+
+def _open_with_builder(
+    spec: str,
+    path: str,
+    *,
+    data_files: dict[str, list[str]] | None,
+    split: str,
+    config: str | None,
+    revision: str | None,
+    streaming: bool,
+    columns: dict[str, Any],
+) -> DatasetsSource:
+    """Open a split the way ``datasets.load_dataset`` does, keeping the builder for the fingerprint."""
+    try:
+        builder = datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision)
+        files = builder.config.data_files or {}
+        _check_split(spec, split, list(files))
+        if streaming:
+            dataset = builder.as_streaming_dataset(split=split)
+        else:
+            builder.download_and_prepare()
+            dataset = builder.as_dataset(split=split)
+    except (OSError, ValueError, DatasetsError) as error:
+        raise SourceError(f"cannot open {spec}: {_one_line(error)}") from error
+    # Hub data files are pinned to a commit ("...@sha/...") and carry (repo, sha) as origin
+    # metadata; local files carry their mtime: together they identify the content.
+    identity = {
+        "path": path,
+        "config": builder.config.name,
+        "split": split,
+        "data_files": {
+            name: sorted(zip(files[name], map(list, files[name].origin_metadata)))
+            for name in _split_names(split)
+            if name in files
+        },
+    }
+    return DatasetsSource(spec, dataset, split=split, identity=identity, **columns)
+
+
+def _split_names(split: str) -> list[str]:
+    """Base split names in a split expression such as ``"train[:10%]+validation"``."""
+    return [part.split("[")[0].strip() for part in split.split("+")]
+
+
+def _check_split(spec: str, split: str, available: list[str]) -> None:
+    missing = [name for name in _split_names(split) if name not in available]
+    if available and missing:
+        raise SourceError(_no_split_message(spec, missing[0], available))
+
+
+def _no_split_message(spec: str, split: str, available: Iterable[str]) -> str:
+    return f"{spec} has no split {split!r}; available splits: {', '.join(available)} (choose with --split)"
+
+
+def _open_from_disk(spec: str, root: Path, *, split: str, columns: dict[str, Any]) -> DatasetsSource:
+    try:
+        loaded = datasets.load_from_disk(str(root))
+    except (OSError, ValueError, DatasetsError) as error:
+        raise SourceError(f"cannot open {spec}: {_one_line(error)}") from error
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise SourceError(_no_split_message(spec, split, loaded))
+        loaded = loaded[split]
+    identity = {"split": split, "fingerprint": loaded._fingerprint}
+    return DatasetsSource(spec, loaded, split=split, identity=identity, **columns)
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    has_state = (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    return has_state or (folder / "dataset_dict.json").is_file()
+
+
+def _parquet_files(folder: Path) -> list[str]:
+    """The folder's parquet files if it is a flat folder of them (no sub-folders), else []."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    if any(entry.is_dir() for entry in entries):
+        return []
+    return sorted(str(entry) for entry in entries if entry.suffix.lower() == ".parquet")
+
+
+def open_source(
+    spec: str,
+    *,
+    split: str = "train",
+    image_column: str = "image",
+    label_column: str = "label",
+    id_column: str | None = None,
+    streaming: bool = False,
+    revision: str | None = None,
+    config: str | None = None,
+) -> ImageSource:
+    """Open the labelled image source that ``spec`` names (see the module docstring).
+
+    ``split``, the column names, ``streaming``, ``revision`` and ``config`` (the dataset
+    configuration name) apply to ``hf:`` and parquet sources; ``split`` and the column names
+    to ``save_to_disk`` folders, which are memory-mapped and always random access.
+    Raises ``SourceError`` with a one-line explanation when the source cannot be used.
+    """
+    columns = {"image_column": image_column, "label_column": label_column, "id_column": id_column}
+    if spec.startswith("demo:"):
+        if spec != "demo:digits":
+            raise SourceError(f"unknown demo source {spec!r}; available: demo:digits")
+        return DigitsSource(spec)
+    if spec.startswith("hf:"):
+        name = spec[len("hf:") :]
+        if not name:
+            raise SourceError("hf: needs a dataset name, e.g. hf:ILSVRC/imagenet-1k")
+        return _open_with_builder(
+            spec, name, data_files=None, split=split, config=config, revision=revision,
+            streaming=streaming, columns=columns,
+        )
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if _SCHEME.match(spec):
+            raise SourceError(f"unknown source scheme in {spec!r}; use hf:NAME, demo:digits or a local path")
+        raise SourceError(
+            f"source not found: {spec} (expected a folder, a .parquet file, hf:NAME or demo:digits)"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".parquet":
+            raise SourceError(
+                f"{spec} is a file but not a .parquet file; give a folder of images, a .parquet file or hf:NAME"
+            )
+        parquet = [str(path)]
+    elif _is_saved_dataset(path):
+        return _open_from_disk(spec, path, split=split, columns=columns)
+    else:
+        parquet = _parquet_files(path)
+    if parquet:
+        data_files = {_split_names(split)[0]: parquet}
+        return _open_with_builder(
+            spec, "parquet", data_files=data_files, split=split, config=None, revision=None,
+            streaming=streaming, columns=columns,
+        )
+    return ImageFolderSource(spec, path.absolute())
+
+
+@dataclass(kw_only=True)
+class SourceArgs:
+    """Which source to read and how: the ``--source``, ``--split``, ``--*-column`` … flags of every command."""
+
+    source: str = flag(help="Image source: demo:digits, hf:NAME (Hub dataset), an ImageFolder tree, a .parquet file or folder, or a save_to_disk folder.")
+    split: str = flag("train", help="Split of a Hub / datasets source (split expressions such as 'train[:10%]' work).")
+    image_column: str = flag("image", help="Image column of a datasets source.")
+    label_column: str = flag("label", help="Label column (ClassLabel or integer class index) of a datasets source.")
+    id_column: str | None = flag(None, help="Column holding a stable image id (default: the stored file name, else split/index).")
+    revision: str | None = flag(None, help="Revision (branch, tag or commit) of a Hub source.")
+
+    def open_source(self, *, streaming: bool = False) -> ImageSource:
+        return open_source(
+            self.source, split=self.split, image_column=self.image_column, label_column=self.label_column,
+            id_column=self.id_column, revision=self.revision, streaming=streaming,
+        )

@@ -1,0 +1,1 @@
+"""Reference trainer: SiT transport, data, training loop and sampling."""

@@ -1,0 +1,68 @@
+"""Test-wide settings and builders: no test reaches the network; models and data are made here."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+from d2c_pack.models import DiT  # noqa: E402  (after the offline switches)
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the Arrow files ``datasets`` prepares out of the user's cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+def noise_image(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
+    channels = {"RGB": 3, "RGBA": 4}.get(mode)
+    shape = (size[1], size[0]) + ((channels,) if channels else ())
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+
+
+CLASS_SIZES = {"ant": 12, "bee": 9, "cat": 15}
+
+
+def make_image_folder(root: Path, *, corrupt: bool = True) -> Path:
+    """An ImageFolder tree: classes of ``CLASS_SIZES`` images of varied sizes and formats, plus one corrupt file."""
+    seed = 0
+    for name, count in CLASS_SIZES.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            seed += 1
+            size = (16 + seed % 13, 16 + (seed * 7) % 11)
+            fmt, suffix = ("PNG", "png") if seed % 2 else ("JPEG", "jpg")
+            (root / name / f"{i:03d}.{suffix}").write_bytes(encode(noise_image(size, seed), fmt))
+    if corrupt:
+        (root / "bee" / "broken.jpg").write_bytes(b"not an image at all")
+    return root
+
+
+def make_official_scorer(folder: Path, family: str = "SiT", *, num_classes: int = 3, image_size: int = 16) -> Path:
+    """A tiny pixel-space DiT/SiT with random weights, saved as an official-format raw state dict."""
+    generator = torch.Generator().manual_seed(0)
+    model = DiT(input_size=image_size, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=1, num_classes=num_classes)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:  # keep the fixed sin-cos position embedding
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{family}-tiny-{image_size}.pt"
+    torch.save(model.state_dict(), path)
+    return path

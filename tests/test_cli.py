@@ -1,0 +1,117 @@
+"""The command line: recipes merge with flags, and user errors are one line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from d2c_pack import cli
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code
+
+
+def assert_user_error(monkeypatch, capsys, args: list[str], message: str) -> None:
+    assert run_cli(monkeypatch, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_flags_override_recipe_values(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    code = run_cli(monkeypatch, "train", "--recipe", "demo-scorer", "--out", str(out), "--steps", "1", "--resolution", "16", "--batch-size", "4")
+    assert code == 0
+    settings = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert (settings["steps"], settings["resolution"], settings["batch_size"]) == (1, 16, 4)  # from the flags
+    assert (settings["model"], settings["vae"], settings["lr"]) == ("SiT-T/4", None, 0.001)  # from the recipe
+    assert (out / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe_text", "message"),
+    [
+        ("source: demo:digits\nbatchsize: 4\n", "unknown recipe key 'batchsize'"),
+        ("source: demo:digits\nsteps: many\n", "recipe key 'steps'"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("source: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recipe_text: str, message: str) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    assert_user_error(monkeypatch, capsys, ["train", "--recipe", str(recipe), "--out", str(tmp_path / "o")], message)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--recipe", "no-such-recipe", "--out", "x"], "no recipe 'no-such-recipe'"),
+        (["train", "--source", "demo:digits", "--out", "{tmp}/o", "--model", "SiT-Huge/2"], "unknown model"),
+        (["train", "--source", "{tmp}/missing", "--out", "{tmp}/o", "--vae", "none"], "missing"),
+        (["train", "--out", "{tmp}/o"], "--source is required"),
+        (["sample", "demo:digits", "--classes", "3,12", "--out", "{tmp}/g.png"], "class 12 is out of range"),
+        (["sample", "demo:digits", "--classes", "a,b"], "comma-separated integers"),
+        (["sample", "{tmp}/nowhere"], "no backbone"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
+    assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args], message)
+
+
+def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "d2c_pack", "--debug", "sample", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+
+
+def test_help_explains_every_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "d2c_pack", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "train" in result.stdout and "sample" in result.stdout
+
+
+def test_demo_main_job_scores_once_and_selects_many(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The README's main job (`build --recipe demo`), after a `score` pass that it reuses."""
+    work = ["--work", str(tmp_path / "work")]
+    assert run_cli(monkeypatch, "score", "--recipe", "demo", *work) == 0  # a build recipe: its selection keys are ignored
+    assert "1,797 images scored" in capsys.readouterr().out
+    (chunks,) = (tmp_path / "work" / "scores").glob("*/chunks")
+    stamps = {p: p.stat().st_mtime_ns for p in chunks.iterdir()}
+
+    assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(tmp_path / "d2c"), *work) == 0
+    assert "180 rows over 10 classes (18–18 per class)" in capsys.readouterr().out
+    assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(tmp_path / "min"), "--selector", "min", "--budget", "5/class", *work) == 0
+    assert "50 rows over 10 classes" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in chunks.iterdir()} == stamps  # scored once
+
+    import datasets
+
+    subset = datasets.load_dataset(str(tmp_path / "d2c"), split="train")
+    assert subset.num_rows == 180 and subset.features["label"].names == [str(d) for d in range(10)]
+    assert sorted(set(subset["difficulty_rank"])) == list(range(0, 18 * 7, 7))  # interval auto: k = 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["build", "--recipe", "demo", "--budget", "abc"], "invalid budget 'abc'"),
+        (["build", "--recipe", "demo", "--budget", "101%"], "invalid budget '101%'"),
+        (["build", "--recipe", "demo", "--selector", "best"], "unknown selector 'best'"),
+        (["build", "--source", "demo:digits", "--scorer", "demo:digits", "--resolution", "32"], "--out is required"),
+        (["build", "--recipe", "demo", "--scorer", "{tmp}/DiT-XL-2-256x256.pt"], "dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt"),
+        (["score", "--source", "demo:digits", "--scorer", "demo:digits"], "set --resolution 32"),
+    ],
+)
+def test_build_user_errors_are_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
+    extra = ["--work", str(tmp_path / "work")] + (["--out", str(tmp_path / "o")] if "--out is required" not in message and args[0] == "build" else [])
+    assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args] + extra, message)

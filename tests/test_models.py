@@ -1,0 +1,137 @@
+"""The backbone matches the official DiT/SiT layout and survives every save/load path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from d2c_pack.errors import UserError
+from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dit_state_dict_shapes.json"
+
+
+def randomized(model: DiT, seed: int = 0) -> DiT:
+    """The model with every weight random: DiT's zero-init output layers would make any comparison trivial."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def tiny_inputs(model: DiT, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    size = model.x_embedder.img_size[0]
+    x = torch.randn(batch, model.in_channels, size, size, generator=generator)
+    t = torch.rand(batch, generator=generator)
+    y = torch.randint(0, model.y_embedder.num_classes, (batch,), generator=generator)
+    return x, t, y
+
+
+@pytest.mark.parametrize("name", ["DiT-XL/2", "DiT-S/2"])
+def test_state_dict_keys_and_shapes_match_official(name: str) -> None:
+    reference = json.loads(REFERENCE.read_text())[name]
+    with torch.device("meta"):  # shapes only: no 2.7 GB allocation for XL
+        model = BACKBONES[name](input_size=32, num_classes=1000)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == reference
+
+
+def test_backbones_cover_official_sizes_and_patches() -> None:
+    official = {f"{f}-{s}/{p}" for f in ("DiT", "SiT") for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
+    assert official <= set(BACKBONES)
+    with torch.device("meta"):
+        model = BACKBONES["SiT-B/4"](input_size=32)
+    assert (len(model.blocks), model.x_embedder.proj.out_channels, model.patch_size, model.num_heads) == (12, 768, 4, 12)
+
+
+def test_output_layout_with_and_without_sigma() -> None:
+    for learn_sigma, channels in ((True, 6), (False, 3)):
+        model = randomized(BACKBONES["SiT-T/4"](input_size=16, in_channels=3, num_classes=5, learn_sigma=learn_sigma))
+        assert model(*tiny_inputs(model)).shape == (4, channels, 16, 16)
+
+
+def test_new_model_predicts_zero_and_blocks_start_as_identity() -> None:
+    model = BACKBONES["SiT-T/4"](input_size=16, in_channels=3, num_classes=5).eval()
+    assert torch.count_nonzero(model(*tiny_inputs(model))) == 0
+
+
+def test_cfg_scale_one_equals_conditional_forward() -> None:
+    model = randomized(BACKBONES["DiT-T/4"](input_size=16, in_channels=3, num_classes=5))
+    x, t, y = tiny_inputs(model, batch=2)
+    null = torch.full_like(y, 5)
+    guided = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cfg_scale=1.0)
+    torch.testing.assert_close(guided[:2], model(x, t, y), rtol=1e-5, atol=1e-5)
+    stronger = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cfg_scale=4.0)
+    uncond = model(x, t, null)[:, :3]
+    torch.testing.assert_close(stronger[:2, :3], uncond + 4.0 * (model(x, t, y)[:, :3] - uncond), rtol=1e-4, atol=1e-4)
+
+
+def test_saved_and_loaded_model_gives_identical_outputs(tmp_path: Path) -> None:
+    config = backbone_config("SiT-T/4", image_size=16, num_classes=5, vae=None, in_channels=3)
+    model = randomized(config.build())
+    save_backbone(model, config, tmp_path / "backbone")
+    loaded, loaded_config = load_backbone(tmp_path / "backbone")
+    assert loaded_config == config
+    inputs = tiny_inputs(model)
+    assert torch.equal(loaded(*inputs), model(*inputs))
+
+
+def test_training_checkpoint_loads_ema_weights_by_default(tmp_path: Path) -> None:
+    config = backbone_config("SiT-T/4", image_size=16, num_classes=5, vae=None, in_channels=3)
+    model, ema = randomized(config.build(), seed=1), randomized(config.build(), seed=2)
+    save_backbone(model, config, tmp_path, ema=ema)
+    inputs = tiny_inputs(model)
+    assert torch.equal(load_backbone(tmp_path)[0](*inputs), ema(*inputs))
+    assert torch.equal(load_backbone(tmp_path, use_ema=False)[0](*inputs), model(*inputs))
+
+
+def test_official_raw_state_dict_loads_with_inferred_config(tmp_path: Path) -> None:
+    official = randomized(BACKBONES["SiT-T/2"](input_size=8, in_channels=4, num_classes=7))
+    path = tmp_path / "SiT-T-2-64x64.pt"
+    torch.save(official.state_dict(), path)
+    loaded, config = load_backbone(path)
+    assert (config.name, config.prediction, config.input_size, config.num_classes) == ("SiT-T/2", "velocity", 8, 7)
+    assert (config.learn_sigma, config.num_heads, config.vae, config.image_size) == (True, 4, "stabilityai/sd-vae-ft-ema", 64)
+    inputs = tiny_inputs(official)
+    assert torch.equal(loaded(*inputs), official(*inputs))
+
+
+def test_official_training_checkpoint_with_args_prefers_ema(tmp_path: Path) -> None:
+    model, ema = randomized(BACKBONES["DiT-T/4"](input_size=8, in_channels=4, num_classes=3), 1), randomized(
+        BACKBONES["DiT-T/4"](input_size=8, in_channels=4, num_classes=3), 2
+    )
+    path = tmp_path / "DiT-0050000.pt"
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "args": argparse.Namespace(lr=1e-4)}, path)
+    loaded, config = load_backbone(path)
+    assert config.prediction == "epsilon"
+    inputs = tiny_inputs(ema)
+    assert torch.equal(loaded(*inputs), ema(*inputs))
+
+
+def test_ambiguous_file_name_needs_explicit_prediction(tmp_path: Path) -> None:
+    model = BACKBONES["SiT-T/4"](input_size=8, in_channels=4, num_classes=3)
+    path = tmp_path / "my-model.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(UserError, match="velocity"):
+        load_backbone(path)
+    assert load_backbone(path, prediction="velocity")[1].prediction == "velocity"
+
+
+def test_non_weights_only_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "SiT-evil.pt"
+    torch.save({"model": BACKBONES["SiT-T/4"](input_size=8).state_dict(), "payload": Path("/etc/passwd")}, path)
+    with pytest.raises(UserError, match="weights-only"):
+        load_backbone(path)
+
+
+def test_unknown_model_name_and_missing_path_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown model"):
+        backbone_config("SiT-XXL/2", image_size=32, num_classes=10, vae=None, in_channels=3)
+    with pytest.raises(UserError, match="no backbone"):
+        load_backbone(tmp_path / "missing.pt")

@@ -1,0 +1,206 @@
+"""The diffusion difficulty score: exact formula on both paths, independence from batching, cache, resume, torchrun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import CLASS_SIZES, make_image_folder, make_official_scorer
+
+from d2c_pack.errors import UserError
+from d2c_pack.models import load_backbone
+from d2c_pack.preprocess import center_crop_adm, image_to_tensor
+from d2c_pack.score import ScoreConfig, ddpm_alphas_cumprod, image_noise, read_scores, score_source, stratified_timesteps
+from d2c_pack.sources import open_source
+
+NUM_IMAGES = sum(CLASS_SIZES.values())  # readable images of the test folder (plus one corrupt file)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def config_for(tmp_path: Path, folder: Path, scorer: Path, **overrides) -> ScoreConfig:
+    settings = dict(
+        source=str(folder), scorer=str(scorer), resolution=16, timesteps=4, batch_size=5, chunk_size=8,
+        workers=0, device="cpu", work=str(tmp_path / "work"),
+    )  # fmt: skip
+    return ScoreConfig(**(settings | overrides))
+
+
+def reference_losses(scorer_path: Path, folder: Path, timesteps: int, seed: int) -> dict[str, np.ndarray]:
+    """Per-image, per-timestep losses computed one image and one timestep at a time, straight from DESIGN §3.2."""
+    model, config = load_backbone(scorer_path)
+    times = stratified_timesteps(config.prediction, timesteps)
+    losses = {}
+    for record in open_source(str(folder)).iter_records():
+        x = image_to_tensor(center_crop_adm(record.image, 16))[None]  # pixel space: z = x
+        noise = image_noise(seed, record.source_id, timesteps, tuple(x.shape[1:]))
+        per_t = []
+        for i, t in enumerate(times):
+            eps = noise[i][None]
+            if config.prediction == "epsilon":
+                alpha_bar = ddpm_alphas_cumprod()[t].float()
+                z_t, target = alpha_bar.sqrt() * x + (1 - alpha_bar).sqrt() * eps, eps
+            else:
+                z_t, target = t * x + (1 - t) * eps, x - eps
+            with torch.no_grad():
+                out = model(z_t, t.view(1), torch.tensor([record.label]))[:, :3]  # σ channels dropped
+            per_t.append(((out - target) ** 2).mean().item())
+        losses[record.source_id] = np.array(per_t, dtype=np.float32)
+    return losses
+
+
+def test_stratified_timesteps() -> None:
+    assert stratified_timesteps("epsilon", 8).tolist() == [62, 187, 312, 437, 562, 687, 812, 937]
+    assert stratified_timesteps("velocity", 4).tolist() == [0.125, 0.375, 0.625, 0.875]
+
+
+def test_noise_depends_on_seed_id_and_index_only() -> None:
+    a = image_noise(0, "cls/a.png", 3, (3, 4, 4))
+    assert torch.equal(a, image_noise(0, "cls/a.png", 3, (3, 4, 4)))
+    assert torch.equal(a[:2], image_noise(0, "cls/a.png", 2, (3, 4, 4)))  # row i does not depend on |T|
+    assert not torch.equal(a, image_noise(1, "cls/a.png", 3, (3, 4, 4)))
+    assert not torch.equal(a, image_noise(0, "cls/b.png", 3, (3, 4, 4)))
+    assert not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("family", ["DiT", "SiT"])
+def test_scores_follow_the_formula(tmp_path: Path, folder: Path, family: str) -> None:
+    scorer = make_official_scorer(tmp_path / "models", family)
+    scores = read_scores(score_source(config_for(tmp_path, folder, scorer, seed=3)))
+    reference = reference_losses(scorer, folder, timesteps=4, seed=3)
+    assert sorted(scores.source_ids) == sorted(reference)
+    for i, source_id in enumerate(scores.source_ids):
+        np.testing.assert_allclose(scores.losses[i], reference[source_id], rtol=2e-5)
+        assert scores.scores[i] == pytest.approx(reference[source_id].mean(), rel=2e-5)
+    assert scores.features.shape == (NUM_IMAGES, 64)
+
+
+def test_corrupt_images_are_listed_not_scored(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    scores = read_scores(score_source(config_for(tmp_path, folder, scorer)))
+    assert len(scores) == NUM_IMAGES
+    assert [(source_id, reason) for _, source_id, reason in scores.errors] == [("bee/broken.jpg", "cannot decode: not a recognised image format")]
+    assert np.bincount(scores.labels).tolist() == list(CLASS_SIZES.values())
+
+
+def test_scores_do_not_depend_on_batching_or_workers(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    first = read_scores(score_source(config_for(tmp_path / "a", folder, scorer, batch_size=3)))
+    second = read_scores(score_source(config_for(tmp_path / "b", folder, scorer, batch_size=16, workers=2)))
+    assert first.source_ids == second.source_ids
+    np.testing.assert_allclose(first.losses, second.losses, rtol=1e-5)
+
+
+def test_cache_is_reused_and_keyed(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    merged = score_source(config_for(tmp_path, folder, scorer))
+    stamp = merged.stat().st_mtime_ns
+    assert score_source(config_for(tmp_path, folder, scorer, batch_size=7)) == merged  # batching is not in the key
+    assert merged.stat().st_mtime_ns == stamp
+    assert score_source(config_for(tmp_path, folder, scorer, seed=1)) != merged
+    assert score_source(config_for(tmp_path, folder, scorer, timesteps=2)) != merged
+
+
+def test_lost_chunks_are_recomputed_and_others_kept(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    merged = score_source(config_for(tmp_path, folder, scorer))
+    expected = pq.read_table(merged)
+    chunks = sorted((merged.parent / "chunks").glob("*.parquet"))
+    assert len(chunks) == 5  # 37 listed images in chunks of 8
+    stamps = {c: c.stat().st_mtime_ns for c in chunks}
+    merged.unlink()
+    chunks[2].unlink()
+    assert score_source(config_for(tmp_path, folder, scorer)) == merged
+    assert pq.read_table(merged).equals(expected)
+    for chunk in chunks[:2] + chunks[3:]:
+        assert chunk.stat().st_mtime_ns == stamps[chunk]
+
+
+def run_score(args: list[str], **kwargs) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "d2c_pack", "score", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def cli_args(tmp_path: Path, folder: Path, scorer: Path, work: str) -> list[str]:
+    return [
+        "--source", str(folder), "--scorer", str(scorer), "--resolution", "16", "--timesteps", "4",
+        "--batch-size", "2", "--chunk-size", "4", "--workers", "0", "--device", "cpu", "--work", str(tmp_path / work),
+    ]  # fmt: skip
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    reference = run_score(cli_args(tmp_path, folder, scorer, "reference"))
+    assert reference.wait() == 0, reference.stderr.read().decode()
+    interrupted = run_score(cli_args(tmp_path, folder, scorer, "killed"))
+    chunks_dir = next((tmp_path / "reference" / "scores").iterdir()).name
+    chunks = tmp_path / "killed" / "scores" / chunks_dir / "chunks"
+    deadline = time.monotonic() + 120
+    while not (chunks.is_dir() and len(list(chunks.glob("*.parquet"))) >= 2):
+        assert interrupted.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    survivors = {c: c.stat().st_mtime_ns for c in chunks.glob("*.parquet")}
+    assert 2 <= len(survivors) < 10 and not (chunks.parent / "scores.parquet").exists()
+    resumed = run_score(cli_args(tmp_path, folder, scorer, "killed"))
+    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    assert all(c.stat().st_mtime_ns == stamp for c, stamp in survivors.items())
+    ours = pq.read_table(chunks.parent / "scores.parquet")
+    assert ours.equals(pq.read_table(tmp_path / "reference" / "scores" / chunks_dir / "scores.parquet"))
+
+
+def test_torchrun_two_processes_equal_one(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    single = run_score(cli_args(tmp_path, folder, scorer, "single"))
+    assert single.wait() == 0, single.stderr.read().decode()
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack", "score", *cli_args(tmp_path, folder, scorer, "pair")]
+    result = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (single_file,) = (tmp_path / "single").glob("scores/*/scores.parquet")
+    (pair_file,) = (tmp_path / "pair").glob("scores/*/scores.parquet")
+    assert single_file.parent.name == pair_file.parent.name  # the same cache key
+    assert pq.read_table(pair_file).equals(pq.read_table(single_file))
+
+
+def test_scorer_resolution_must_match(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    with pytest.raises(UserError, match="set --resolution 16"):
+        score_source(config_for(tmp_path, folder, scorer, resolution=32))
+
+
+@pytest.mark.parametrize(("field", "value"), [("timesteps", 0), ("seed", -1), ("prediction", "x0"), ("chunk_size", 0)])
+def test_bad_settings_are_refused(tmp_path: Path, field: str, value: object) -> None:
+    with pytest.raises(UserError, match=field.replace("_", "-") if field != "seed" else "seed"):
+        ScoreConfig(source="demo:digits", work=str(tmp_path), **{field: value})
+
+
+def test_streamed_hub_source_scores_like_random_access(tmp_path: Path, folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    table = {
+        "image": [{"bytes": p.read_bytes(), "path": p.relative_to(folder).as_posix()} for p in files],
+        "label": [sorted(CLASS_SIZES).index(p.parent.name) for p in files],
+    }
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(CLASS_SIZES))})
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    scorer = make_official_scorer(tmp_path / "models")
+    mapped = score_source(config_for(tmp_path / "mapped", f"hf:{repo}", scorer, workers=2))
+    streamed = score_source(config_for(tmp_path / "streamed", f"hf:{repo}", scorer, streaming=True, workers=2))
+    assert pq.read_table(streamed).equals(pq.read_table(mapped))
+    assert pq.read_table(mapped).num_rows == NUM_IMAGES + 1
+    assert read_scores(streamed).errors[0][1] == "bee/broken.jpg"
