@@ -14,19 +14,22 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from d2c_pack import distributed
+from d2c_pack.attach import AttachArgs, attach_columns, visual_cls_features
 from d2c_pack.errors import UserError
 from d2c_pack.package import DATA_DIR, Package, Selection, build_identity, read_build_identity, write_package
 from d2c_pack.recipe import flag
 from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_source
 from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, parse_budget, select
+from d2c_pack.sources import ImageSource
 
+FEATURE_SELECTORS = ("kcenter", "herding")
 # Settings of how a run executes, not of what it produces: left out of d2c/recipe.yaml.
-MACHINE_SETTINGS = frozenset({"out", "work", "device", "workers", "batch_size", "overwrite"})
+MACHINE_SETTINGS = frozenset({"out", "work", "device", "workers", "batch_size", "attach_batch_size", "overwrite"})
 
 
 @dataclasses.dataclass(kw_only=True)
-class BuildConfig(ScoreConfig):
-    """Settings of ``d2c-pack build`` (its flags and recipe keys)."""
+class BuildConfig(AttachArgs, ScoreConfig):
+    """Settings of ``d2c-pack build`` (its flags and recipe keys): source, scorer, attach, selection, output."""
 
     out: str = flag(help="Output folder, laid out like a Hub dataset repository.")
     budget: str = flag("0.8%", help="How many images to keep: '0.8%' of each class's share, a total '10k' / '10000', or '10/class'.")
@@ -37,15 +40,16 @@ class BuildConfig(ScoreConfig):
     overwrite: bool = flag(False, help="Replace an existing dataset folder built with other settings.")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        ScoreConfig.__post_init__(self)
+        AttachArgs.__post_init__(self)
         if self.selector not in SELECTORS:
             raise UserError(f"unknown selector {self.selector!r}; choose one of: {', '.join(SELECTORS)}")
         if self.interval != "auto" and not (str(self.interval).isdigit() and int(self.interval) >= 1):
             raise UserError(f"--interval must be 'auto' or a positive integer, got {self.interval!r}")
 
 
-def select_subset(config: BuildConfig, scores: Scores, num_classes: int) -> Selection:
-    """Applies the configured selector and budget to the scored images."""
+def select_subset(config: BuildConfig, scores: Scores, num_classes: int, features: np.ndarray) -> Selection:
+    """Applies the configured selector and budget to the scored images (``features``: one row per image, for kcenter/herding)."""
     class_sizes = np.bincount(scores.labels, minlength=num_classes).tolist()
     per_class = parse_budget(config.budget, class_sizes)
     interval = None
@@ -53,10 +57,23 @@ def select_subset(config: BuildConfig, scores: Scores, num_classes: int) -> Sele
         interval = auto_interval(class_sizes, per_class) if config.interval == "auto" else int(config.interval)
     positions = select(
         config.selector, scores=scores.scores, labels=scores.labels, per_class=per_class, ids=scores.source_ids,
-        k=interval, seed=config.seed, features=scores.features,
+        k=interval, seed=config.seed, features=features,
     )  # fmt: skip
     ranks = difficulty_ranks(scores.scores, scores.labels, ids=scores.source_ids)
     return Selection(positions=positions, ranks=ranks, per_class=per_class, interval=interval)
+
+
+def selection_features(config: BuildConfig, source: ImageSource, scores: Scores, context: distributed.Context) -> tuple[np.ndarray, str | None]:
+    """The image features kcenter/herding work on, and their name: the visual encoder's CLS, else the scorer's pooled tokens."""
+    if config.selector not in FEATURE_SELECTORS:
+        return scores.features, None
+    if not config.visual_encoder:
+        return scores.features, "scorer"
+    features = visual_cls_features(
+        config, source, scores.indices, context,
+        resolution=config.resolution, work=Path(config.work), chunk_size=config.chunk_size, workers=config.workers,
+    )  # fmt: skip
+    return features, "visual_cls"
 
 
 def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
@@ -76,15 +93,24 @@ def build(config: BuildConfig) -> Path | None:
     source = config.open_source(streaming=config.streaming)
     parse_budget(config.budget, source.class_sizes)  # a bad budget fails now, not after hours of scoring
     scores_file = score_source(config, context, source)
-    if not context.is_main:
-        return None
     scores = read_scores(scores_file)
     if len(scores) == 0:
         raise UserError(f"no image of {config.source} could be read; nothing to select")
-    selection = select_subset(config, scores, source.num_classes)
+    features, feature_name = selection_features(config, source, scores, context)
+    selection = select_subset(config, scores, source.num_classes, features)
+    chosen = scores.indices[selection.positions]
+    attached = attach_columns(
+        config, source, chosen, scores.labels[selection.positions], context,
+        resolution=config.resolution, work=Path(config.work), chunk_size=config.chunk_size, workers=config.workers,
+    )  # fmt: skip
+    if not context.is_main:
+        return None
     key = read_cache_key(scores_file)
-    inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"]}
-    package = Package(source, scores, selection, resolved_recipe(config, selection), inputs, config.with_scores, config.max_shard_size)
+    inputs = {
+        "source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"],
+        **attached.identity, "selection_features": feature_name,
+    }  # fmt: skip
+    package = Package(source, scores, selection, resolved_recipe(config, selection), inputs, attached, config.with_scores, config.max_shard_size)
     existing = read_build_identity(out)
     if existing == build_identity(package):
         return out  # already built from exactly these settings and inputs
@@ -92,10 +118,13 @@ def build(config: BuildConfig) -> Path | None:
         raise UserError(f"{out} holds a dataset built with other settings or inputs; pass --overwrite to replace it or choose another --out")
     return write_package(package, out)
 
+
 def describe_build(out: Path) -> str:
     """A short summary of a built folder: rows, classes, files and size."""
     shards = sorted((out / DATA_DIR).glob("*.parquet"))
-    labels = np.concatenate([pq.read_table(shard, columns=["label"])["label"].to_numpy() for shard in shards])
+    # ParquetFile, not read_table: the dataset scanner behind read_table can outlive the call on Arrow's
+    # thread pool and then abort the interpreter at exit while freeing datasets' extension types.
+    labels = np.concatenate([pq.ParquetFile(shard).read(columns=["label"])["label"].to_numpy() for shard in shards])
     counts = np.bincount(labels)
     present = counts[counts > 0]
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())

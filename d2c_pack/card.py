@@ -28,6 +28,12 @@ COLUMN_NOTES = {
     "source_id": "stable id of the image in the source",
     "difficulty": "diffusion difficulty score s(x, c); higher = harder",
     "difficulty_rank": "rank of the score within its class, 0 = easiest",
+    "caption": "the text the embedding encodes (class prompt or generated caption)",
+    "text_embedding": "token embeddings of the caption, padded/truncated to L tokens (zeros on padding)",
+    "text_mask": "1 for real tokens, 0 for padding",
+    "visual_tokens": "DINOv2 patch tokens after the final layer norm",
+    "visual_cls": "DINOv2 CLS token after the final layer norm",
+    "latent": "SD-VAE posterior mean and std concatenated (unscaled; sample mean + std·ε, then × 0.18215)",
 }
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
 
@@ -86,6 +92,7 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
         budget_text=_budget_text(selection.per_class),
         resolution=recipe["resolution"],
         seed=recipe["seed"],
+        encoders={k: v for k, v in package.inputs.items() if k in ("text_encoder", "prompt_template", "captioner", "visual_encoder", "vae")},
         num_rows=len(selection.positions),
         num_scored=len(package.scores),
         num_unreadable=len(package.scores.errors),
@@ -107,4 +114,8 @@ def _feature_text(feature: object) -> str:
         return f"ClassLabel ({feature.num_classes} classes)"
     if isinstance(feature, datasets.Value):
         return feature.dtype
+    if isinstance(feature, datasets.List):
+        return f"List({feature.feature.dtype}, length {feature.length})"
+    if hasattr(feature, "shape"):
+        return f"{type(feature).__name__}({', '.join(map(str, feature.shape))}, {feature.dtype})"
     return type(feature).__name__

@@ -25,6 +25,7 @@ from d2c_pack.build import BuildConfig, build, describe_build
 from d2c_pack.errors import UserError
 from d2c_pack.recipe import merge_recipe, read_recipe
 from d2c_pack.score import ScoreConfig, read_scores, score_source, summarize
+from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
 from d2c_pack.train.loop import TrainConfig, train
 from d2c_pack.train.sample import sample_grid
 
@@ -113,6 +114,10 @@ def _train(config: TrainConfig) -> str:
     return f"trained model: {train(config)}"
 
 
+def _train_encoder(config: EncoderTrainConfig) -> str:
+    return f"trained encoder: {train_encoder(config)}"
+
+
 config_command(
     "score",
     ScoreConfig,
@@ -122,6 +127,7 @@ config_command(
 )
 config_command("build", BuildConfig, _build, "Build a condensed dataset: score (cached), select, package in the Hub layout.")
 config_command("train", TrainConfig, _train, "Train a SiT backbone with the velocity objective (resumable; writes OUT/model at the end).")
+config_command("train-encoder", EncoderTrainConfig, _train_encoder, "Train a small DINOv2-architecture classifier on a source (the demo's visual encoder).")
 
 
 @app.command()

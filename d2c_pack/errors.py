@@ -10,3 +10,8 @@ class UserError(Exception):
 
 class SourceError(UserError):
     """A source that is missing, empty or cannot be read as a labelled image dataset."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line (its first), for a ``UserError`` that wraps it."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

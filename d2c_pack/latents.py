@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from d2c_pack.errors import UserError
+from d2c_pack.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -48,6 +48,12 @@ class VaeSpace:
         return latents.float() * self.scaling_factor
 
     @torch.no_grad()
+    def posterior(self, images: torch.Tensor) -> torch.Tensor:
+        """Unscaled posterior mean and std concatenated, (N, 2C, H/8, W/8): what the ``latent`` column stores."""
+        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return torch.cat([posterior.mean, posterior.std], dim=1).float()
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample.float()
 
@@ -68,5 +74,5 @@ def load_latent_space(vae: str | None, device: torch.device | str = "cpu") -> La
     try:
         model = AutoencoderKL.from_pretrained(vae, subfolder=subfolder)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the VAE {vae!r}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot load the VAE {vae!r}: {first_line(err)}") from None
     return VaeSpace(model.to(device))

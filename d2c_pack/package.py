@@ -30,9 +30,11 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.py_utils import convert_file_size_to_int
 
 from d2c_pack import __version__
+from d2c_pack.attach import Attached
 from d2c_pack.card import render_card
 from d2c_pack.errors import UserError
-from d2c_pack.score import Scores, sha256_file
+from d2c_pack.fingerprint import sha256_file
+from d2c_pack.score import Scores
 from d2c_pack.sources import ImageSource
 
 RECIPE_FILE = Path("d2c") / "recipe.yaml"
@@ -87,7 +89,8 @@ class Package:
     scores: Scores
     selection: Selection
     recipe: dict  # the build's settings, every automatic choice resolved
-    inputs: dict  # what identifies the inputs: source fingerprint, scorer sha256 and prediction
+    inputs: dict  # what identifies the inputs: source fingerprint, scorer and attach models' sha256
+    attached: Attached
     with_scores: bool = True
     max_shard_size: str = "500MB"
 
@@ -101,7 +104,7 @@ def write_package(package: Package, out: Path) -> Path:
     infos = DatasetInfosDict()
     data = datasets.Dataset.from_generator(
         _selected_rows,
-        features=row_features(names),
+        features=datasets.Features(row_features(names) | package.attached.features),
         gen_kwargs={"package": package},
         cache_dir=str(partial / ".cache"),
         fingerprint=datasets.fingerprint.Hasher.hash(build_identity(package)),
@@ -159,20 +162,21 @@ def _manifest(package: Package, folder: Path) -> dict:
 
 def _selected_rows(package: Package) -> Iterator[dict]:
     scores, selection = package.scores, package.selection
-    position_of = {int(scores.indices[p]): int(p) for p in selection.positions}
-    expected = sorted(position_of)
-    for record in package.source.iter_records(expected):
-        p = position_of.pop(record.index)
+    indices = scores.indices[selection.positions]
+    attached = package.attached.rows(indices, scores.labels[selection.positions])
+    records = package.source.iter_records(indices)
+    for position in selection.positions:
+        record = next(records, None)
+        if record is None or record.index != scores.indices[position]:
+            raise UserError(f"the selected image {scores.source_ids[position]} could no longer be read from the source")
         yield {
             "image": {"bytes": record.data, "path": None},
             "label": record.label,
             "source_id": record.source_id,
-            "difficulty": float(scores.scores[p]),
-            "difficulty_rank": int(selection.ranks[p]),
+            "difficulty": float(scores.scores[position]),
+            "difficulty_rank": int(selection.ranks[position]),
+            **next(attached),
         }
-    if position_of:
-        missing = scores.source_ids[next(iter(position_of.values()))]
-        raise UserError(f"{len(position_of)} selected images could no longer be read from the source (first: {missing})")
 
 
 def _score_rows(package: Package) -> datasets.Dataset:

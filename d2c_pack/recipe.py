@@ -19,7 +19,7 @@ from typing import Any
 import typer
 import yaml
 
-from d2c_pack.errors import UserError
+from d2c_pack.errors import UserError, first_line
 
 
 def flag(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING) -> Any:
@@ -42,7 +42,7 @@ def read_recipe(name_or_path: str) -> dict:
     try:
         recipe = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UserError(f"recipe {path} is not valid YAML: {first_line(err)}") from None
     if not isinstance(recipe, dict):
         raise UserError(f"recipe {path} must be a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in recipe.items()}

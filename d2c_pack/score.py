@@ -9,16 +9,10 @@ on the DDPM ε path for ε-prediction backbones (DiT) and on the linear velocity
 The noise of (image, t_i) comes from a generator seeded by (seed, source id, i), so a score
 depends on neither batch, order nor number of processes.
 
-Results go to a cache folder keyed by everything that changes them (source fingerprint, scorer
-sha256, timesteps, seed, resolution, chunk size)::
-
-    WORK/scores/<key>/key.json                 the key, readable
-    WORK/scores/<key>/chunks/NNNNNNN.parquet   one per chunk of consecutive source indices
-    WORK/scores/<key>/scores.parquet           all chunks merged (written last)
-
-A chunk file appears atomically when the chunk is done, so a killed run resumes at the first
-missing chunk. Under ``torchrun`` rank r scores the chunks c with c mod world_size = r and rank
-0 merges; the chunks' batches are the same whatever the world size.
+Results go to a :class:`~d2c_pack.chunks.ChunkCache` under ``WORK/scores/`` keyed by
+everything that changes them (source fingerprint, scorer sha256, timesteps, seed, resolution,
+chunk size), which makes scoring resumable and splits it across ``torchrun`` ranks; rank 0
+then merges the chunks into ``WORK/scores/<key>/scores.parquet``.
 """
 
 from __future__ import annotations
@@ -27,22 +21,20 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from d2c_pack import distributed
+from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, write_table
 from d2c_pack.errors import UserError
+from d2c_pack.fingerprint import sha256_file
 from d2c_pack.latents import LatentSpace, load_latent_space
 from d2c_pack.models import BackboneConfig, DiT, backbone_weights_file, load_backbone
-from d2c_pack.preprocess import center_crop_adm, image_to_tensor
-from d2c_pack.progress import progress_bar
 from d2c_pack.recipe import flag
 from d2c_pack.sources import ImageSource, SourceArgs
 
@@ -50,16 +42,14 @@ CACHE_VERSION = 1  # bump when anything below changes the numbers a cache holds
 DDPM_STEPS = 1000
 
 # One row per source image; a row whose image could not be decoded has an error and no score.
-CACHE_FEATURES = datasets.Features(
-    {
-        "source_index": datasets.Value("int64"),
-        "source_id": datasets.Value("string"),
-        "label": datasets.Value("int64"),
-        "score": datasets.Value("float32"),
-        "losses": datasets.List(datasets.Value("float32")),  # per timestep, in the order of ``timesteps``
-        "feature": datasets.List(datasets.Value("float16")),  # backbone tokens pooled (for kcenter/herding)
-        "error": datasets.Value("string"),
-    }
+CACHE_SCHEMA = pa.schema(
+    [
+        *INDEX_FIELDS,
+        pa.field("label", pa.int64()),
+        pa.field("score", pa.float32()),
+        pa.field("losses", pa.list_(pa.float32())),  # per timestep, in the order of the key's timesteps
+        pa.field("feature", pa.list_(pa.float16())),  # backbone tokens mean-pooled, for kcenter/herding
+    ]
 )
 
 
@@ -179,16 +169,8 @@ def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultySc
     return DifficultyScorer(model, backbone, space, config.timesteps, device), sha256_file(weights)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_folder(config: ScoreConfig, source: ImageSource, scorer: DifficultyScorer, scorer_sha256: str) -> Path:
-    """WORK/scores/<first 16 hex digits of the key's sha256>, with the key written beside the chunks."""
+def score_cache(config: ScoreConfig, source: ImageSource, scorer: DifficultyScorer, scorer_sha256: str) -> ChunkCache:
+    """WORK/scores/<key>: keyed by everything that changes a score."""
     key = {
         "version": CACHE_VERSION,
         "source": source.fingerprint(),
@@ -198,80 +180,13 @@ def cache_folder(config: ScoreConfig, source: ImageSource, scorer: DifficultySco
         "timesteps": scorer.times.tolist(),
         "seed": config.seed,
         "resolution": config.resolution,
-        "chunk_size": config.chunk_size,
     }
-    text = json.dumps(key, sort_keys=True, indent=2) + "\n"
-    folder = Path(config.work) / "scores" / hashlib.sha256(text.encode()).hexdigest()[:16]
-    (folder / "chunks").mkdir(parents=True, exist_ok=True)
-    if not (folder / "key.json").exists():
-        _replace_atomically(folder / "key.json", lambda partial: partial.write_text(text))
-    return folder
+    return ChunkCache(Path(config.work) / "scores", key, CACHE_SCHEMA, config.chunk_size)
 
 
 def read_cache_key(scores_file: Path) -> dict:
     """The key of the cache a merged ``scores.parquet`` belongs to (scorer sha256, timesteps, …)."""
     return json.loads((scores_file.parent / "key.json").read_text())
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """Consecutive source indices scored and stored together."""
-
-    number: int
-    indices: range
-
-
-def chunk_file(folder: Path, number: int) -> Path:
-    return folder / "chunks" / f"{number:07d}.parquet"
-
-
-def chunks_of(num_images: int, chunk_size: int) -> list[Chunk]:
-    return [Chunk(n, range(start, min(start + chunk_size, num_images))) for n, start in enumerate(range(0, num_images, chunk_size))]
-
-
-class ChunkBatches(IterableDataset):
-    """Preprocessed batches of whole chunks, with the noise of every image; each DataLoader worker takes every n-th chunk.
-
-    A worker reads its images in one ascending pass (so a streamed source is read once). Each
-    chunk ends with a batch whose ``last`` is True and that lists the chunk's unreadable images.
-    """
-
-    def __init__(self, source: ImageSource, chunks: list[Chunk], *, resolution: int, batch_size: int, seed: int, noise_shape: tuple[int, ...]):
-        self.source, self.chunks = source, chunks
-        self.resolution, self.batch_size, self.seed, self.noise_shape = resolution, batch_size, seed, noise_shape
-
-    def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        mine = self.chunks[worker.id :: worker.num_workers] if worker else self.chunks
-        records = self.source.iter_records(i for chunk in mine for i in chunk.indices)
-        upcoming = next(records, None)
-        reported = len(self.source.skipped)
-        for chunk in mine:
-            batch = []
-            while upcoming is not None and upcoming.index < chunk.indices.stop:
-                batch.append(upcoming)
-                upcoming = next(records, None)
-                if len(batch) == self.batch_size:
-                    yield self._batch(chunk, batch)
-                    batch = []
-            # Decoding runs one image ahead, so the skipped list may already hold the next chunk's first image.
-            skipped = [s for s in self.source.skipped[reported:] if s.index < chunk.indices.stop]
-            reported += len(skipped)
-            yield self._batch(chunk, batch) | {"last": True, "skipped": [(s.index, s.source_id, s.reason) for s in skipped]}
-
-    def _batch(self, chunk: Chunk, records: list) -> dict:
-        count, shape = self.noise_shape[0], self.noise_shape[1:]
-        images = [image_to_tensor(center_crop_adm(r.image, self.resolution)) for r in records]
-        return {
-            "chunk": chunk.number,
-            "indices": [r.index for r in records],
-            "source_ids": [r.source_id for r in records],
-            "labels": torch.tensor([r.label for r in records], dtype=torch.long),
-            "images": torch.stack(images) if images else torch.empty(0),
-            "noise": torch.stack([image_noise(self.seed, r.source_id, count, shape) for r in records]) if records else torch.empty(0),
-            "last": False,
-            "skipped": [],
-        }
 
 
 def score_source(config: ScoreConfig, context: distributed.Context | None = None, source: ImageSource | None = None) -> Path:
@@ -283,84 +198,35 @@ def score_source(config: ScoreConfig, context: distributed.Context | None = None
     context = context or distributed.init(config.device)
     source = source or config.open_source(streaming=config.streaming)
     scorer, scorer_sha256 = load_scorer(config, context.device)
-    folder = cache_folder(config, source, scorer, scorer_sha256)
-    merged = folder / "scores.parquet"
+    cache = score_cache(config, source, scorer, scorer_sha256)
+    merged = cache.folder / "scores.parquet"
     if not merged.exists():
-        chunks = chunks_of(len(source), config.chunk_size)
-        _score_chunks(config, source, scorer, folder, chunks[context.rank :: context.world_size])
-        context.barrier()
+        steps, shape = len(scorer.times), scorer.latent_shape
+        compute_chunks(
+            [(cache, lambda batch: _scored_rows(scorer, batch))], source, range(len(source)), context,
+            resolution=config.resolution, batch_size=config.batch_size, workers=config.workers, description="score",
+            extra=lambda record: {"noise": image_noise(config.seed, record.source_id, steps, shape)},
+        )  # fmt: skip
         if context.is_main:
-            _merge_chunks(folder, chunks, merged)
+            write_table(pa.concat_tables(cache.read(range(len(source)))), merged)
         context.barrier()
     return merged
 
 
-def _score_chunks(config: ScoreConfig, source: ImageSource, scorer: DifficultyScorer, folder: Path, chunks: list[Chunk]) -> None:
-    pending = [c for c in chunks if not chunk_file(folder, c.number).exists()]
-    total = sum(len(c.indices) for c in chunks)
-    done = total - sum(len(c.indices) for c in pending)
-    batches = ChunkBatches(
-        source, pending, resolution=config.resolution, batch_size=config.batch_size, seed=config.seed,
-        noise_shape=(len(scorer.times), *scorer.latent_shape),
-    )  # fmt: skip
-    # A streamed source can only be read front to back, which worker processes cannot share.
-    workers = config.workers if source.random_access else 0
-    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=scorer.device.type == "cuda")
-    parts: dict[int, list[pa.Table]] = {}
-    with progress_bar("score", total=total, completed=done) as advance:
-        for batch in loader:
-            tables = parts.setdefault(batch["chunk"], [])
-            if batch["indices"]:
-                losses, features = scorer(batch["images"], batch["labels"], batch["noise"])
-                tables.append(_scored_table(batch, losses.numpy(), features.half().numpy()))
-            if batch["skipped"]:
-                tables.append(_skipped_table(batch["skipped"]))
-            advance(len(batch["indices"]) + len(batch["skipped"]))
-            if batch["last"]:
-                chunk = pa.concat_tables(parts.pop(batch["chunk"])).sort_by("source_index")
-                _write_table(chunk, chunk_file(folder, batch["chunk"]))
-
-
-def _scored_table(batch: dict, losses: np.ndarray, features: np.ndarray) -> pa.Table:
+def _scored_rows(scorer: DifficultyScorer, batch: dict) -> pa.Table:
+    images = batch["crops"].float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1], as image_to_tensor
+    losses, features = scorer(images, batch["labels"], batch["noise"])
+    losses = losses.numpy()
     columns = {
         "source_index": batch["indices"],
         "source_id": batch["source_ids"],
+        "error": pa.nulls(len(losses), pa.string()),
         "label": batch["labels"].numpy(),
         "score": losses.mean(axis=1),
-        "losses": _list_array(losses),
-        "feature": _list_array(features),
-        "error": pa.nulls(len(losses), pa.string()),
+        "losses": list_array(losses),
+        "feature": list_array(features.half().numpy()),
     }
-    return pa.table(columns, schema=CACHE_FEATURES.arrow_schema)
-
-
-def _skipped_table(skipped: list[tuple[int, str, str]]) -> pa.Table:
-    index, source_id, error = map(list, zip(*skipped))
-    columns = {name: [None] * len(skipped) for name in CACHE_FEATURES} | {"source_index": index, "source_id": source_id, "error": error}
-    return pa.Table.from_pydict(columns, schema=CACHE_FEATURES.arrow_schema)
-
-
-def _list_array(matrix: np.ndarray) -> pa.ListArray:
-    """(n, d) array → Arrow list column of n rows of length d, without a Python object per number."""
-    offsets = np.arange(0, matrix.size + 1, max(matrix.shape[1], 1), dtype=np.int32)
-    return pa.ListArray.from_arrays(offsets, matrix.ravel())
-
-
-def _merge_chunks(folder: Path, chunks: list[Chunk], merged: Path) -> None:
-    tables = [pq.read_table(chunk_file(folder, c.number)) for c in chunks]
-    table = pa.concat_tables(tables) if tables else CACHE_FEATURES.arrow_schema.empty_table()
-    _write_table(table, merged)
-
-
-def _write_table(table: pa.Table, path: Path) -> None:
-    _replace_atomically(path, lambda partial: pq.write_table(table, partial))
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Writes through ``write(partial)`` next to ``path``, then renames: readers see all of it or nothing."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(partial)
-    os.replace(partial, path)
+    return pa.table(columns, schema=CACHE_SCHEMA)
 
 
 @dataclasses.dataclass
@@ -382,8 +248,8 @@ class Scores:
 def read_scores(path: Path) -> Scores:
     """Reads a merged score table into arrays (through Arrow, without Python objects per number)."""
     table = pq.read_table(path)
-    failed = table.filter(pa.compute.is_valid(table["error"]))
-    table = table.filter(pa.compute.is_null(table["error"]))
+    failed = table.filter(pc.is_valid(table["error"]))
+    table = table.filter(pc.is_null(table["error"]))
     return Scores(
         indices=table["source_index"].to_numpy(),
         source_ids=table["source_id"].to_pylist(),

@@ -34,6 +34,7 @@ from datasets.utils.file_utils import xopen
 from PIL import Image, UnidentifiedImageError
 
 from d2c_pack.errors import SourceError, UserError
+from d2c_pack.fingerprint import sha256_json
 from d2c_pack.recipe import flag
 
 logger = logging.getLogger("d2c_pack.sources")
@@ -190,10 +191,6 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _sha256_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
 class DigitsSource(ImageSource):
     """scikit-learn's 1,797 handwritten digits as 32×32 RGB PNG images, classes "0".."9".
 
@@ -218,7 +215,7 @@ class DigitsSource(ImageSource):
     def fingerprint(self) -> str:
         import sklearn
 
-        return _sha256_json(["demo:digits", self._VERSION, sklearn.__version__])
+        return sha256_json(["demo:digits", self._VERSION, sklearn.__version__])
 
     def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
         for index in range(len(self)) if indices is None else indices:
@@ -364,7 +361,7 @@ class DatasetsSource(ImageSource):
         return isinstance(self._dataset, datasets.Dataset)
 
     def fingerprint(self) -> str:
-        return _sha256_json(self._identity)
+        return sha256_json(self._identity)
 
     def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
         if self.random_access:

@@ -66,3 +66,28 @@ def make_official_scorer(folder: Path, family: str = "SiT", *, num_classes: int 
     path = folder / f"{family}-tiny-{image_size}.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+def make_tiny_dinov2(folder: Path, *, image_size: int = 14, patch_size: int = 2) -> Path:
+    """A tiny DINOv2 (random weights) saved with ``save_pretrained``: 49 patch tokens of width 32 at R = 16."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        image_size=image_size, patch_size=patch_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_vae(folder: Path) -> Path:
+    """A tiny diffusers AutoencoderKL (random weights, 2× downsampling, 4 latent channels) saved with ``save_pretrained``."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4, norm_num_groups=4, sample_size=16,
+    )  # fmt: skip
+    vae.save_pretrained(folder)
+    return folder

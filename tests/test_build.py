@@ -31,6 +31,7 @@ def build_config(tmp_path: Path, inputs: tuple[Path, Path], **overrides) -> Buil
     settings = dict(
         source=str(folder), scorer=str(scorer), resolution=16, timesteps=4, batch_size=8, chunk_size=16,
         workers=0, device="cpu", work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="4/class", interval="2",
+        text_encoder="none", visual_encoder="none", vae="none",
     )  # fmt: skip
     return BuildConfig(**(settings | overrides))
 

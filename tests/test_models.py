@@ -12,7 +12,8 @@ import torch
 from d2c_pack.errors import UserError
 from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dit_state_dict_shapes.json"
+# Key shapes of the official DiT checkpoints (copied from the project's shared reference facts).
+REFERENCE = Path(__file__).parent / "data" / "dit_state_dict_shapes.json"
 
 
 def randomized(model: DiT, seed: int = 0) -> DiT:

@@ -1,0 +1,253 @@
+"""The Attach columns of a condensed dataset (DESIGN §3.4) and how they are computed and cached.
+
+Three groups, each switched off by naming no model (``none``):
+
+==========  ====================================================  ==========================
+group       columns                                               computed
+==========  ====================================================  ==========================
+text        caption, text_embedding (L×D f16), text_mask (L i8)   once per class (class
+                                                                  prompts) or per image
+                                                                  (``--captioner``)
+visual      visual_tokens (N_tok×D f16), visual_cls (D f32)       per image, DINOv2
+latent      latent (2C×R/8×R/8 f16: posterior mean ‖ std)         per image, SD-VAE
+==========  ====================================================  ==========================
+
+Per-image columns go through a :class:`~d2c_pack.chunks.ChunkCache` per group under
+``WORK/attach/<group>/``, keyed by the source, the resolution and the models' weights, so
+attaching is resumable, runs under ``torchrun``, and a later selection from the same source
+only computes the images it has not seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+
+from d2c_pack.attach.text import DEFAULT_PROMPT_TEMPLATE, TEXT_LENGTH, Captioner, TextEncoder, class_prompts, encode_class_prompts
+from d2c_pack.attach.visual import DEFAULT_VISUAL_ENCODER, VisualEncoder
+from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array
+from d2c_pack.distributed import Context
+from d2c_pack.errors import UserError
+from d2c_pack.fingerprint import module_sha256
+from d2c_pack.latents import VaeSpace, load_latent_space
+from d2c_pack.recipe import flag
+from d2c_pack.sources import ImageSource
+
+CACHE_VERSION = 1  # bump when a change below alters what a cache holds
+ROW_BATCH = 256  # rows converted to NumPy at a time when reading a cache back
+
+
+@dataclasses.dataclass(kw_only=True)
+class AttachArgs:
+    """The Attach flags of ``d2c-pack build``; ``none`` for a model leaves its columns out."""
+
+    text_encoder: str | None = flag("google/flan-t5-xl", help="transformers text encoder (T5, CLIP text, BERT-like, demo:minilm), or 'none' for no caption/text columns.")
+    prompt_template: str = flag(DEFAULT_PROMPT_TEMPLATE, help="Caption of every image of a class; {name} is the first synonym of the class name.")
+    captioner: str | None = flag(None, help="transformers image-to-text model captioning each image instead of the class prompt.")
+    visual_encoder: str | None = flag(DEFAULT_VISUAL_ENCODER, help="DINOv2 (transformers name or path, timm/NAME, demo:digits-encoder), or 'none' for no visual columns.")
+    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for the latent column, or 'none' for no latent column.")
+    attach_batch_size: int = flag(32, help="Images per batch while attaching.")
+
+    def __post_init__(self) -> None:
+        for name in ("text_encoder", "captioner", "visual_encoder", "vae"):
+            if getattr(self, name) in ("none", ""):
+                setattr(self, name, None)
+        if self.captioner and not self.text_encoder:
+            raise UserError("--captioner needs a --text-encoder to embed its captions")
+
+
+class ColumnGroup:
+    """Columns computed together; per-image groups have a cache and compute rows from crop batches."""
+
+    features: dict[str, datasets.features.features.FeatureType]
+    identity: dict[str, str]  # model name → fingerprint, recorded with the build
+    cache: ChunkCache | None = None  # per-image groups also define ``compute(batch) -> pa.Table``
+
+    def rows(self, indices: Sequence[int], labels: Sequence[int]) -> Iterator[dict]:
+        """The group's column values for each image, in the order of ``indices`` (ascending)."""
+        for table in self.cache.read(indices):
+            _raise_on_errors(table)
+            for batch in table.to_batches(max_chunksize=ROW_BATCH):
+                arrays = {name: _column_array(batch.column(name), feature) for name, feature in self.features.items()}
+                yield from (dict(zip(arrays, values)) for values in zip(*arrays.values()))
+
+
+def _column_array(column: pa.Array, feature: object) -> np.ndarray | list:
+    """An Arrow cache column as per-row values of the feature's shape."""
+    if isinstance(feature, datasets.Value):
+        return column.to_pylist()
+    shape = feature.shape if hasattr(feature, "shape") else (feature.length,)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+
+
+def _raise_on_errors(table: pa.Table) -> None:
+    failed = table.filter(pc.is_valid(table["error"]))
+    if failed.num_rows:
+        raise UserError(f"{failed.num_rows} selected images could not be read while attaching (first: {failed['source_id'][0]}: {failed['error'][0]})")
+
+
+def _cache_schema(fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema([*INDEX_FIELDS, *fields])
+
+
+def _text_features(dim: int) -> dict:
+    return {
+        "caption": datasets.Value("string"),
+        "text_embedding": datasets.Array2D((TEXT_LENGTH, dim), "float16"),
+        "text_mask": datasets.List(datasets.Value("int8"), length=TEXT_LENGTH),
+    }
+
+
+class ClassPromptText(ColumnGroup):
+    """Caption = the class prompt; its embedding is computed once per class and shared by the class's images."""
+
+    def __init__(self, encoder: TextEncoder, class_names: list[str], template: str):
+        self.captions = class_prompts(class_names, template)
+        self.encoding = encode_class_prompts(encoder, class_names, template)
+        self.features = _text_features(encoder.dim)
+        self.identity = {"text_encoder": encoder.name, "text_encoder_sha256": encoder.fingerprint(), "prompt_template": template}
+
+    def rows(self, indices: Sequence[int], labels: Sequence[int]) -> Iterator[dict]:
+        for label in labels:
+            yield {"caption": self.captions[label], "text_embedding": self.encoding.embedding[label], "text_mask": self.encoding.mask[label]}
+
+
+class CaptionedText(ColumnGroup):
+    """Caption of each image by an image-to-text model, then embedded."""
+
+    def __init__(self, encoder: TextEncoder, captioner: Captioner, cache_key: dict, work: Path, chunk_size: int):
+        self.encoder, self.captioner = encoder, captioner
+        self.features = _text_features(encoder.dim)
+        self.identity = {
+            "text_encoder": encoder.name, "text_encoder_sha256": encoder.fingerprint(),
+            "captioner": captioner.name, "captioner_sha256": captioner.fingerprint(),
+        }  # fmt: skip
+        fields = [pa.field("caption", pa.string()), pa.field("text_embedding", pa.list_(pa.float16())), pa.field("text_mask", pa.list_(pa.int8()))]
+        self.cache = ChunkCache(work / "caption", cache_key | self.identity, _cache_schema(fields), chunk_size)
+
+    def compute(self, batch: dict) -> pa.Table:
+        images = [Image.fromarray(crop.permute(1, 2, 0).numpy()) for crop in batch["crops"]]
+        captions = self.captioner.caption(images)
+        encoding = self.encoder.encode(captions)
+        columns = {"caption": captions, "text_embedding": list_array(encoding.embedding), "text_mask": list_array(encoding.mask)}
+        return _rows(batch, columns, self.cache.schema)
+
+
+class VisualColumns(ColumnGroup):
+    """DINOv2 patch tokens and CLS of each image."""
+
+    def __init__(self, encoder: VisualEncoder, cache_key: dict, work: Path, chunk_size: int, *, tokens: bool = True):
+        self.encoder, self.tokens = encoder, tokens
+        self.features = {"visual_cls": datasets.List(datasets.Value("float32"), length=encoder.dim)}
+        fields = [pa.field("visual_cls", pa.list_(pa.float32()))]
+        if tokens:
+            self.features = {"visual_tokens": datasets.Array2D((encoder.num_tokens, encoder.dim), "float16")} | self.features
+            fields.insert(0, pa.field("visual_tokens", pa.list_(pa.float16())))
+        self.identity = {"visual_encoder": encoder.name, "visual_encoder_sha256": encoder.fingerprint()}
+        self.cache = ChunkCache(work / ("visual" if tokens else "visual_cls"), cache_key | self.identity, _cache_schema(fields), chunk_size)
+
+    def compute(self, batch: dict) -> pa.Table:
+        tokens, cls = self.encoder(batch["crops"])  # (B, N, D) float16, (B, D) float32
+        columns = {"visual_cls": list_array(cls.numpy())}
+        if self.tokens:
+            columns = {"visual_tokens": list_array(tokens.numpy())} | columns
+        return _rows(batch, columns, self.cache.schema)
+
+
+class LatentColumn(ColumnGroup):
+    """SD-VAE posterior mean and std of each image, unscaled (the trainer samples and scales them)."""
+
+    def __init__(self, vae: str, resolution: int, device: torch.device, cache_key: dict, work: Path, chunk_size: int):
+        self.space = load_latent_space(vae, device)
+        if not isinstance(self.space, VaeSpace):
+            raise UserError(f"--vae {vae!r} is not an AutoencoderKL")
+        size = resolution // self.space.downsample
+        self.device = device
+        self.features = {"latent": datasets.Array3D((2 * self.space.channels, size, size), "float16")}
+        self.identity = {"vae": vae, "vae_sha256": module_sha256(self.space.vae)}
+        fields = [pa.field("latent", pa.list_(pa.float16()))]
+        self.cache = ChunkCache(work / "latent", cache_key | self.identity, _cache_schema(fields), chunk_size)
+
+    def compute(self, batch: dict) -> pa.Table:
+        images = batch["crops"].to(self.device).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+        moments = self.space.posterior(images).half().cpu()  # (B, 2C, R/8, R/8)
+        return _rows(batch, {"latent": list_array(moments.numpy())}, self.cache.schema)
+
+
+def _rows(batch: dict, columns: dict, schema: pa.Schema) -> pa.Table:
+    index = {"source_index": batch["indices"], "source_id": batch["source_ids"], "error": pa.nulls(len(batch["indices"]), pa.string())}
+    return pa.table(index | columns, schema=schema)
+
+
+@dataclasses.dataclass
+class Attached:
+    """The attached column groups of one build, ready to be read back row by row."""
+
+    groups: list[ColumnGroup]
+
+    @property
+    def features(self) -> dict:
+        return {name: feature for group in self.groups for name, feature in group.features.items()}
+
+    @property
+    def identity(self) -> dict:
+        return {key: value for group in self.groups for key, value in group.identity.items()}
+
+    def rows(self, indices: Sequence[int], labels: Sequence[int]) -> Iterator[dict]:
+        """One dict of every attached column per image, in ascending index order."""
+        streams = [group.rows(indices, labels) for group in self.groups]
+        for _ in range(len(indices)):
+            yield {key: value for stream in streams for key, value in next(stream).items()}
+
+
+def attach_columns(
+    args: AttachArgs,
+    source: ImageSource,
+    indices: Sequence[int],
+    labels: Sequence[int],
+    context: Context,
+    *,
+    resolution: int,
+    work: Path,
+    chunk_size: int,
+    workers: int,
+) -> Attached:
+    """Computes (or finds in the cache) every enabled column for the images ``indices`` (ascending)."""
+    key = {"version": CACHE_VERSION, "source": source.fingerprint(), "resolution": resolution}
+    root, device = work / "attach", context.device
+    groups: list[ColumnGroup] = []
+    if args.text_encoder:
+        encoder = TextEncoder(args.text_encoder, device)
+        if args.captioner:
+            groups.append(CaptionedText(encoder, Captioner(args.captioner, device), key, root, chunk_size))
+        else:
+            groups.append(ClassPromptText(encoder, source.class_names, args.prompt_template))
+    if args.visual_encoder:
+        groups.append(VisualColumns(VisualEncoder(args.visual_encoder, resolution, device), key, root, chunk_size))
+    if args.vae:
+        groups.append(LatentColumn(args.vae, resolution, device, key, root, chunk_size))
+    per_image = [(group.cache, group.compute) for group in groups if group.cache is not None]
+    if per_image:
+        compute_chunks(per_image, source, indices, context, resolution=resolution, batch_size=args.attach_batch_size, workers=workers, description="attach")
+    return Attached(groups)
+
+
+def visual_cls_features(
+    args: AttachArgs, source: ImageSource, indices: Sequence[int], context: Context, *, resolution: int, work: Path, chunk_size: int, workers: int
+) -> np.ndarray:
+    """The visual encoder's CLS of the images ``indices`` (ascending) as (N, D) float32: the kcenter/herding features."""
+    key = {"version": CACHE_VERSION, "source": source.fingerprint(), "resolution": resolution}
+    group = VisualColumns(VisualEncoder(args.visual_encoder, resolution, context.device), key, work / "attach", chunk_size, tokens=False)
+    compute_chunks(
+        [(group.cache, group.compute)], source, indices, context,
+        resolution=resolution, batch_size=args.attach_batch_size, workers=workers, description="visual features",
+    )  # fmt: skip
+    return np.stack([row["visual_cls"] for row in group.rows(indices, labels=())])

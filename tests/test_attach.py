@@ -1,0 +1,148 @@
+"""Attach: every column has the declared shape and the value a direct computation gives, is cached, and runs under torchrun."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
+
+from d2c_pack.attach.text import TextEncoder, class_prompts, encode_class_prompts
+from d2c_pack.attach.visual import VisualEncoder
+from d2c_pack.build import BuildConfig, build
+from d2c_pack.latents import load_latent_space
+from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.select import kcenter_select
+from d2c_pack.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "images": make_image_folder(root / "images"),
+        "scorer": make_official_scorer(root / "scorer"),
+        "visual": make_tiny_dinov2(root / "dinov2"),
+        "vae": make_tiny_vae(root / "vae"),
+    }
+
+
+def config(tmp_path: Path, models: dict[str, Path], **overrides) -> BuildConfig:
+    settings = dict(
+        source=str(models["images"]), scorer=str(models["scorer"]), resolution=16, timesteps=2, batch_size=8, chunk_size=8,
+        workers=0, device="cpu", work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="3/class", interval="2",
+        text_encoder="demo:minilm", visual_encoder=str(models["visual"]), vae=str(models["vae"]), attach_batch_size=4,
+    )  # fmt: skip
+    return BuildConfig(**(settings | overrides))
+
+
+def crop_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.array(center_crop_adm(image, 16))).permute(2, 0, 1)[None]  # (1, 3, R, R) uint8
+
+
+def test_columns_have_declared_shapes_and_direct_values(tmp_path: Path, models) -> None:
+    out = build(config(tmp_path, models))
+    loaded = datasets.load_dataset(str(out), split="train")
+    assert loaded.num_rows == 9
+    declared = {
+        "text_embedding": datasets.Array2D((16, 384), "float16"), "text_mask": datasets.List(datasets.Value("int8"), length=16),
+        "visual_tokens": datasets.Array2D((49, 32), "float16"), "visual_cls": datasets.List(datasets.Value("float32"), length=32),
+        "latent": datasets.Array3D((8, 8, 8), "float16"),  # mean ‖ std at R/2 for this tiny VAE
+    }  # fmt: skip
+    assert {name: loaded.features[name] for name in declared} == declared
+    stored = {name: loaded.data.schema.field(name).type for name in declared}  # what the parquet holds
+    assert stored["text_mask"] == pa.list_(pa.int8(), 16) and stored["visual_cls"] == pa.list_(pa.float32(), 32)
+    assert all(stored[name].storage_type.value_type.value_type == pa.float16() for name in ("text_embedding", "visual_tokens"))
+    # The torch format gives the declared shapes; datasets' TorchFormatter upcasts floats to float32 and integers to int64.
+    subset = loaded.with_format("torch")
+    assert {name: tuple(subset[0][name].shape) for name in declared} == {name: feature.shape if hasattr(feature, "shape") else (feature.length,) for name, feature in declared.items()}
+
+    source = open_source(str(models["images"]))
+    ids = {record.source_id: record for record in source.iter_records()}
+    text = TextEncoder("demo:minilm")
+    prompts, encoding = class_prompts(source.class_names), encode_class_prompts(text, source.class_names)
+    visual = VisualEncoder(str(models["visual"]), 16)
+    vae = load_latent_space(str(models["vae"]))
+    names = subset.with_format(None).select_columns(["source_id", "caption"])
+    for row, meta in zip(subset, names):
+        record, label = ids[meta["source_id"]], int(row["label"])
+        assert meta["caption"] == prompts[label]
+        assert torch.equal(row["text_embedding"], torch.from_numpy(encoding.embedding[label]).float())
+        assert torch.equal(row["text_mask"], torch.from_numpy(encoding.mask[label]).long())
+        tokens, cls = visual(crop_tensor(record.image))
+        torch.testing.assert_close(row["visual_tokens"], tokens[0].float(), rtol=1e-3, atol=1e-3)  # float16, batched apart
+        torch.testing.assert_close(row["visual_cls"], cls[0], rtol=1e-5, atol=1e-5)
+        moments = vae.posterior(crop_tensor(record.image).float() / 127.5 - 1)[0].half()
+        torch.testing.assert_close(row["latent"], moments.float(), rtol=1e-3, atol=1e-3)
+
+
+def chunk_stamps(work: Path, group: str) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (work / "attach" / group).glob("*/chunks/*.parquet")}
+
+
+def test_attachments_are_cached_per_image_across_selections(tmp_path: Path, models) -> None:
+    build(config(tmp_path, models))
+    work = tmp_path / "work"
+    before = {group: chunk_stamps(work, group) for group in ("visual", "latent")}
+    assert all(before.values()) and not (work / "attach" / "caption").exists()  # class prompts need no per-image cache
+    build(config(tmp_path, models, out=str(tmp_path / "same")))
+    assert {group: chunk_stamps(work, group) for group in before} == before  # nothing recomputed
+    build(config(tmp_path, models, out=str(tmp_path / "more"), budget="5/class"))
+    rows = pq.read_table(next((work / "attach" / "visual").glob("*")) / "chunks", columns=["source_index"]).num_rows
+    assert rows == 15  # the 9 images attached before plus the 6 new ones, each once
+
+
+def test_kcenter_and_herding_select_on_visual_cls(tmp_path: Path, models) -> None:
+    out = build(config(tmp_path, models, selector="kcenter", text_encoder="none", vae="none"))
+    manifest = json.loads((out / "d2c/manifest.json").read_text())
+    assert manifest["inputs"]["selection_features"] == "visual_cls"
+    source = open_source(str(models["images"]))
+    records = list(source.iter_records())
+    encoder = VisualEncoder(str(models["visual"]), 16)
+    cls = torch.cat([encoder(crop_tensor(r.image))[1] for r in records]).numpy()
+    expected = kcenter_select(cls, np.array([r.label for r in records]), 3)
+    chosen = datasets.load_dataset(str(out), split="train")["source_id"]
+    assert sorted(chosen) == sorted(records[i].source_id for i in expected)
+    assert set(datasets.load_dataset(str(out), split="train").column_names) == {
+        "image", "label", "source_id", "difficulty", "difficulty_rank", "visual_tokens", "visual_cls",
+    }  # fmt: skip
+
+
+def test_captioner_captions_each_image(tmp_path: Path, models) -> None:
+    from test_attach_text import tiny_vit_gpt2, word_tokenizer
+
+    captioner = tmp_path / "captioner"
+    tiny_vit_gpt2(captioner)
+    out = build(config(tmp_path, models, captioner=str(captioner), text_encoder="demo:minilm", visual_encoder="none", vae="none"))
+    subset = datasets.load_dataset(str(out), split="train")
+    encoder = TextEncoder("demo:minilm")
+    encoding = encoder.encode(subset["caption"])
+    np.testing.assert_allclose(np.stack(subset.with_format("numpy")["text_embedding"]), encoding.embedding.astype(np.float32), atol=2e-3)
+    assert all(caption and set(caption.split()) <= set(word_tokenizer().get_vocab()) for caption in subset["caption"])
+
+
+def test_torchrun_build_equals_single_process(tmp_path: Path, models) -> None:
+    args = [
+        "build", "--source", str(models["images"]), "--scorer", str(models["scorer"]), "--resolution", "16", "--timesteps", "2",
+        "--chunk-size", "8", "--workers", "0", "--device", "cpu", "--budget", "3/class", "--text-encoder", "demo:minilm",
+        "--visual-encoder", str(models["visual"]), "--vae", str(models["vae"]),
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "d2c_pack", *args, "--out", str(tmp_path / "one"), "--work", str(tmp_path / "w1")]
+    assert subprocess.run(single, env=env, capture_output=True, text=True, timeout=300).returncode == 0
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
+    result = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two"), "--work", str(tmp_path / "w2")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    digests = [{p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()} for root in (tmp_path / "one", tmp_path / "two")]
+    assert digests[0] == digests[1]
+    assert len(list((tmp_path / "w2" / "attach" / "visual").glob("*/chunks/*.parquet"))) == 5  # both ranks wrote chunks
