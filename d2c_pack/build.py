@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from d2c_pack import distributed
 from d2c_pack.attach import AttachArgs, attach_columns, visual_cls_features
 from d2c_pack.errors import UserError
+from d2c_pack.fingerprint import weight_files_sha256
 from d2c_pack.package import DATA_DIR, Package, Selection, build_identity, read_build_identity, write_package
 from d2c_pack.recipe import flag
 from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_source
@@ -37,6 +38,7 @@ class BuildConfig(AttachArgs, ScoreConfig):
     interval: str = flag("auto", help="Stride k of interval sampling, or 'auto' = round(0.75 · mean class size / per-class budget).")
     with_scores: bool = flag(True, help="Also publish every source image's score as the 'scores' config.")
     max_shard_size: str = flag("500MB", help="Largest parquet shard (uncompressed Arrow size).")
+    repo_id: str | None = flag(None, help="Hub repository the subset will be pushed to, for the card's usage snippets (ORG/NAME).")
     overwrite: bool = flag(False, help="Replace an existing dataset folder built with other settings.")
 
     def __post_init__(self) -> None:
@@ -76,6 +78,12 @@ def selection_features(config: BuildConfig, source: ImageSource, scores: Scores,
     return features, "visual_cls"
 
 
+def used_models(config: BuildConfig) -> dict:
+    """Every model the build ran, with the sha256 of its weight files."""
+    roles = {"scorer": config.scorer, "text_encoder": config.text_encoder, "captioner": config.captioner, "visual_encoder": config.visual_encoder, "vae": config.vae}
+    return {role: {"name": name, "files": weight_files_sha256(name)} for role, name in roles.items() if name}
+
+
 def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
     """The build's settings with every automatic choice made explicit: a recipe that rebuilds the same folder."""
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
@@ -110,7 +118,8 @@ def build(config: BuildConfig) -> Path | None:
         "source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"],
         **attached.identity, "selection_features": feature_name,
     }  # fmt: skip
-    package = Package(source, scores, selection, resolved_recipe(config, selection), inputs, attached, config.with_scores, config.max_shard_size)
+    recipe = resolved_recipe(config, selection)
+    package = Package(source, scores, selection, recipe, inputs, attached, used_models(config), config.with_scores, config.max_shard_size)
     existing = read_build_identity(out)
     if existing == build_identity(package):
         return out  # already built from exactly these settings and inputs

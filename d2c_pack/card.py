@@ -1,16 +1,22 @@
 """The dataset card (README.md) of a condensed dataset, rendered with ``huggingface_hub.DatasetCard``.
 
 The YAML metadata carries ``configs`` and ``dataset_info`` written by ``datasets``' own
-helpers, so ``load_dataset(folder_or_repo)`` returns exactly the declared features. The body
-comes from the Jinja template ``cards/dataset_card.md``.
+helpers, so ``load_dataset(folder_or_repo)`` returns exactly the declared features, and, for
+ImageNet-derived data, the ImageNet licence and terms as the gate prompt. The body comes from
+the Jinja template ``cards/dataset_card.md`` and shows two matplotlib figures written to
+``assets/``: where the selection fell in each class's difficulty distribution, and a grid of
+selected images from easy to hard.
 """
 
 from __future__ import annotations
 
+import io
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import datasets
+import numpy as np
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
@@ -35,6 +41,15 @@ COLUMN_NOTES = {
     "visual_cls": "DINOv2 CLS token after the final layer norm",
     "latent": "SD-VAE posterior mean and std concatenated (unscaled; sample mean + std·ε, then × 0.18215)",
 }
+HISTOGRAM_FILE = "assets/difficulty.png"
+SAMPLES_FILE = "assets/samples.png"
+MAX_PLOTTED_CLASSES = 10  # classes shown in each figure (evenly spread over the class list)
+SAMPLES_PER_CLASS = 8  # grid columns: selected images from easiest to hardest
+IMAGENET_LICENCE = {
+    "license": "other",
+    "license_name": "imagenet",
+    "license_link": "https://image-net.org/download.php",
+}
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
 
 
@@ -43,14 +58,16 @@ def size_category(num_rows: int) -> str:
 
 
 def card_data(package: Package, infos: DatasetInfosDict) -> DatasetCardData:
-    """Metadata: names, tags, size and the ``configs`` / ``dataset_info`` that ``datasets`` reads back."""
+    """Metadata: names, licence, tags, size and the ``configs`` / ``dataset_info`` that ``datasets`` reads back."""
     recipe = package.recipe
+    licence = {**IMAGENET_LICENCE, "extra_gated_prompt": imagenet_terms()} if package.source.imagenet_derived else {"license": "unknown"}
     data = DatasetCardData(
         pretty_name=_pretty_name(recipe),
         task_categories=["text-to-image", "unconditional-image-generation"],
         tags=["d2c", "dataset-condensation", "diffusion", "image-generation"],
         size_categories=[size_category(len(package.selection.positions))],
         source_datasets=[recipe["source"]],
+        **licence,
     )
     configs = {name: {"data_files": [{"split": "train", "path": f"{folder}/train-*"}]} for name, folder in _config_folders(infos)}
     configs["default"]["default"] = True
@@ -59,6 +76,11 @@ def card_data(package: Package, infos: DatasetInfosDict) -> DatasetCardData:
     infos.to_dataset_card_data(data)
     MetadataConfigs(configs).to_dataset_card_data(data)
     return data
+
+
+def imagenet_terms() -> str:
+    """The ImageNet terms of access, shown as the gate prompt of ImageNet-derived repositories."""
+    return (resources.files("d2c_pack") / "cards" / "imagenet_terms.md").read_text(encoding="utf-8").strip()
 
 
 def _config_folders(infos: DatasetInfosDict) -> list[tuple[str, str]]:
@@ -72,12 +94,12 @@ def _pretty_name(recipe: dict) -> str:
 
 def render_card(package: Package, infos: DatasetInfosDict) -> str:
     """The README.md text of a condensed dataset folder."""
-    recipe, selection = package.recipe, package.selection
-    data = card_data(package, infos)
+    recipe, selection, scores = package.recipe, package.selection, package.scores
     features = infos["default"].features
+    rows_per_class = np.bincount(scores.labels[selection.positions], minlength=package.source.num_classes)
     template = resources.files("d2c_pack") / "cards" / TEMPLATE
     card = DatasetCard.from_template(
-        data,
+        card_data(package, infos),
         template_str=template.read_text(encoding="utf-8"),
         source=recipe["source"],
         split=recipe["split"],
@@ -94,14 +116,97 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
         seed=recipe["seed"],
         encoders={k: v for k, v in package.inputs.items() if k in ("text_encoder", "prompt_template", "captioner", "visual_encoder", "vae")},
         num_rows=len(selection.positions),
-        num_scored=len(package.scores),
-        num_unreadable=len(package.scores.errors),
+        num_classes=package.source.num_classes,
+        class_rows=[(name, int(n)) for name, n in zip(package.source.class_names, rows_per_class)],
+        rows_range=(int(rows_per_class.min()), int(np.median(rows_per_class)), int(rows_per_class.max())),
+        num_scored=len(scores),
+        num_unreadable=len(scores.errors),
         version=__version__,
         schema=[(name, _feature_text(feature), COLUMN_NOTES.get(name, "")) for name, feature in features.items()],
+        array_columns=[name for name, feature in features.items() if hasattr(feature, "shape")],
         with_scores=package.with_scores,
-        repo_id="ORG/NAME",
+        histogram=HISTOGRAM_FILE,
+        samples=SAMPLES_FILE,
+        repo_id=recipe.get("repo_id") or "ORG/NAME",
+        imagenet=package.source.imagenet_derived,
     )
     return str(card)
+
+
+def plotted_classes(num_classes: int) -> list[int]:
+    """At most ``MAX_PLOTTED_CLASSES`` class indices, evenly spread."""
+    count = min(num_classes, MAX_PLOTTED_CLASSES)
+    return sorted({round(i * (num_classes - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def write_assets(package: Package, subset: datasets.Dataset, folder: Path) -> None:
+    """Writes the card's two figures into ``folder/assets/`` (PNG bytes depend on nothing but the data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also makes the output independent of the machine's backend
+    (folder / "assets").mkdir(exist_ok=True)
+    classes = plotted_classes(package.source.num_classes)
+    _save(_difficulty_figure(package, classes), folder / HISTOGRAM_FILE)
+    _save(_samples_figure(package, subset, classes), folder / SAMPLES_FILE)
+
+
+def _difficulty_figure(package: Package, classes: list[int]):
+    import matplotlib.pyplot as plt
+
+    scores, selection, names = package.scores, package.selection, package.source.class_names
+    chosen = np.zeros(len(scores), dtype=bool)
+    chosen[selection.positions] = True
+    columns = min(len(classes), 5)
+    rows = -(-len(classes) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.2 * rows), squeeze=False, sharey=False)
+    for axis, label in zip(axes.flat, classes):
+        members = scores.labels == label
+        axis.hist(scores.scores[members], bins=30, color="#9aa5b1")
+        for value in scores.scores[members & chosen]:
+            axis.axvline(value, color="#d1495b", linewidth=0.8)
+        axis.set_title(_short(names[label]), fontsize=9)
+        axis.tick_params(labelsize=7)
+    for axis in axes.flat[len(classes) :]:
+        axis.axis("off")
+    shown = f"{len(classes)} of {len(names)} classes" if len(classes) < len(names) else f"all {len(names)} classes"
+    figure.suptitle(f"Diffusion difficulty per class ({shown}); red: selected images", fontsize=10)
+    figure.supxlabel("difficulty score (higher = harder)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def _samples_figure(package: Package, subset: datasets.Dataset, classes: list[int]):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    table = subset.select_columns(["label", "difficulty_rank"]).with_format("numpy")[:]
+    images = subset.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
+    figure, axes = plt.subplots(len(classes), SAMPLES_PER_CLASS, figsize=(SAMPLES_PER_CLASS, len(classes) * 1.05), squeeze=False)
+    for row, label in zip(axes, classes):
+        members = np.flatnonzero(table["label"] == label)
+        members = members[np.argsort(table["difficulty_rank"][members], kind="stable")]
+        shown = members[np.linspace(0, len(members) - 1, min(len(members), SAMPLES_PER_CLASS)).round().astype(int)] if len(members) else []
+        for axis in row:
+            axis.axis("off")
+        for axis, index in zip(row, shown):
+            image = Image.open(io.BytesIO(images[int(index)]["image"]["bytes"])).convert("RGB")
+            axis.imshow(image.resize((64, 64), Image.BICUBIC))
+        row[0].set_title(_short(package.source.class_names[label]), fontsize=7, loc="left")
+    figure.suptitle("Selected images per class, easiest to hardest", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def _save(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    # No "Software" entry: the PNG bytes then depend on the picture alone.
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def _short(name: str) -> str:
+    return name.split(",")[0][:24]
 
 
 def _budget_text(per_class: list[int]) -> str:

@@ -23,11 +23,13 @@ from rich.console import Console
 from d2c_pack import __version__
 from d2c_pack.build import BuildConfig, build, describe_build
 from d2c_pack.errors import UserError
+from d2c_pack.hub import PushConfig, push
 from d2c_pack.recipe import merge_recipe, read_recipe
 from d2c_pack.score import ScoreConfig, read_scores, score_source, summarize
 from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
 from d2c_pack.train.loop import TrainConfig, train
 from d2c_pack.train.sample import sample_grid
+from d2c_pack.verify import describe, locate, print_tables, verify
 
 app = typer.Typer(
     name="d2c-pack",
@@ -146,6 +148,46 @@ def sample(
     class_list = _parse_int_list(classes, "--classes") if classes else None
     path = sample_grid(checkpoint, out, per_class=per_class, classes=class_list, num_steps=steps, cfg_scale=cfg_scale, seed=seed, device=device)
     print(f"wrote {path}")
+
+
+@app.command("push")
+def push_command(
+    repo_id: Annotated[str, typer.Argument(help="Hub dataset repository ORG/NAME.")],
+    source_dir: Annotated[str, typer.Option("--from", help="The built dataset folder to publish.")] = ".",
+    tag: Annotated[str | None, typer.Option(help="Version tag for the pushed commit, e.g. v1.0.")] = None,
+    private: Annotated[bool | None, typer.Option("--private/--public", help="Visibility (default: private for ImageNet-derived data, else public).", show_default=False)] = None,
+    gated: Annotated[bool | None, typer.Option("--gated/--not-gated", help="Gate access behind the card's terms (default: gated for ImageNet-derived data).", show_default=False)] = None,
+    create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing to the branch.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to commit to (default: main).")] = None,
+    message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
+    force: Annotated[bool, typer.Option(help="Move the tag if it already exists.")] = False,
+) -> None:
+    """Publish a built dataset folder as a versioned Hub dataset (token: HF_TOKEN or `hf auth login`)."""
+    config = PushConfig(
+        repo_id=repo_id, source_dir=source_dir, tag=tag, private=private, gated=gated, create_pr=create_pr,
+        revision=revision, message=message, force=force,
+    )  # fmt: skip
+    result = push(config)
+    print(f"pushed {source_dir} to {repo_id} at {result.commit[:12]}" + (f", tagged {tag}" if tag else ""))
+    print(f"from datasets import load_dataset; subset = {result.load_line()}")
+
+
+@app.command("verify")
+def verify_command(name: Annotated[str, typer.Argument(help="A dataset folder, or a Hub dataset ORG/NAME[@REVISION].")]) -> None:
+    """Check a condensed dataset: every file against the manifest's sha256 and size, every parquet schema against the card."""
+    location = locate(name)
+    problems = verify(location)
+    for problem in problems:
+        typer.echo(f"✗ {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    print(f"{location.name}: all {len(location.files())} files match the manifest and the card")
+
+
+@app.command("inspect")
+def inspect_command(name: Annotated[str, typer.Argument(help="A dataset folder, or a Hub dataset ORG/NAME[@REVISION].")]) -> None:
+    """Summary tables of a condensed dataset: rows, classes, selection, columns and shapes, size."""
+    print_tables(describe(locate(name)))
 
 
 def _parse_int_list(text: str, flag: str) -> list[int]:

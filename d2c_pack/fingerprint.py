@@ -34,3 +34,29 @@ def module_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def weight_files_sha256(name_or_path: str) -> dict[str, str]:
+    """sha256 of the weight files behind a model name: a file, a folder, or a Hub repository in the local cache.
+
+    Hub names (``org/name``, ``timm/name``, ``hf-hub:org/name``) are looked up in the cache that
+    ``from_pretrained`` filled, without network; a name whose files are not there gives {}.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from d2c_pack.demo import resolve_model_path
+
+    path = Path(resolve_model_path(name_or_path).removeprefix("local-dir:"))
+    if path.is_file():
+        return {path.name: sha256_file(path)}
+    if not path.is_dir():
+        try:
+            path = Path(snapshot_download(name_or_path.removeprefix("hf-hub:"), allow_patterns=list(WEIGHT_PATTERNS), local_files_only=True))
+        except (LocalEntryNotFoundError, ValueError, OSError):
+            return {}
+    files = sorted(p for pattern in WEIGHT_PATTERNS for p in path.rglob(pattern))
+    return {p.relative_to(path).as_posix(): sha256_file(p) for p in files}

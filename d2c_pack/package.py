@@ -31,7 +31,7 @@ from datasets.utils.py_utils import convert_file_size_to_int
 
 from d2c_pack import __version__
 from d2c_pack.attach import Attached
-from d2c_pack.card import render_card
+from d2c_pack.card import render_card, write_assets
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.score import Scores
@@ -91,6 +91,7 @@ class Package:
     recipe: dict  # the build's settings, every automatic choice resolved
     inputs: dict  # what identifies the inputs: source fingerprint, scorer and attach models' sha256
     attached: Attached
+    models: dict  # role → {"name", "files": {weight file: sha256}}, for the manifest
     with_scores: bool = True
     max_shard_size: str = "500MB"
 
@@ -110,6 +111,7 @@ def write_package(package: Package, out: Path) -> Path:
         fingerprint=datasets.fingerprint.Hasher.hash(build_identity(package)),
     )
     infos["default"] = _write_split(data, partial, DATA_DIR, package.max_shard_size)
+    write_assets(package, data, partial)
     if package.with_scores:
         infos[SCORES_DIR] = _write_split(_score_rows(package), partial, SCORES_DIR, package.max_shard_size)
     del data  # releases the memory-mapped cache before it is removed
@@ -141,10 +143,17 @@ def read_build_identity(out: Path) -> dict | None:
 def _manifest(package: Package, folder: Path) -> dict:
     selection, scores = package.selection, package.scores
     chosen_labels = scores.labels[selection.positions]
+    source = package.source
     return {
         "tool": "d2c-pack",
         "version": __version__,
         **build_identity(package),
+        "source": {
+            "spec": source.spec, "split": package.recipe["split"], "revision": package.recipe["revision"],
+            "fingerprint": package.inputs["source_fingerprint"], "images": len(source), "classes": source.num_classes,
+        },  # fmt: skip
+        "models": package.models,
+        "seeds": {"noise_and_random_selection": package.recipe["seed"]},
         "selection": {
             "rows": len(selection.positions),
             "interval": selection.interval,
@@ -216,3 +225,20 @@ def _write_split(dataset: datasets.Dataset, root: Path, folder: str, max_shard_s
         download_size=download_size,
         dataset_size=dataset.data.nbytes,
     )
+
+
+def column_array(dataset: datasets.Dataset, name: str) -> np.ndarray:
+    """An array column (Array2D/Array3D, or List with a length) as one NumPy array ``(rows, *shape)`` of its stored dtype.
+
+    ``datasets``' NumPy and torch formats upcast float16 to float32 and int8 to int64; this reads
+    the Arrow buffers as they are, without a Python object per number.
+    """
+    feature = dataset.features[name]
+    shape = feature.shape if hasattr(feature, "shape") else (feature.length,)
+    parts = []
+    for chunk in dataset.with_format("arrow")[name].chunks:
+        values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+        while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
+            values = values.flatten()
+        parts.append(values.to_numpy(zero_copy_only=False))
+    return np.concatenate(parts).reshape(len(dataset), *shape)

@@ -126,6 +126,11 @@ class ImageSource(abc.ABC):
         """Whether ``get`` works; False for streamed datasets."""
         return True
 
+    @property
+    def imagenet_derived(self) -> bool:
+        """Whether the images come from ImageNet (whose terms restrict redistribution): judged by the spec's name."""
+        return "imagenet" in self.spec.lower()
+
     def iter_records(self, indices: Iterable[int] | None = None) -> Iterator[SourceRecord]:
         """Yield the decodable records at ``indices`` (all if None) in ascending index order."""
         wanted = None if indices is None else self._checked(indices)
@@ -257,9 +262,15 @@ class ImageFolderSource(ImageSource):
                 logger.warning("class folder %s of %s has no images", folder, spec)
         super().__init__(spec, _class_names(folders), sizes)
         self._fingerprint: str | None = None
+        self._wordnet_classes = any(_WORDNET_ID.fullmatch(folder) for folder in folders)
 
     def __len__(self) -> int:
         return len(self._files)
+
+    @property
+    def imagenet_derived(self) -> bool:
+        """WordNet-id class folders (``n01440764``) are ImageNet's layout."""
+        return self._wordnet_classes or super().imagenet_derived
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

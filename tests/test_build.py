@@ -43,7 +43,7 @@ def file_digests(folder: Path) -> dict[str, str]:
 def test_built_folder_loads_with_the_declared_features(tmp_path: Path, inputs) -> None:
     out = build(build_config(tmp_path, inputs))
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "README.md", "d2c/manifest.json", "d2c/recipe.yaml", "data/train-00000-of-00001.parquet", "scores/train-00000-of-00001.parquet",
+        "README.md", "assets/difficulty.png", "assets/samples.png", "d2c/manifest.json", "d2c/recipe.yaml", "data/train-00000-of-00001.parquet", "scores/train-00000-of-00001.parquet",
     ]  # fmt: skip
     subset = datasets.load_dataset(str(out), split="train")
     assert subset.features == row_features(sorted(CLASS_SIZES))

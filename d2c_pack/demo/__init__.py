@@ -26,11 +26,13 @@ def _minilm_folder() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A transformers model name or path as given, or the local folder of a ``demo:`` model."""
+    """A model name or path as given, or the local folder of a ``demo:`` model."""
     if name_or_path == "demo:minilm":
         return str(_minilm_folder())
     if name_or_path == "demo:digits-encoder":
         return str(DEMO_DIR / "digits-encoder")
+    if name_or_path in DEMO_BACKBONES:
+        return str(DEMO_BACKBONES[name_or_path])
     if name_or_path.startswith("demo:"):
-        raise UserError(f"unknown demo model {name_or_path!r}; available: demo:minilm, demo:digits-encoder")
+        raise UserError(f"unknown demo model {name_or_path!r}; available: demo:digits, demo:minilm, demo:digits-encoder")
     return name_or_path

@@ -1,0 +1,140 @@
+"""`push` end to end against a local Hub server with the real huggingface_hub and datasets clients."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import datasets
+import hub_server
+import pytest
+from conftest import encode, make_image_folder, make_official_scorer, noise_image
+from hub_server import READ_TOKEN, WRITE_TOKEN, HubServer
+from huggingface_hub import HfApi
+from typer.testing import CliRunner
+
+from d2c_pack.build import BuildConfig, build
+from d2c_pack.cli import app
+from d2c_pack.errors import UserError
+
+hub = hub_server.hub  # the fixture: clients talk to a fresh local Hub with HF_TOKEN = WRITE_TOKEN
+REPO = "tester/tiny-d2c"
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two different builds of the same source (v1.0: 2 per class, v1.1: 4 per class)."""
+    root = tmp_path_factory.mktemp("builds")
+    images, scorer = make_image_folder(root / "images"), make_official_scorer(root / "scorer")
+    settings = dict(
+        source=str(images), scorer=str(scorer), resolution=16, timesteps=2, workers=0, device="cpu", work=str(root / "work"),
+        text_encoder="none", visual_encoder="none", vae="none", repo_id=REPO,
+    )  # fmt: skip
+    return {
+        "v1.0": build(BuildConfig(**settings, budget="2/class", out=str(root / "v1.0"))),
+        "v1.1": build(BuildConfig(**settings, budget="4/class", out=str(root / "v1.1"))),
+    }
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """Exit code and output of ``d2c-pack ARGS``; a user error is exit code 2 with its message, as ``main`` prints it."""
+    result = CliRunner().invoke(app, list(args))
+    if isinstance(result.exception, UserError):
+        return 2, f"error: {result.exception}"
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_versions_load_their_own_rows_and_verify(hub: HubServer, builds) -> None:
+    for tag, folder in builds.items():
+        code, output = cli("push", REPO, "--from", str(folder), "--tag", tag)
+        assert code == 0, output
+        assert f'load_dataset("{REPO}", revision="{tag}")' in output
+    assert {ref.name for ref in HfApi().list_repo_refs(REPO, repo_type="dataset").tags} == {"v1.0", "v1.1"}
+    assert datasets.load_dataset(REPO, revision="v1.0", split="train").num_rows == 6
+    assert datasets.load_dataset(REPO, revision="v1.1", split="train").num_rows == 12
+    assert datasets.load_dataset(REPO, "scores", revision="v1.0", split="train").num_rows == 36
+    assert cli("verify", f"{REPO}@v1.0")[0] == 0 and cli("verify", f"{REPO}@v1.1")[0] == 0
+    assert not hub.repo_settings(REPO)["private"]  # not ImageNet: public by default
+
+
+def test_verify_on_the_hub_reads_no_data_and_names_a_tampered_file(hub: HubServer, tmp_path: Path) -> None:
+    images = tmp_path / "large"
+    for c, name in enumerate(("a", "b")):
+        (images / name).mkdir(parents=True)
+        for i in range(3):  # ~0.8 MB of incompressible PNG each: a data shard of several MB
+            (images / name / f"{i}.png").write_bytes(encode(noise_image((512, 512), 10 * c + i), "PNG"))
+    out = build(BuildConfig(
+        source=str(images), scorer=str(make_official_scorer(tmp_path / "scorer", num_classes=2)), resolution=16, timesteps=2,
+        workers=0, device="cpu", work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="3/class",
+        text_encoder="none", visual_encoder="none", vae="none",
+    ))  # fmt: skip
+    assert cli("push", REPO, "--from", str(out), "--tag", "v1.0")[0] == 0
+    hub.served.clear()
+    code, output = cli("verify", f"{REPO}@v1.0")
+    assert code == 0, output
+    shard = "data/train-00000-of-00001.parquet"
+    original = hub.files(REPO, "v1.0")[shard]
+    assert len(original) > 4_000_000 and hub.served[shard] < 600_000  # footer blocks only; LFS sha256 from the Hub
+    hub.tamper(REPO, shard, original[:-10] + b"0123456789", revision="v1.0")
+    code, output = cli("verify", f"{REPO}@v1.0")
+    assert code == 1 and f"{shard}: sha256 differs from the manifest" in output
+
+
+def test_rerunning_a_push_uploads_nothing_new(hub: HubServer, builds) -> None:
+    assert cli("push", REPO, "--from", str(builds["v1.0"]))[0] == 0
+    hub.requests.clear()
+    assert cli("push", REPO, "--from", str(builds["v1.0"]))[0] == 0
+    assert not [path for method, path in hub.requests if method == "PUT"]
+
+
+def test_an_existing_tag_is_refused_unless_forced(hub: HubServer, builds) -> None:
+    assert cli("push", REPO, "--from", str(builds["v1.0"]), "--tag", "v1.0")[0] == 0
+    code, output = cli("push", REPO, "--from", str(builds["v1.1"]), "--tag", "v1.0")
+    assert code == 2 and "already has the tag 'v1.0'" in output and "--force" in output
+    assert datasets.load_dataset(REPO, revision="v1.0", split="train").num_rows == 6
+    assert cli("push", REPO, "--from", str(builds["v1.1"]), "--tag", "v1.0", "--force")[0] == 0
+    assert datasets.load_dataset(REPO, revision="v1.0", split="train").num_rows == 12
+
+
+def test_missing_or_read_only_token_fails_before_any_upload(hub: HubServer, builds, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.requests.clear()
+    monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
+    code, output = cli("push", REPO, "--from", str(builds["v1.0"]))
+    assert code == 2 and "read-only" in output
+    monkeypatch.delenv("HF_TOKEN")
+    code, output = cli("push", REPO, "--from", str(builds["v1.0"]))
+    assert code == 2 and "no Hugging Face token" in output
+    assert not [path for _, path in hub.requests if "/commit/" in path or "/preupload/" in path or path.endswith("/repos/create")]
+
+
+def test_the_token_appears_in_no_output_and_no_file(hub: HubServer, builds) -> None:
+    code, output = cli("push", REPO, "--from", str(builds["v1.1"]), "--tag", "v1.1")
+    assert code == 0 and WRITE_TOKEN not in output
+    assert all(WRITE_TOKEN.encode() not in data for data in hub.files(REPO, "v1.1").values())
+
+
+def test_imagenet_derived_data_is_pushed_private_and_gated(hub: HubServer, tmp_path: Path) -> None:
+    images = tmp_path / "imagenet"
+    for seed, wnid in enumerate(("n01440764", "n01443537")):
+        (images / wnid).mkdir(parents=True)
+        for i in range(3):
+            (images / wnid / f"{i}.png").write_bytes(encode(noise_image((20, 20), seed * 10 + i), "PNG"))
+    out = build(BuildConfig(
+        source=str(images), scorer=str(make_official_scorer(tmp_path / "scorer", num_classes=2)), resolution=16, timesteps=2,
+        workers=0, device="cpu", work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="2/class",
+        text_encoder="none", visual_encoder="none", vae="none",
+    ))  # fmt: skip
+    assert cli("push", "tester/imagenet-tiny", "--from", str(out), "--tag", "v1.0")[0] == 0
+    settings = hub.repo_settings("tester/imagenet-tiny")
+    assert settings["private"] and settings["gated"]
+    assert cli("push", "tester/imagenet-open", "--from", str(out), "--public", "--not-gated")[0] == 0
+    assert not hub.repo_settings("tester/imagenet-open")["private"]
+
+
+def test_a_corrupted_local_folder_is_not_pushed(hub: HubServer, builds, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(builds["v1.0"], tmp_path / "broken"))
+    (broken / "d2c" / "recipe.yaml").write_text("edited\n")
+    code, output = cli("push", REPO, "--from", str(broken))
+    assert code == 2 and "fails verification" in output
