@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import sys
 import time
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from d2c_pack import __version__
 from d2c_pack.build import BuildConfig, build, describe_build
@@ -27,8 +30,10 @@ from d2c_pack.hub import PushConfig, push
 from d2c_pack.recipe import merge_recipe, read_recipe
 from d2c_pack.score import ScoreConfig, read_scores, score_source, summarize
 from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
+from d2c_pack.train.fid import evaluate, subset_defaults
 from d2c_pack.train.loop import TrainConfig, train
-from d2c_pack.train.sample import sample_grid
+from d2c_pack.train.sample import sample_grid, sample_npz
+from d2c_pack.train.transport import SAMPLERS
 from d2c_pack.verify import describe, locate, print_tables, verify
 
 app = typer.Typer(
@@ -75,7 +80,7 @@ def config_command(name: str, config_class: type, run: Callable[[Any], str], hel
     def command(ctx: typer.Context, **_: Any) -> None:
         params = dict(ctx.params)
         if recipe := params.pop("recipe", None):
-            params = merge_recipe(ctx, read_recipe(recipe), recipe_ignores)
+            params = merge_recipe(ctx, read_recipe(recipe, name), recipe_ignores)
             params.pop("recipe")
         for field in fields:
             if _is_required(field) and params[field.name] in (None, ""):
@@ -132,22 +137,88 @@ config_command("train", TrainConfig, _train, "Train a SiT backbone with the velo
 config_command("train-encoder", EncoderTrainConfig, _train_encoder, "Train a small DINOv2-architecture classifier on a source (the demo's visual encoder).")
 
 
+CheckpointOption = Annotated[
+    str | None, typer.Option("--ckpt", help="Model: a training run folder, a d2c-pack model folder, an official SiT .pt file, or demo:digits.")
+]
+SamplerOption = Annotated[str, typer.Option(help=f"Sampler: {', '.join(SAMPLERS)}.")]
+IntervalOption = Annotated[str, typer.Option(help="SiT times 'low,high' (0 = noise, 1 = data) where guidance applies.")]
+
+
 @app.command()
 def sample(
-    checkpoint: Annotated[str, typer.Argument(help="Backbone: a d2c-pack model/checkpoint folder, an official SiT .pt file, or demo:digits.")],
-    out: Annotated[str, typer.Option(help="PNG file for the grid (one row per class).")] = "samples.png",
-    per_class: Annotated[int, typer.Option(help="Samples per class.")] = 8,
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class indices (default: all classes).")] = None,
-    steps: Annotated[int, typer.Option(help="Euler ODE steps.")] = 50,
+    checkpoint: Annotated[str | None, typer.Argument(help="Model, as --ckpt (give one of the two).", show_default=False)] = None,
+    ckpt: CheckpointOption = None,
+    out: Annotated[str, typer.Option(help="A .png grid (one row per class), or an .npz of --num-samples samples for the ADM evaluator.")] = "samples.png",
+    per_class: Annotated[int, typer.Option(help="Grid: samples per class.")] = 8,
+    classes: Annotated[str | None, typer.Option(help="Grid: comma-separated class indices (default: all classes).")] = None,
+    num_samples: Annotated[int, typer.Option(help=".npz: number of samples (class i mod C).")] = 50_000,
+    sampler: SamplerOption = "euler",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = no guidance).")] = 1.0,
+    guidance_interval: IntervalOption = "0,1",
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
 ) -> None:
-    """Sample a class-conditional grid with the Euler ODE sampler."""
-
-    class_list = _parse_int_list(classes, "--classes") if classes else None
-    path = sample_grid(checkpoint, out, per_class=per_class, classes=class_list, num_steps=steps, cfg_scale=cfg_scale, seed=seed, device=device)
+    """Sample a trained model: a PNG grid per class, or an ADM-evaluator .npz (Euler / Heun ODE, Euler–Maruyama SDE, CFG)."""
+    model = _one_checkpoint(checkpoint, ckpt)
+    settings = dict(sampler=sampler, num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device)
+    if out.endswith(".npz"):
+        path = sample_npz(model, out, num_samples=num_samples, **settings)
+    else:
+        class_list = _parse_int_list(classes, "--classes") if classes else None
+        path = sample_grid(model, out, per_class=per_class, classes=class_list, **settings)
     print(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_command(
+    ckpt: CheckpointOption = None,
+    data: Annotated[str | None, typer.Option(help="The condensed dataset the model was trained on: sets the default reference and features.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Reference images (any source: demo:digits, hf:NAME, a folder) or an .npz of mu/sigma (default: the subset's source).")] = None,
+    features: Annotated[str | None, typer.Option(help="'inception', or a visual encoder (e.g. demo:digits-encoder) whose CLS features FID uses (default: see --data).")] = None,
+    inception_weights: Annotated[str | None, typer.Option(help="Local file of torch-fidelity's Inception weights (default: the library's download).")] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples generated (FID-50K: 50000).")] = 1000,
+    sampler: SamplerOption = "euler",
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
+    guidance_interval: IntervalOption = "0,1",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+) -> None:
+    """FID (and IS with Inception, accuracy with a classifier encoder) of a model's samples against reference images."""
+    if ckpt is None:
+        raise UserError("--ckpt is required")
+    default_reference, default_features = subset_defaults(data) if data else (None, "inception")
+    if (reference or default_reference) is None:
+        raise UserError("give --reference (images or statistics to compare with) or --data (the subset the model was trained on)")
+    results = evaluate(
+        ckpt, reference=reference or default_reference, features=features or default_features, num_samples=num_samples, sampler=sampler,
+        num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device,
+        inception_weights=inception_weights,
+    )  # fmt: skip
+    print(f"{ckpt}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
+    table = Table("metric", "value")
+    for key in ("fid", "inception_score", "accuracy"):
+        if results.get(key) is not None:
+            table.add_row(key, f"{results[key]:.4f}")
+    Console().print(table)
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def _one_checkpoint(argument: str | None, option: str | None) -> str:
+    if (argument is None) == (option is None):
+        raise UserError("give the model either as an argument or as --ckpt")
+    return argument or option
+
+
+def _parse_interval(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--guidance-interval takes 'low,high', got {text!r}") from None
+    return low, high
 
 
 @app.command("push")

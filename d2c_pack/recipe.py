@@ -27,12 +27,21 @@ def flag(default: Any = dataclasses.MISSING, *, help: str, factory: Any = datacl
     return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
 
 
+COMMAND_SECTIONS = ("train", "sample", "eval")
+
+
 def shipped_recipes() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in (resources.files("d2c_pack") / "recipes").iterdir() if p.name.endswith(".yaml"))
 
 
-def read_recipe(name_or_path: str) -> dict:
-    """The recipe's mapping, from a file path or a shipped recipe name."""
+def read_recipe(name_or_path: str, command: str | None = None) -> dict:
+    """The keys a recipe (file path or shipped name) gives ``command``.
+
+    A recipe may hold a section per command (``train:``, ``sample:``, ``eval:`` mappings) next to
+    its top-level keys: a command with a section reads only that section; any other command
+    reads the top-level keys (so ``demo`` drives ``build`` and, through its ``train:`` section,
+    ``train``).
+    """
     path = Path(name_or_path)
     if not path.is_file():
         shipped = (resources.files("d2c_pack") / "recipes") / f"{name_or_path}.yaml"
@@ -45,7 +54,9 @@ def read_recipe(name_or_path: str) -> dict:
         raise UserError(f"recipe {path} is not valid YAML: {first_line(err)}") from None
     if not isinstance(recipe, dict):
         raise UserError(f"recipe {path} must be a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in recipe.items()}
+    sections = {k: v for k, v in recipe.items() if k in COMMAND_SECTIONS and isinstance(v, dict)}
+    chosen = sections.get(command, {k: v for k, v in recipe.items() if k not in sections})
+    return {str(k).replace("-", "_"): v for k, v in chosen.items()}
 
 
 def merge_recipe(ctx: typer.Context, recipe: dict, ignored: frozenset[str] = frozenset()) -> dict:

@@ -532,7 +532,8 @@ def _open_from_disk(spec: str, root: Path, *, split: str, columns: dict[str, Any
     return DatasetsSource(spec, loaded, split=split, identity=identity, **columns)
 
 
-def _is_saved_dataset(folder: Path) -> bool:
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
     has_state = (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
     return has_state or (folder / "dataset_dict.json").is_file()
 
@@ -589,7 +590,7 @@ def open_source(
                 f"{spec} is a file but not a .parquet file; give a folder of images, a .parquet file or hf:NAME"
             )
         parquet = [str(path)]
-    elif _is_saved_dataset(path):
+    elif is_saved_dataset(path):
         return _open_from_disk(spec, path, split=split, columns=columns)
     else:
         parquet = _parquet_files(path)

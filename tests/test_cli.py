@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from d2c_pack import cli
 
@@ -55,9 +57,11 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
     ("args", "message"),
     [
         (["train", "--recipe", "no-such-recipe", "--out", "x"], "no recipe 'no-such-recipe'"),
-        (["train", "--source", "demo:digits", "--out", "{tmp}/o", "--model", "SiT-Huge/2"], "unknown model"),
-        (["train", "--source", "{tmp}/missing", "--out", "{tmp}/o", "--vae", "none"], "missing"),
-        (["train", "--out", "{tmp}/o"], "--source is required"),
+        (["train", "--source", "demo:digits", "--out", "{tmp}/o", "--model", "SiT-Huge/2", "--no-text", "--no-align"], "unknown model"),
+        (["train", "--source", "{tmp}/missing", "--out", "{tmp}/o", "--vae", "none", "--no-text", "--no-align"], "missing"),
+        (["train", "--out", "{tmp}/o"], "exactly one of --data"),
+        (["train", "--source", "demo:digits", "--out", "{tmp}/o"], "pass --no-text --no-align"),
+        (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "neither a dataset folder nor a Hub dataset"),
         (["sample", "demo:digits", "--classes", "3,12", "--out", "{tmp}/g.png"], "class 12 is out of range"),
         (["sample", "demo:digits", "--classes", "a,b"], "comma-separated integers"),
         (["sample", "{tmp}/nowhere"], "no backbone"),
@@ -115,3 +119,20 @@ def test_demo_main_job_scores_once_and_selects_many(tmp_path: Path, monkeypatch,
 def test_build_user_errors_are_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
     extra = ["--work", str(tmp_path / "work")] + (["--out", str(tmp_path / "o")] if "--out is required" not in message and args[0] == "build" else [])
     assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args] + extra, message)
+
+
+def test_demo_acceptance_flow(tmp_path: Path, monkeypatch, capsys) -> None:
+    """build --recipe demo → train --recipe demo --data → sample --ckpt → eval --ckpt --data, at tiny sizes."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(data), "--work", str(tmp_path / "work")) == 0
+    assert run_cli(monkeypatch, "train", "--recipe", "demo", "--data", str(data), "--steps", "3", "--out", str(run)) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 3 and {"velocity_loss", "align_loss", "loss"} <= set(json.loads(lines[-1]))
+    assert (run / "checkpoints" / "0000003" / "ema.safetensors").exists() and (run / "model" / "class_text.safetensors").exists()
+    assert run_cli(monkeypatch, "sample", "--ckpt", str(run), "--out", str(tmp_path / "grid.png"), "--steps", "3", "--per-class", "2") == 0
+    assert Image.open(tmp_path / "grid.png").size[1] > 10 * 32  # one row per digit
+    capsys.readouterr()
+    code = run_cli(monkeypatch, "eval", "--ckpt", str(run), "--data", str(data), "--num-samples", "20", "--steps", "3", "--json", str(tmp_path / "fid.json"))
+    assert code == 0 and "demo:digits-encoder features" in capsys.readouterr().out
+    results = json.loads((tmp_path / "fid.json").read_text())
+    assert results["reference"] == "demo:digits" and results["fid"] > 0 and 0 <= results["accuracy"] <= 1

@@ -22,7 +22,7 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     settings = dict(
         source="demo:digits", out=str(tmp_path / "run"), model="SiT-T/4", resolution=16, vae="none",
         learn_sigma=False, steps=4, batch_size=8, lr=1e-3, ema_decay=0.9, workers=0, log_every=1,
-        ckpt_every=2, device="cpu",
+        ckpt_every=2, device="cpu", text=False, align=False,
     )  # fmt: skip
     return TrainConfig(**(settings | overrides))
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from d2c_pack.demo import DEMO_BACKBONES
 from d2c_pack.errors import UserError
+from d2c_pack.models.d2c import D2CSiT
 from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
 
 Prediction = Literal["velocity", "epsilon"]
@@ -35,6 +36,7 @@ OFFICIAL_VAE = "stabilityai/sd-vae-ft-ema"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 EMA_WEIGHTS_NAME = "ema.safetensors"
+CLASS_TEXT_NAME = "class_text.safetensors"  # the text conditioning of each class, for sampling text-conditioned models
 # Where the official release files live (weights cannot be fetched at run time on every machine).
 OFFICIAL_DOWNLOADS = {
     f"DiT-XL-2-{size}x{size}.pt": f"https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-{size}x{size}.pt" for size in (256, 512)
@@ -64,6 +66,12 @@ class BackboneConfig:
     vae: str | None
     image_size: int
     class_names: list[str] | None = None
+    # D2C additions (DESIGN §3.5); None leaves them out and the network is the official one.
+    text_dim: int | None = None
+    text_length: int = 16
+    visual_dim: int | None = None
+    encoder_depth: int | None = None
+    class_cond: bool = True
 
     def model_kwargs(self) -> dict:
         """The official ``DiT(...)`` constructor arguments."""
@@ -71,8 +79,9 @@ class BackboneConfig:
         extra = ("class_dropout_prob", "num_classes", "learn_sigma")
         return {k: getattr(self, k) for k in keys + extra}
 
-    def build(self) -> DiT:
-        return DiT(**self.model_kwargs())
+    def build(self) -> D2CSiT:
+        d2c = {k: getattr(self, k) for k in ("text_dim", "text_length", "visual_dim", "encoder_depth", "class_cond")}
+        return D2CSiT(**self.model_kwargs(), **d2c)
 
 
 def backbone_config(
@@ -120,15 +129,37 @@ def backbone_config(
     )
 
 
-def save_backbone(model: DiT, config: BackboneConfig, folder: str | Path, *, ema: DiT | None = None) -> Path:
-    """Writes ``config.json`` and ``model.safetensors`` (and ``ema.safetensors`` if given) into ``folder``."""
+def save_backbone(
+    model: DiT, config: BackboneConfig, folder: str | Path, *, ema: DiT | None = None, class_text: ClassText | None = None
+) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` (and ``ema.safetensors``, ``class_text.safetensors`` if given) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     save_file(_contiguous_state_dict(model), str(folder / WEIGHTS_NAME))
     if ema is not None:
         save_file(_contiguous_state_dict(ema), str(folder / EMA_WEIGHTS_NAME))
+    if class_text is not None:
+        save_file({"embedding": class_text.embedding.contiguous(), "mask": class_text.mask.contiguous()}, str(folder / CLASS_TEXT_NAME))
     return folder
+
+
+@dataclasses.dataclass
+class ClassText:
+    """One caption's token embedding per class: what a text-conditioned model is sampled with."""
+
+    embedding: torch.Tensor  # (C, L, D_text) float16
+    mask: torch.Tensor  # (C, L) int8
+
+
+def load_class_text(path: str | Path) -> ClassText | None:
+    """The per-class text conditioning saved next to a model, or None (a model trained without text)."""
+    file = resolve_backbone_path(path)
+    file = file / CLASS_TEXT_NAME if file.is_dir() else file.parent / CLASS_TEXT_NAME
+    if not file.exists():
+        return None
+    tensors = load_file(str(file))
+    return ClassText(tensors["embedding"], tensors["mask"])
 
 
 def load_backbone(
@@ -145,17 +176,24 @@ def load_backbone(
     and ``"ema"`` over ``"model"`` in an official training checkpoint.
     """
     weights = backbone_weights_file(path, use_ema=use_ema)
+    state_dict = read_state_dict(path, use_ema=use_ema, map_location=map_location)
     if weights.suffix == ".safetensors":
         config = read_config(weights.parent)
-        state_dict = load_file(str(weights), device=str(map_location))
     else:
-        state_dict = _load_official_state_dict(weights, use_ema, map_location)
         config = infer_config(state_dict, prediction=prediction or _prediction_from_filename(weights))
     if prediction is not None:
         config.prediction = prediction
     model = config.build()
     model.load_state_dict(state_dict, strict=True)
     return model.eval().to(map_location), config
+
+
+def read_state_dict(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The weights ``load_backbone(path)`` would load, without building a model (e.g. to initialise another one)."""
+    weights = backbone_weights_file(path, use_ema=use_ema)
+    if weights.suffix == ".safetensors":
+        return load_file(str(weights), device=str(map_location))
+    return _load_official_state_dict(weights, use_ema, map_location)
 
 
 def backbone_weights_file(path: str | Path, *, use_ema: bool = True) -> Path:

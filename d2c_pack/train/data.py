@@ -1,23 +1,23 @@
-"""Training data: preprocessed images from any source, in a batch order that resumes exactly."""
+"""Training data: rows of a condensed dataset or images of any source, in a batch order that resumes exactly."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
+from datasets.exceptions import DatasetsError
 from torch.utils.data import Dataset, Sampler
 
-from d2c_pack.errors import UserError
+from d2c_pack.errors import UserError, first_line
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
-from d2c_pack.sources import ImageSource
+from d2c_pack.sources import ImageSource, is_saved_dataset
 
 
-class SourceImages(Dataset):
-    """(image tensor in [-1, 1] of shape (3, R, R), label) for each image of a random-access source.
-
-    A corrupt image gives ``None``; :func:`collate_skipping_corrupt` drops it from its batch.
-    """
+class SourceRows(Dataset):
+    """``{"image": (3, R, R) in [-1, 1], "label"}`` for each image of a random-access source; None for a corrupt one."""
 
     def __init__(self, source: ImageSource, resolution: int):
         if not source.random_access:
@@ -28,18 +28,63 @@ class SourceImages(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, index: int) -> dict | None:
         record = self.source.get(index)
         if record is None:
             return None
-        return image_to_tensor(center_crop_adm(record.image, self.resolution)), record.label
+        return {"image": image_to_tensor(center_crop_adm(record.image, self.resolution)), "label": record.label}
 
 
-def collate_skipping_corrupt(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    kept = [item for item in items if item is not None]
-    images = torch.stack([image for image, _ in kept])  # (B, 3, R, R)
-    labels = torch.tensor([label for _, label in kept], dtype=torch.long)  # (B,)
-    return images, labels
+class SubsetRows(Dataset):
+    """The rows of a condensed dataset as tensors: label, ``latent`` or the ADM-cropped ``image``, and the
+    text / visual columns asked for. Rows are read from the memory-mapped Arrow files one at a time."""
+
+    def __init__(self, dataset: datasets.Dataset, columns: list[str], resolution: int):
+        arrays = [c for c in columns if c != "image"]
+        # Array columns as torch tensors; the image stays a PIL image (output_all_columns) for the ADM crop.
+        self.rows = dataset.select_columns(["label", *columns]).with_format("torch", columns=["label", *arrays], output_all_columns=True)
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        if "image" in row:
+            row["image"] = image_to_tensor(center_crop_adm(row["image"], self.resolution))  # (3, R, R)
+        return row
+
+
+def collate_rows(items: list[dict | None]) -> dict[str, torch.Tensor]:
+    """Stacks the readable rows; ``positions`` says where each sits in the batch the sampler asked for."""
+    kept = [(position, item) for position, item in enumerate(items) if item is not None]
+    batch = {key: torch.stack([torch.as_tensor(item[key]) for _, item in kept]) for key in kept[0][1]}
+    batch["positions"] = torch.tensor([position for position, _ in kept])
+    return batch
+
+
+def open_subset(data: str) -> tuple[datasets.Dataset, dict | None]:
+    """A condensed dataset (a built folder, a ``save_to_disk`` folder, or Hub ``ORG/NAME[@REV]``) as a
+    memory-mapped ``datasets.Dataset``, and its manifest (None for a dataset d2c-pack did not build)."""
+    from d2c_pack.verify import locate, read_manifest
+
+    location = locate(data)
+    try:
+        if Path(data).is_dir() and is_saved_dataset(Path(data)):
+            saved = datasets.load_from_disk(data)
+            subset = saved["train"] if isinstance(saved, datasets.DatasetDict) else saved
+        elif Path(data).is_dir():
+            subset = datasets.load_dataset(data, split="train")
+        else:
+            repo_id, _, revision = data.partition("@")
+            subset = datasets.load_dataset(repo_id, revision=revision or None, split="train")
+    except (OSError, ValueError, DatasetsError) as err:
+        raise UserError(f"cannot load the dataset {data}: {first_line(err)}") from None
+    try:
+        manifest = read_manifest(location)
+    except UserError:  # a dataset not built by d2c-pack trains as well
+        manifest = None
+    return subset, manifest
 
 
 class EpochPermutationBatches(Sampler[list[int]]):

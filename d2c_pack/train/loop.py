@@ -1,15 +1,18 @@
-"""The reference SiT training loop: velocity objective, AdamW, EMA, exact checkpoint/resume.
+"""The reference trainer (DESIGN §3.5): SiT + DC-Embedding + visual alignment, AdamW, EMA, DDP, exact resume.
 
 Output folder layout::
 
     OUT/train_config.yaml          the resolved settings (a resumed run must match them)
     OUT/metrics.jsonl              one JSON line per logged step
-    OUT/checkpoints/NNNNNNN/       config.json, model.safetensors, ema.safetensors, optimizer.pt, state.json
-    OUT/model/                     the final EMA weights: config.json + model.safetensors (load_backbone)
+    OUT/init_report.json           with --init: which weights were loaded, which are new, which were ignored
+    OUT/checkpoints/NNNNNNN/       config.json, model.safetensors, ema.safetensors, optimizer.pt, state.json (+ class_text)
+    OUT/model/                     the final EMA weights for load_backbone / sample / eval (+ class_text.safetensors)
 
-Re-running the same command continues from the newest checkpoint. All randomness of step s
-(noise, t, label dropout, batch order) is derived from (seed, s), so the RNG state *is* the
-step counter and a resumed run reproduces an uninterrupted one bit for bit on the same machine.
+Re-running the same command continues from the newest checkpoint. All randomness of step s —
+batch order, noise, t, latent sampling, class and text dropout — is drawn for the whole global
+batch from a generator seeded by (seed, s), and each rank takes its samples' share, so the
+RNG state *is* the step counter, a resumed run reproduces an uninterrupted one bit for bit, and
+N processes under ``torchrun`` train like one process with the same global batch.
 """
 
 from __future__ import annotations
@@ -23,21 +26,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
+from rich.console import Console
+from rich.table import Table
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from d2c_pack.distributed import pick_device
+from d2c_pack import distributed
 from d2c_pack.errors import UserError
-from d2c_pack.latents import LatentSpace, load_latent_space
-from d2c_pack.models import BACKBONES, BackboneConfig, DiT, backbone_config, save_backbone
-from d2c_pack.models.checkpoint import EMA_WEIGHTS_NAME, WEIGHTS_NAME
+from d2c_pack.latents import LatentSpace, PixelSpace, load_latent_space
+from d2c_pack.models import (
+    BACKBONES,
+    BackboneConfig,
+    ClassText,
+    D2CSiT,
+    backbone_config,
+    save_backbone,
+)
+from d2c_pack.models.checkpoint import EMA_WEIGHTS_NAME, WEIGHTS_NAME, read_state_dict
 from d2c_pack.progress import progress_bar
 from d2c_pack.recipe import flag
 from d2c_pack.sources import SourceArgs
-from d2c_pack.train.data import EpochPermutationBatches, SourceImages, collate_skipping_corrupt
-from d2c_pack.train.transport import velocity_loss
+from d2c_pack.train.data import (
+    EpochPermutationBatches,
+    SourceRows,
+    SubsetRows,
+    collate_rows,
+    open_subset,
+)
+from d2c_pack.train.transport import interpolate
 
+SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs behind the latent column (DESIGN §3.4)
 OPTIMIZER_NAME = "optimizer.pt"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
@@ -48,23 +70,31 @@ RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "workers"})
 class TrainConfig(SourceArgs):
     """Settings of one training run; the CLI flags and recipe keys of ``d2c-pack train`` are these fields."""
 
+    source: str | None = flag(None, help="Train on the images of a source (demo:digits, hf:NAME, a folder, ...) instead of --data.")
+    data: str | None = flag(None, help="Condensed dataset to train on: a folder built by `d2c-pack build`, or a Hub ORG/NAME[@REVISION].")
     out: str = flag(help="Run folder; re-running with the same folder resumes from its newest checkpoint.")
     model: str = flag("SiT-XL/2", help="Backbone, e.g. SiT-XL/2, SiT-B/4, SiT-T/4 (tiny, for demos).")
-    resolution: int = flag(256, help="Image resolution R of the ADM centre crop.")
-    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL name or path, or 'none' for pixel space.")
+    resolution: int = flag(256, help="Image resolution R of the ADM centre crop (with --data: the subset's).")
+    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for images without a latent column, or 'none' for pixel space.")
+    text: bool = flag(True, help="Condition on text_embedding/text_mask through the DC-Embedding (--data with text columns).")
+    align: bool = flag(True, help="Add the visual-alignment loss against visual_tokens (--data with visual columns).")
+    class_cond: bool = flag(True, help="Condition on the class label.")
+    encoder_depth: int | None = flag(None, help="Block whose output is aligned (default 8; ⌈depth/3⌉ for models under 24 blocks).")
+    proj_coeff: float = flag(0.5, help="Weight λ of the alignment loss.")
+    init: str | None = flag(None, help="Initial weights: an official SiT/DiT .pt, or a d2c-pack model or run folder; new layers start as specified.")
     learn_sigma: bool = flag(True, help="Keep the official 2C-channel output layout (extra channels unused).")
-    class_dropout: float = flag(0.1, help="Probability of dropping the label for classifier-free guidance.")
+    class_dropout: float = flag(0.1, help="Probability of dropping the label, and independently the text, for classifier-free guidance.")
     steps: int = flag(400_000, help="Total optimisation steps.")
-    batch_size: int = flag(256, help="Global batch size.")
+    batch_size: int = flag(256, help="Global batch size (over all processes).")
     lr: float = flag(1e-4, help="AdamW learning rate (constant).")
     weight_decay: float = flag(0.0, help="AdamW weight decay.")
     grad_clip: float = flag(1.0, help="Gradient-norm clipping threshold.")
     ema_decay: float = flag(0.9999, help="EMA decay of the exported weights, reached after a warm-up: min(decay, (1 + step) / (10 + step)).")
-    seed: int = flag(0, help="Seed of initialisation, batch order, noise and label dropout.")
-    workers: int = flag(4, help="DataLoader worker processes (0 = load in the main process).")
+    seed: int = flag(0, help="Seed of initialisation, batch order, noise and dropout.")
+    workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).")
     log_every: int = flag(100, help="Steps between metrics.jsonl lines.")
     ckpt_every: int = flag(10_000, help="Steps between checkpoints.")
-    device: str = flag("auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = flag("auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     compile: bool = flag(False, help="torch.compile the backbone.")
 
     def __post_init__(self) -> None:
@@ -75,6 +105,80 @@ class TrainConfig(SourceArgs):
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "resolution"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if (self.source is None) == (self.data is None):
+            raise UserError("give exactly one of --data (a condensed dataset) and --source (images)")
+        if self.source is not None and (self.text or self.align):
+            raise UserError("--text and --align need the columns of a condensed dataset: use --data, or pass --no-text --no-align")
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What the loader reads and what the model is built for."""
+
+    dataset: torch.utils.data.Dataset
+    class_names: list[str]
+    in_channels: int
+    input_size: int
+    image_size: int
+    vae: str | None  # the VAE whose latents the model sees (None: pixels), recorded for sampling
+    from_latent_column: bool  # x₁ comes from the latent column, so no VAE runs while training
+    space: LatentSpace = dataclasses.field(default_factory=PixelSpace)  # turns images into model inputs
+    text_dim: int | None = None
+    visual_dim: int | None = None
+    class_text: ClassText | None = None
+
+
+def _image_data(dataset, class_names: list[str], config: TrainConfig, device: torch.device) -> TrainingData:
+    """Images become the model's inputs through ``--vae`` (loaded here) or stay pixels."""
+    space = load_latent_space(config.vae, device)
+    size = config.resolution // space.downsample
+    return TrainingData(dataset, class_names, space.channels, size, config.resolution, config.vae, from_latent_column=False, space=space)
+
+
+def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
+    """Opens --source or --data and works out the model's input space from what the data provides."""
+    if config.source is not None:
+        source = config.open_source()
+        return _image_data(SourceRows(source, config.resolution), source.class_names, config, device)
+    subset, manifest = open_subset(config.data)
+    features = subset.features
+    names = features["label"].names
+    if "latent" in features:
+        moments = features["latent"].shape  # (2C, h, w): posterior mean ‖ std
+        resolution = manifest["recipe"]["resolution"] if manifest else moments[1] * 8
+        vae = (manifest or {}).get("inputs", {}).get("vae", config.vae)
+        data = TrainingData(None, names, moments[0] // 2, moments[1], resolution, vae, from_latent_column=True)
+    else:
+        data = _image_data(None, names, config, device)
+    columns = ["latent"] if data.from_latent_column else ["image"]
+    if config.text:
+        _require(features, ("text_embedding", "text_mask"), "--no-text")
+        columns += ["text_embedding", "text_mask"]
+        data.text_dim = features["text_embedding"].shape[1]
+        data.class_text = first_caption_per_class(subset, len(names))
+    if config.align:
+        _require(features, ("visual_tokens",), "--no-align")
+        columns.append("visual_tokens")
+        data.visual_dim = features["visual_tokens"].shape[1]
+    data.dataset = SubsetRows(subset, columns, config.resolution)
+    return data
+
+
+def _require(features, columns: tuple[str, ...], switch: str) -> None:
+    if missing := [c for c in columns if c not in features]:
+        raise UserError(f"the dataset has no {', '.join(missing)} column; build it with that column or pass {switch}")
+
+
+def first_caption_per_class(subset, num_classes: int) -> ClassText:
+    """Each class's first caption embedding: the text a class is sampled with (zeros for an empty class)."""
+    labels = subset.with_format("arrow")["label"].to_numpy()
+    classes, first = np.unique(labels, return_index=True)
+    rows = subset.select(first.tolist()).with_format("torch", columns=["text_embedding", "text_mask"])
+    embedding = torch.zeros(num_classes, *rows[0]["text_embedding"].shape, dtype=torch.float16)
+    mask = torch.zeros(num_classes, rows[0]["text_mask"].shape[0], dtype=torch.int8)
+    embedding[classes] = rows[:]["text_embedding"].half()
+    mask[classes] = rows[:]["text_mask"].to(torch.int8)
+    return ClassText(embedding, mask)
 
 
 @dataclasses.dataclass
@@ -82,69 +186,138 @@ class Run:
     """The live objects of a training run."""
 
     config: TrainConfig
+    data: TrainingData
     backbone: BackboneConfig
-    model: DiT
-    ema: DiT
+    model: D2CSiT
+    ema: D2CSiT
     optimizer: torch.optim.Optimizer
-    space: LatentSpace
-    device: torch.device
+    context: distributed.Context
     step: int = 0
 
 
 def train(config: TrainConfig) -> Path:
     """Trains (or resumes training of) a backbone; returns the folder of the final EMA model."""
+    context = distributed.init(config.device)
     out = Path(config.out)
-    _check_resumable(out, config)
-    device = pick_device(config.device)
+    if context.is_main:
+        _check_resumable(out, config)
+    context.barrier()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-
-    source = config.open_source()
-    run = _new_run(config, source.class_names, device)
+    data = prepare_data(config, context.device)
+    run = _new_run(config, data, context)
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
         _restore(run, checkpoint)
-    loader = DataLoader(
-        SourceImages(source, config.resolution),
-        batch_sampler=EpochPermutationBatches(len(source), config.batch_size, seed=config.seed, start_step=run.step, num_steps=config.steps),
-        num_workers=config.workers,
-        collate_fn=collate_skipping_corrupt,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    forward = torch.compile(run.model) if config.compile else run.model
-    metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step)
+    elif config.init:
+        report = initialize_from(run, config.init)
+        if context.is_main:
+            (out / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    network = run.model
+    if context.world_size > 1:
+        network = DistributedDataParallel(run.model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+    forward = torch.compile(network) if config.compile else network
+    batches = EpochPermutationBatches(
+        len(data.dataset), config.batch_size, seed=config.seed, start_step=run.step, num_steps=config.steps,
+        rank=context.rank, world_size=context.world_size,
+    )  # fmt: skip
+    loader = DataLoader(data.dataset, batch_sampler=batches, num_workers=config.workers, collate_fn=collate_rows, pin_memory=context.device.type == "cuda")
+    metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step) if context.is_main else None
     with progress_bar("train", total=config.steps, completed=run.step) as advance:
         tic, seen = time.perf_counter(), 0
-        for images, labels in loader:
-            loss, grad_norm = _train_step(run, forward, images, labels)
+        for batch in loader:
+            logged = _train_step(run, forward, batch, offset=batches.rank_slice.start)
             run.step += 1
-            seen += len(labels)
-            advance(description=f"train loss {loss:.4f}")
-            if run.step % config.log_every == 0 or run.step == config.steps:
-                elapsed = time.perf_counter() - tic
-                metrics.write(step=run.step, loss=loss, grad_norm=grad_norm, lr=config.lr, images_per_second=seen / elapsed)
+            seen += config.batch_size
+            advance(description=f"train loss {logged['loss']:.4f}")
+            if metrics and (run.step % config.log_every == 0 or run.step == config.steps):
+                metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
                 tic, seen = time.perf_counter(), 0
             if run.step % config.ckpt_every == 0 or run.step == config.steps:
                 save_checkpoint(run, out)
-    if source.skipped:
-        print(f"skipped {len(source.skipped)} unreadable images (first: {source.skipped[0].source_id})")
-    return save_backbone(run.ema, run.backbone, out / "model")
+    return out / "model"
 
 
-def _train_step(run: Run, forward: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    # One seed per step makes noise, t and label dropout a function of the step (see module doc).
-    torch.manual_seed(int(np.random.SeedSequence([run.config.seed, run.step]).generate_state(1)[0]))
-    images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
-    latents = run.space.encode(images, sample=True)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        loss = velocity_loss(forward, latents, labels)
+def step_randomness(run: Run, batch_size: int) -> dict[str, torch.Tensor]:
+    """Noise, t, latent-sampling noise and dropout for every sample of the global batch of this step."""
+    seed = int(np.random.SeedSequence([run.config.seed, run.step]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch_size, run.data.in_channels, run.data.input_size, run.data.input_size)
+    return {
+        "t": torch.rand(batch_size, generator=generator),
+        "noise": torch.randn(shape, generator=generator),
+        "latent_noise": torch.randn(shape, generator=generator),
+        "drop_class": torch.rand(batch_size, generator=generator) < run.config.class_dropout,
+        "drop_text": torch.rand(batch_size, generator=generator) < run.config.class_dropout,
+    }
+
+
+def model_inputs(run: Run, batch: dict[str, torch.Tensor], latent_noise: torch.Tensor) -> torch.Tensor:
+    """x₁: a latent sample (mean + std·ε)·scale from the latent column or the VAE, else the pixels."""
+    if run.data.from_latent_column:
+        moments, scale = batch["latent"].float(), SD_VAE_SCALE  # (B, 2C, h, w)
+    elif run.data.vae is not None:
+        moments, scale = run.data.space.posterior(batch["image"]), run.data.space.scaling_factor  # (B, 2C, h, w)
+    else:
+        return batch["image"]  # (B, 3, R, R) in [-1, 1]
+    mean, std = moments.chunk(2, dim=1)  # (B, C, h, w) each
+    return (mean + std * latent_noise) * scale
+
+
+def alignment_loss(projection: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−mean over samples and tokens of cos(φ(h_i), v_i) (REPA); targets on another token grid are resized to the model's.
+
+    projection: (N, T, D) of the model's T = s² tokens; targets: (N, M, D) visual tokens, M = r².
+    """
+    if targets.shape[1] != projection.shape[1]:
+        targets = resize_token_grid(targets, int(round(projection.shape[1] ** 0.5)))
+    return -F.cosine_similarity(projection, targets, dim=-1).mean()
+
+
+def resize_token_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, r², D) tokens of an r×r patch grid → (N, side², D) by bilinear resampling of the grid."""
+    n, count, dim = tokens.shape
+    grid = int(round(count**0.5))
+    image = tokens.transpose(1, 2).reshape(n, dim, grid, grid)  # (N, D, r, r)
+    resized = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)  # (N, D, s, s)
+    return resized.flatten(2).transpose(1, 2)  # (N, s², D)
+
+
+def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], offset: int) -> dict[str, float]:
+    config, device = run.config, run.context.device
+    chosen = offset + batch.pop("positions")  # this rank's samples, as positions in the global batch
+    randomness = {k: v[chosen].to(device) for k, v in step_randomness(run, config.batch_size).items()}
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with torch.no_grad():
+        x1 = model_inputs(run, batch, randomness["latent_noise"])  # (B, C, h, w)
+    xt, ut = interpolate(x1, randomness["noise"], randomness["t"])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out, projection = forward(
+            xt, randomness["t"], batch["label"], batch.get("text_embedding"), batch.get("text_mask"),
+            return_projection=True, drop_class=randomness["drop_class"], drop_text=randomness["drop_text"],
+        )  # fmt: skip
+    velocity_loss = ((out[:, : x1.shape[1]].float() - ut) ** 2).mean()
+    loss = velocity_loss
+    logged = {"velocity_loss": velocity_loss.detach()}
+    if config.align:
+        align = alignment_loss(projection.float(), batch["visual_tokens"].float())
+        loss = loss + config.proj_coeff * align
+        logged["align_loss"] = align.detach()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.optimizer.step()
-    update_ema(run.ema, run.model, ema_decay_at(run.step, run.config.ema_decay))
-    return loss.item(), grad_norm.item()
+    update_ema(run.ema, run.model, ema_decay_at(run.step, config.ema_decay))
+    logged |= {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
+    return _mean_over_ranks(logged, run.context)
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor], context: distributed.Context) -> dict[str, float]:
+    stacked = torch.stack([v.float() for v in values.values()])
+    if context.world_size > 1:
+        dist.all_reduce(stacked)
+        stacked /= context.world_size
+    return dict(zip(values, stacked.tolist()))
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -162,40 +335,73 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
-def _new_run(config: TrainConfig, class_names: list[str], device: torch.device) -> Run:
-    space = load_latent_space(config.vae, device)
+def _new_run(config: TrainConfig, data: TrainingData, context: distributed.Context) -> Run:
     backbone = backbone_config(
-        config.model,
-        image_size=config.resolution,
-        num_classes=len(class_names),
-        vae=config.vae,
-        in_channels=space.channels,
-        downsample=space.downsample,
-        learn_sigma=config.learn_sigma,
-        class_dropout_prob=config.class_dropout,
-        class_names=class_names,
-    )
+        config.model, image_size=data.image_size, num_classes=len(data.class_names), vae=data.vae, in_channels=data.in_channels,
+        downsample=data.image_size // data.input_size, learn_sigma=config.learn_sigma, class_dropout_prob=config.class_dropout,
+        class_names=data.class_names,
+    )  # fmt: skip
     if backbone.prediction != "velocity":
         raise UserError(f"the trainer trains SiT (velocity) models; use a SiT-* name instead of {config.model}")
+    backbone.text_dim, backbone.visual_dim, backbone.class_cond = data.text_dim, data.visual_dim, config.class_cond
+    backbone.encoder_depth = config.encoder_depth
     torch.manual_seed(config.seed)
-    model = backbone.build().to(device).train()
+    model = backbone.build().to(context.device).train()
+    backbone.encoder_depth = model.encoder_depth  # the resolved default, recorded with the weights
+    if not config.class_cond:
+        model.y_embedder.requires_grad_(False)  # unused: DDP must not wait for its gradients
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, fused=device.type == "cuda"
+        trainable, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, fused=context.device.type == "cuda"
     )
-    return Run(config, backbone, model, ema, optimizer, space, device)
+    return Run(config, data, backbone, model, ema, optimizer, context)
 
 
-def save_checkpoint(run: Run, out: Path) -> Path:
-    """Writes the checkpoint of the current step atomically (temporary folder, then rename)."""
+def initialize_from(run: Run, path: str) -> dict[str, list[str]]:
+    """Loads matching weights from an official or d2c-pack checkpoint; reports what was loaded, new and ignored.
+
+    Tensors whose shapes differ are an error (another architecture or class count), never skipped.
+    """
+    state = read_state_dict(path)
+    own = run.model.state_dict()
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    if mismatched:
+        raise UserError(f"cannot initialise {run.config.model} from {path}: {len(mismatched)} tensors differ in shape (first: {mismatched[0]})")
+    result = run.model.load_state_dict(state, strict=False)
+    run.ema.load_state_dict(run.model.state_dict())
+    report = {"loaded": sorted(k for k in state if k in own), "new": sorted(result.missing_keys), "ignored": sorted(result.unexpected_keys)}
+    if run.context.is_main:
+        _print_init_report(path, report)
+    return report
+
+
+def _print_init_report(path: str, report: dict[str, list[str]]) -> None:
+    table = Table(title=f"--init {path}")
+    for column in ("weights", "tensors", "names"):
+        table.add_column(column)
+    for kind, meaning in (("loaded", "loaded"), ("new", "new (initialised as specified)"), ("ignored", "in the file, not in the model")):
+        names = report[kind]
+        prefixes = sorted({name.split(".")[0] for name in names})
+        table.add_row(meaning, str(len(names)), ", ".join(prefixes) or "—")
+    Console(stderr=True).print(table)
+
+
+def save_checkpoint(run: Run, out: Path) -> Path | None:
+    """Rank 0 writes the checkpoint of the current step atomically (temporary folder, then rename); the final
+    step also becomes OUT/model. Every rank waits for it."""
     final = out / "checkpoints" / f"{run.step:07d}"
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_backbone(run.model, run.backbone, partial, ema=run.ema)
-    torch.save(run.optimizer.state_dict(), partial / OPTIMIZER_NAME)
-    (partial / STATE_NAME).write_text(json.dumps({"step": run.step}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    if run.context.is_main:
+        partial = final.with_name(final.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        save_backbone(run.model, run.backbone, partial, ema=run.ema, class_text=run.data.class_text)
+        torch.save(run.optimizer.state_dict(), partial / OPTIMIZER_NAME)
+        (partial / STATE_NAME).write_text(json.dumps({"step": run.step}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        if run.step == run.config.steps:
+            save_backbone(run.ema, run.backbone, out / "model", class_text=run.data.class_text)
+    run.context.barrier()
     return final
 
 
@@ -205,7 +411,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def _restore(run: Run, checkpoint: Path) -> None:
-    device = str(run.device)
+    device = str(run.context.device)
     run.model.load_state_dict(load_file(str(checkpoint / WEIGHTS_NAME), device=device))
     run.ema.load_state_dict(load_file(str(checkpoint / EMA_WEIGHTS_NAME), device=device))
     run.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, map_location=device, weights_only=True))

@@ -1,16 +1,100 @@
-"""Sampling from a trained backbone: class-conditional Euler ODE with CFG, saved as a PNG grid."""
+"""Sampling from a trained backbone: PNG grids and ADM-evaluator ``.npz`` files.
+
+Sample i of a call is drawn from its own generator seeded by (seed, i), so the images depend
+on the seed and on their position only, never on the batch size.
+"""
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import save_image
 
 from d2c_pack.errors import UserError
 from d2c_pack.latents import load_latent_space
-from d2c_pack.models import BackboneConfig, DiT, load_backbone
-from d2c_pack.train.transport import euler_ode_sample
+from d2c_pack.models import BackboneConfig, ClassText, DiT, load_backbone, load_class_text
+from d2c_pack.models.checkpoint import CONFIG_NAME, resolve_backbone_path
+from d2c_pack.progress import progress_bar
+from d2c_pack.train.transport import SAMPLERS, Condition, integrate
+
+
+def load_for_sampling(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiT, BackboneConfig, ClassText | None]:
+    """The model (EMA weights where saved), its config and its class text (None without text).
+
+    ``path`` is a model folder, a training run folder (its final ``model/``, else its newest
+    checkpoint), an official ``.pt`` file, or ``demo:digits``.
+    """
+    folder = model_folder(path)
+    model, config = load_backbone(folder, map_location=device)
+    return model, config, load_class_text(folder)
+
+
+def model_folder(path: str | Path) -> str | Path:
+    """Where the weights of ``path`` are: the path itself, or a run folder's ``model/`` or newest checkpoint."""
+    run = resolve_backbone_path(path)
+    if not run.is_dir() or (run / CONFIG_NAME).exists():
+        return path
+    if (run / "model" / CONFIG_NAME).exists():
+        return run / "model"
+    # The trainer writes checkpoints under a temporary name and renames them when complete.
+    checkpoints = sorted(p for p in (run / "checkpoints").glob("[0-9]" * 7) if (p / CONFIG_NAME).exists())
+    if not checkpoints:
+        raise UserError(f"{path} holds no model: expected {CONFIG_NAME}, a run's model/ or checkpoints/NNNNNNN/")
+    return checkpoints[-1]
+
+
+def class_conditions(labels: torch.Tensor, class_text: ClassText | None) -> Condition:
+    """The condition of each label: its class, and its class's text when the model has text."""
+    if class_text is None:
+        return Condition(labels)
+    return Condition(labels, class_text.embedding[labels], class_text.mask[labels])  # (N,), (N, L, D), (N, L)
+
+
+def sample_generators(seed: int, indices: range) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, index)."""
+    states = (np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] for i in indices)
+    return [torch.Generator().manual_seed(int(state)) for state in states]
+
+
+def generate_batches(
+    model: DiT,
+    config: BackboneConfig,
+    labels: torch.Tensor,
+    *,
+    class_text: ClassText | None = None,
+    sampler: str = "euler",
+    num_steps: int = 50,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    batch_size: int = 256,
+) -> Iterator[torch.Tensor]:
+    """The images of ``generate`` batch by batch, each (B, 3, R, R) in [-1, 1] on the CPU.
+
+    Settings are checked and the VAE loaded here, before the first batch is asked for.
+    """
+    check_sampling(config, labels, class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
+    space = load_latent_space(config.vae, next(model.parameters()).device)
+    conditions = class_conditions(labels.cpu(), class_text if config.text_dim else None)
+
+    def batches() -> Iterator[torch.Tensor]:
+        device = next(model.parameters()).device
+        shape = (config.in_channels, config.input_size, config.input_size)
+        for start in range(0, len(labels), batch_size):
+            generators = sample_generators(seed, range(start, min(start + batch_size, len(labels))))
+            noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, C, H, W)
+            # The SDE goes on drawing each sample's Brownian increments from that sample's generator.
+            latents = integrate(
+                sampler, model, noise, conditions[start : start + batch_size].to(device),
+                num_steps=num_steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval, generator=generators,
+            )  # fmt: skip
+            yield space.decode(latents).clamp(-1, 1).cpu()  # (B, 3, R, R)
+
+    return batches()
 
 
 def generate(
@@ -18,20 +102,58 @@ def generate(
     config: BackboneConfig,
     labels: torch.Tensor,
     *,
+    class_text: ClassText | None = None,
+    sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
+    batch_size: int = 256,
 ) -> torch.Tensor:
-    """Images in [-1, 1], (N, 3, R, R), one per label; the same seed gives the same images."""
+    """Images in [-1, 1], (N, 3, R, R) on the CPU, one per label, decoded through the config's VAE.
+
+    ``sampler`` is one of ``SAMPLERS``; ``guidance_interval`` is in SiT time (0 = noise, 1 = data).
+    The same seed gives the same images whatever ``batch_size``.
+    """
+    batches = generate_batches(
+        model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    return torch.cat(list(batches))
+
+
+def check_sampling(
+    config: BackboneConfig,
+    labels: torch.Tensor,
+    class_text: ClassText | None,
+    *,
+    sampler: str,
+    num_steps: int,
+    cfg_scale: float,
+    guidance_interval: tuple[float, float],
+) -> None:
+    """Raises a ``UserError`` for settings the model or the samplers cannot honour."""
     if config.prediction != "velocity":
-        raise UserError(f"{config.name} predicts noise; the sampler integrates SiT velocity models")
-    device = next(model.parameters()).device
-    space = load_latent_space(config.vae, device)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    shape = (len(labels), config.in_channels, config.input_size, config.input_size)
-    noise = torch.randn(shape, generator=generator).to(device)  # (N, C, H, W)
-    latents = euler_ode_sample(model, noise, labels.to(device), num_steps=num_steps, cfg_scale=cfg_scale)
-    return space.decode(latents).clamp(-1, 1)  # (N, 3, R, R)
+        raise UserError(f"{config.name} predicts noise; the samplers integrate SiT velocity models")
+    if config.text_dim and class_text is None:
+        raise UserError(f"{config.name} is text-conditioned but no class text was saved with it (class_text.safetensors beside the weights)")
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if num_steps < (2 if sampler == "euler-maruyama" else 1):
+        raise UserError(f"--num-steps must be at least {2 if sampler == 'euler-maruyama' else 1} for {sampler}, got {num_steps}")
+    if cfg_scale < 1:
+        raise UserError(f"--cfg-scale must be at least 1 (1 = no guidance), got {cfg_scale}")
+    low, high = guidance_interval
+    if not 0 <= low <= high <= 1:
+        raise UserError(f"the guidance interval must satisfy 0 ≤ low ≤ high ≤ 1 (SiT time, 0 = noise), got {low}, {high}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < config.num_classes:
+        raise UserError(f"labels must be class indices 0..{config.num_classes - 1}")
+
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats → uint8 with the rounding of ``tensor_to_image`` (= SiT's clamp(127.5·x + 128))."""
+    return ((images + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
 
 
 def sample_grid(
@@ -40,19 +162,68 @@ def sample_grid(
     *,
     per_class: int = 8,
     classes: list[int] | None = None,
+    sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     seed: int = 0,
     device: str = "cpu",
+    batch_size: int = 256,
 ) -> Path:
     """Writes a PNG grid with one row per class and ``per_class`` samples per row."""
-    model, config = load_backbone(checkpoint, map_location=device)
+    model, config, class_text = load_for_sampling(checkpoint, device)
     classes = list(range(config.num_classes)) if classes is None else classes
     if bad := [c for c in classes if not 0 <= c < config.num_classes]:
         raise UserError(f"class {bad[0]} is out of range: the model has {config.num_classes} classes")
     labels = torch.tensor(classes).repeat_interleave(per_class)
-    images = generate(model, config, labels, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed)
+    images = generate(
+        model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image((images + 1) / 2, out, nrow=per_class, padding=1)
+    return out
+
+
+def sample_npz(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    num_samples: int = 50_000,
+    sampler: str = "euler",
+    num_steps: int = 50,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 256,
+) -> Path:
+    """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
+
+    ``arr_0`` holds the images, uint8 (N, R, R, 3); ``arr_1`` their labels, int64 (N,), sample i
+    being of class i mod C so the classes are evenly spread. The images are streamed into the
+    archive batch by batch (memory stays one batch), into a temporary file renamed when complete.
+    """
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be positive, got {num_samples}")
+    model, config, class_text = load_for_sampling(checkpoint, device)
+    labels = torch.arange(num_samples) % config.num_classes
+    batches = generate_batches(
+        model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    shape = (num_samples, config.image_size, config.image_size, 3)
+    with zipfile.ZipFile(partial, "w", allowZip64=True) as archive, progress_bar("sample", total=num_samples) as advance:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as file:
+            np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            for images in batches:
+                file.write(to_uint8(images).permute(0, 2, 3, 1).contiguous().numpy().tobytes())  # (B, R, R, 3)
+                advance(len(images))
+        with archive.open("arr_1.npy", "w") as file:
+            np.lib.format.write_array(file, labels.numpy())
+    partial.replace(out)
     return out

@@ -1,16 +1,64 @@
-"""The SiT linear-interpolant transport: training objective and ODE sampler.
+"""The SiT linear-interpolant transport: training objective, classifier-free guidance and samplers.
 
 Convention of the official SiT (``path_type="Linear"``, ``prediction="velocity"``): t = 0 is
 noise x₀ ~ N(0, I), t = 1 is data x₁; x_t = t·x₁ + (1 − t)·x₀ and the target velocity is
 u = x₁ − x₀, with t ~ U[0, 1]. The network's first ``C`` output channels are the velocity
 (when σ is learned the remaining channels are ignored, as SiT does).
+
+Samplers integrate from t = 0 (noise) to t = 1 (data): Euler and Heun on the probability-flow
+ODE dx/dt = v(x, t), and Euler–Maruyama on SiT's SDE (see :func:`euler_maruyama_sample`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Sequence
+
 import torch
 
 from d2c_pack.models import DiT
+
+SAMPLERS = ("euler", "heun", "euler-maruyama")
+# SiT's default for its SDE sampler (--last-step-size): the SDE stops at t = 1 − 0.04, where the
+# score's variance 1 − t is still away from 0, and one noise-free step covers the rest.
+LAST_STEP_SIZE = 0.04
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclasses.dataclass
+class Condition:
+    """What a batch is sampled for: class labels and, for text-conditioned models, text embeddings."""
+
+    labels: torch.Tensor  # (N,)
+    text: torch.Tensor | None = None  # (N, L, D_text)
+    text_mask: torch.Tensor | None = None  # (N, L)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: slice) -> Condition:
+        return Condition(*(None if v is None else v[index] for v in (self.labels, self.text, self.text_mask)))
+
+    def null(self, num_classes: int) -> Condition:
+        """The unconditional counterpart: the null class (``num_classes``) and the null text (zeros, zero mask)."""
+        text = None if self.text is None else torch.zeros_like(self.text)
+        mask = None if self.text_mask is None else torch.zeros_like(self.text_mask)
+        return Condition(torch.full_like(self.labels, num_classes), text, mask)
+
+    def to(self, device: torch.device | str) -> Condition:
+        return Condition(*(None if v is None else v.to(device) for v in (self.labels, self.text, self.text_mask)))
+
+    def cat(self, other: Condition) -> Condition:
+        """This batch followed by ``other``'s."""
+        text = None if self.text is None else torch.cat([self.text, other.text])  # (N + M, L, D_text)
+        mask = None if self.text_mask is None else torch.cat([self.text_mask, other.text_mask])  # (N + M, L)
+        return Condition(torch.cat([self.labels, other.labels]), text, mask)
+
+
+def as_condition(cond: Condition | torch.Tensor) -> Condition:
+    """A bare label tensor is a condition without text."""
+    return cond if isinstance(cond, Condition) else Condition(cond)
 
 
 def interpolate(x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,29 +79,159 @@ def velocity_loss(model: DiT, x1: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return ((predict_velocity(model, xt, t, y) - ut.to(torch.float32)) ** 2).mean()
 
 
+def _forward(model: DiT, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+    # Models without text conditioning (official DiT/SiT, test stubs) take (x, t, y) only.
+    if cond.text is None:
+        out = model(x, t, cond.labels)
+    else:
+        out = model(x, t, cond.labels, cond.text, cond.text_mask)
+    return out[:, : x.shape[1]].float()  # (N, C, H, W)
+
+
+def velocity(
+    model: DiT,
+    x: torch.Tensor,
+    t: float,
+    cond: Condition,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """The model's velocity at SiT time ``t`` (0 = noise, 1 = data), guided where asked.
+
+    With ``cfg_scale > 1`` and ``t`` inside the closed ``guidance_interval``, classifier-free
+    guidance v_u + s·(v_c − v_u) from one doubled batch: the conditional half, then the null class
+    with the null text. Unlike the official ``forward_with_cfg`` (which guides only the first three
+    channels, a DiT reproducibility quirk) every channel is guided. Elsewhere one conditional pass.
+    """
+    times = torch.full((x.shape[0],), float(t), device=x.device)  # (N,)
+    low, high = guidance_interval
+    if cfg_scale <= 1.0 or not low <= t <= high:
+        return _forward(model, x, times, cond)
+    both = cond.cat(cond.null(model.y_embedder.num_classes))
+    v_cond, v_null = _forward(model, torch.cat([x, x]), torch.cat([times, times]), both).chunk(2)  # (N, C, H, W) each
+    return v_null + cfg_scale * (v_cond - v_null)
+
+
 @torch.no_grad()
 def euler_ode_sample(
     model: DiT,
     noise: torch.Tensor,
-    labels: torch.Tensor,
+    cond: Condition | torch.Tensor,
     *,
     num_steps: int = 50,
     cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Integrates dx/dt = v(x, t, y) from t = 0 (``noise``) to t = 1 with ``num_steps`` Euler steps.
+    """Integrates dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 with ``num_steps`` Euler steps."""
+    cond = as_condition(cond)
+    times = torch.linspace(0.0, 1.0, num_steps + 1).tolist()
+    x = noise.float()  # (N, C, H, W)
+    for t0, t1 in itertools.pairwise(times):
+        x = x + (t1 - t0) * velocity(model, x, t0, cond, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
+    return x
 
-    With ``cfg_scale > 1`` the batch is doubled with the null class (``model.y_embedder.num_classes``)
-    and the velocity is guided by ``forward_with_cfg``.
+
+@torch.no_grad()
+def heun_ode_sample(
+    model: DiT,
+    noise: torch.Tensor,
+    cond: Condition | torch.Tensor,
+    *,
+    num_steps: int = 50,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """Heun's second-order method on dx/dt = v(x, t), t = 0 → 1: 2·num_steps − 1 network evaluations.
+
+    Each step averages the velocity at its start and at the Euler prediction of its end; the last
+    step is plain Euler (as in EDM and REPA), so the network is never evaluated at the data end t = 1.
     """
-    guided = cfg_scale > 1.0
-    x = torch.cat([noise, noise]) if guided else noise  # (N or 2N, C, H, W)
-    y = torch.cat([labels, torch.full_like(labels, model.y_embedder.num_classes)]) if guided else labels
-    times = torch.linspace(0.0, 1.0, num_steps + 1, device=noise.device)
-    for t0, t1 in zip(times[:-1], times[1:]):
-        t = t0.expand(x.shape[0])  # (N,)
-        if guided:
-            v = model.forward_with_cfg(x, t, y, cfg_scale)[:, : x.shape[1]]
+    cond = as_condition(cond)
+    guide = {"cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
+    times = torch.linspace(0.0, 1.0, num_steps + 1).tolist()
+    x = noise.float()  # (N, C, H, W)
+    for step, (t0, t1) in enumerate(itertools.pairwise(times)):
+        v0 = velocity(model, x, t0, cond, **guide)  # (N, C, H, W)
+        euler = x + (t1 - t0) * v0
+        if step == num_steps - 1:
+            x = euler
         else:
-            v = predict_velocity(model, x, t, y)
-        x = x + (t1 - t0) * v
-    return x[: noise.shape[0]]
+            x = x + (t1 - t0) * 0.5 * (v0 + velocity(model, euler, t1, cond, **guide))
+    return x
+
+
+@torch.no_grad()
+def euler_maruyama_sample(
+    model: DiT,
+    noise: torch.Tensor,
+    cond: Condition | torch.Tensor,
+    *,
+    num_steps: int = 250,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    generator: Generators = None,
+    last_step_size: float = LAST_STEP_SIZE,
+) -> torch.Tensor:
+    """SiT's SDE sampler (``diffusion_form="sigma"``, ``diffusion_norm=1``, last step ``"Mean"``).
+
+    On the linear path x_t = t·x₁ + (1 − t)·x₀ the noise is x₀ = x − t·v, so the score is
+    s(x, t) = −E[x₀ | x_t]/(1 − t) = (t·v − x)/(1 − t). With the diffusion w(t) = 1 − t (σ_t), the SDE
+
+        dx = [v + w(t)·s] dt + √(2·w(t)) dW,   t from 0 (noise) forwards to 1 (data)
+
+    has the marginals of the probability-flow ODE dx/dt = v (its Fokker–Planck drift is
+    v + w·s − ½·2w·s = v); on this path its drift simplifies to (1 + t)·v − x. Like SiT,
+    ``num_steps`` network evaluations: num_steps − 1 Euler–Maruyama steps on the grid
+    linspace(0, 1 − last_step_size, num_steps), then the noise-free step x + drift·last_step_size.
+
+    ``generator`` draws the Brownian increments: one for the batch, or one per sample (so a
+    sample's noise does not depend on the batch it is drawn in).
+    """
+    if num_steps < 2:
+        raise ValueError(f"the Euler–Maruyama sampler needs at least 2 steps, got {num_steps}")
+    cond = as_condition(cond)
+    guide = {"cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
+    end = 1.0 - last_step_size
+    times = torch.linspace(0.0, end, num_steps).tolist()
+    x = noise.float()  # (N, C, H, W)
+    for t0, t1 in itertools.pairwise(times):
+        dt = t1 - t0
+        dw = gaussian(x.shape, generator, x.device) * dt**0.5  # (N, C, H, W)
+        x = x + sde_drift(velocity(model, x, t0, cond, **guide), x, t0) * dt + (2 * (1 - t0)) ** 0.5 * dw
+    return x + sde_drift(velocity(model, x, end, cond, **guide), x, end) * last_step_size
+
+
+def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
+    """v + w(t)·s with w = 1 − t and s = (t·v − x)/(1 − t): the (1 − t) factors cancel."""
+    return v + (t * v - x)  # (N, C, H, W)
+
+
+def gaussian(shape: torch.Size | tuple[int, ...], generator: Generators, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise of ``shape`` moved to ``device``: from one CPU generator, one per sample (along dim 0), or the global RNG."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {shape[0]} samples")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
+
+
+def integrate(
+    sampler: str,
+    model: DiT,
+    noise: torch.Tensor,
+    cond: Condition,
+    *,
+    num_steps: int,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    generator: Generators = None,
+) -> torch.Tensor:
+    """Runs the sampler named ``sampler`` (one of ``SAMPLERS``) from ``noise`` at t = 0 to t = 1."""
+    guide = {"num_steps": num_steps, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
+    if sampler == "euler":
+        return euler_ode_sample(model, noise, cond, **guide)
+    if sampler == "heun":
+        return heun_ode_sample(model, noise, cond, **guide)
+    if sampler == "euler-maruyama":
+        return euler_maruyama_sample(model, noise, cond, generator=generator, **guide)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")

@@ -1,0 +1,73 @@
+"""Training speed and peak memory of the demo SiT on the demo subset, with each D2C component on or off.
+
+Each variant runs `d2c-pack train --recipe demo` in its own process (so its peak RSS is its own),
+for `--steps` steps; steps/s is taken from the metrics of the second half of the run (after
+warm-up). Builds the demo subset first if `--data` does not exist. Prints a table, writes JSON.
+
+    python benchmarks/train_cpu.py [--steps 40] [--data runs/bench-demo-data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+VARIANTS = {
+    "D2C (text + align + class)": [],
+    "no text": ["--no-text"],
+    "no align": ["--no-align"],
+    "no class": ["--no-class-cond"],
+    "plain SiT (class only)": ["--no-text", "--no-align"],
+}
+
+
+def run_variant(data: Path, flags: list[str], steps: int, batch_size: int) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        command = [
+            sys.executable, "-m", "d2c_pack", "train", "--recipe", "demo", "--data", str(data), "--out", out,
+            "--steps", str(steps), "--batch-size", str(batch_size), "--log-every", "1", "--ckpt-every", str(10 * steps), *flags,
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read()}")
+        lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    steady = lines[len(lines) // 2 :]
+    images_per_second = sum(line["images_per_second"] for line in steady) / len(steady)
+    return {"steps_per_second": images_per_second / batch_size, "images_per_second": images_per_second, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--data", default="runs/bench-demo-data")
+    parser.add_argument("--json", default="benchmarks/results/train_cpu.json")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not data.exists():
+        subprocess.run([sys.executable, "-m", "d2c_pack", "build", "--recipe", "demo", "--out", str(data)], check=True)
+    results = {name: run_variant(data, flags, args.steps, args.batch_size) for name, flags in VARIANTS.items()}
+
+    table = Table(title=f"demo SiT-T/4 training on the demo subset, batch {args.batch_size}, {os.cpu_count()} CPU cores")
+    for column in ("variant", "steps/s", "images/s", "peak RSS"):
+        table.add_column(column, justify="right")
+    for name, row in results.items():
+        table.add_row(name, f"{row['steps_per_second']:.2f}", f"{row['images_per_second']:.0f}", f"{row['peak_rss_mb']:.0f} MB")
+    Console().print(table)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    payload = {"steps": args.steps, "batch_size": args.batch_size, "machine": platform.platform(), "cpus": os.cpu_count(), "results": results}
+    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

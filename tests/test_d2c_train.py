@@ -1,0 +1,158 @@
+"""The D2C trainer: DC-Embedding, alignment loss, training from condensed datasets, --init, and DDP equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
+from safetensors.torch import load_file
+
+from d2c_pack.build import BuildConfig, build
+from d2c_pack.errors import UserError
+from d2c_pack.models import BACKBONES, load_backbone, load_class_text
+from d2c_pack.models.d2c import D2CSiT, DCEmbedding
+from d2c_pack.train.loop import TrainConfig, alignment_loss, resize_token_grid, train
+
+
+@pytest.fixture(scope="module")
+def subsets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two condensed datasets of 12 images at R = 16: pixels with text + visual columns, and with a latent column."""
+    root = tmp_path_factory.mktemp("subsets")
+    images, scorer = make_image_folder(root / "images"), make_official_scorer(root / "scorer")
+    settings = dict(
+        source=str(images), scorer=str(scorer), resolution=16, timesteps=2, workers=0, device="cpu", work=str(root / "work"),
+        budget="4/class", text_encoder="demo:minilm", visual_encoder=str(make_tiny_dinov2(root / "dinov2")),
+    )  # fmt: skip
+    return {
+        "pixels": build(BuildConfig(**settings, vae="none", out=str(root / "pixels"))),
+        "latent": build(BuildConfig(**settings, vae=str(make_tiny_vae(root / "vae")), out=str(root / "latent"))),
+    }
+
+
+def config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(data), out=str(tmp_path / "run"), model="SiT-T/4", resolution=16, vae="none", learn_sigma=False, steps=4,
+        batch_size=8, lr=1e-3, ema_decay=0.9, workers=0, log_every=1, ckpt_every=2, device="cpu",
+    )  # fmt: skip
+    return TrainConfig(**(settings | overrides))
+
+
+def test_dc_embedding_shapes_and_null_text() -> None:
+    torch.manual_seed(0)
+    embedder = DCEmbedding(text_dim=8, hidden_size=16, text_length=4, dropout_prob=0.1).eval()
+    torch.nn.init.normal_(embedder.mlp[3].weight)  # the zero init would hide the MLP branch
+    text, mask = torch.randn(3, 4, 8), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    out = embedder(text, mask)
+    assert out.shape == (3, 16)
+    garbage = text.clone()
+    garbage[0, 2:] = 99.0  # masked tokens do not count
+    assert torch.allclose(embedder(garbage, mask), out)
+    dropped = embedder(text, mask, drop=torch.tensor([True, False, True]))
+    null = embedder(torch.zeros(1, 4, 8), torch.zeros(1, 4, dtype=torch.long))
+    assert torch.allclose(dropped[0], null[0]) and torch.allclose(dropped[2], null[0]) and torch.allclose(dropped[1], out[1])
+
+
+def test_model_condition_uses_text_and_class_independently() -> None:
+    model = D2CSiT(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=3, learn_sigma=False, text_dim=8, text_length=4, visual_dim=5).eval()
+    torch.nn.init.normal_(model.text_embedder.mlp[3].weight)
+    t, y = torch.rand(2), torch.tensor([0, 2])
+    text, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.long)
+    c = model.embed_condition(t, y, text, mask)
+    expected = model.t_embedder(t) + model.y_embedder.embedding_table(y) + model.text_embedder(text, mask)
+    assert torch.allclose(c, expected)
+    null_both = model.embed_condition(t, y, text, mask, drop_class=torch.tensor([True, True]), drop_text=torch.tensor([True, True]))
+    null = model.y_embedder.embedding_table(torch.tensor([3, 3])) + model.text_embedder(torch.zeros_like(text), torch.zeros_like(mask))
+    assert torch.allclose(null_both, model.t_embedder(t) + null)
+    out, projection = model(torch.randn(2, 3, 8, 8), t, y, text, mask, return_projection=True)
+    assert out.shape == (2, 3, 8, 8) and projection.shape == (2, 4, 5)
+    assert model.encoder_depth == 1  # ⌈2 / 3⌉
+
+
+def test_alignment_loss_is_minus_mean_cosine() -> None:
+    projection = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (1, 2 tokens, 2)
+    targets = torch.tensor([[[3.0, 0.0], [1.0, 0.0]]])
+    assert alignment_loss(projection, targets).item() == pytest.approx(-0.5)  # cosines 1 and 0
+    constant = torch.ones(2, 49, 6) * torch.arange(6.0)
+    resized = resize_token_grid(constant, 8)
+    assert resized.shape == (2, 64, 6) and torch.allclose(resized, torch.ones(2, 64, 6) * torch.arange(6.0))
+    assert torch.equal(resize_token_grid(constant, 7), constant)
+
+
+def test_loss_falls_with_every_component_on(tmp_path: Path, subsets) -> None:
+    run = train(config(tmp_path, subsets["pixels"], steps=80, batch_size=12, lr=2e-3, ckpt_every=80))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = lines[:10], lines[-10:]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    assert mean(last, "velocity_loss") < 0.7 * mean(first, "velocity_loss")
+    assert mean(last, "align_loss") < lines[0]["align_loss"] - 0.3  # the projection learns the visual tokens (cos ↑)
+    model, backbone = load_backbone(run)
+    assert (backbone.text_dim, backbone.visual_dim, backbone.encoder_depth) == (384, 32, 2)
+    class_text = load_class_text(run)
+    assert class_text.embedding.shape == (3, 16, 384) and class_text.mask.dtype == torch.int8
+
+
+def test_latent_column_trains_without_a_vae(tmp_path: Path, subsets) -> None:
+    run = train(config(tmp_path, subsets["latent"], model="SiT-T/2", steps=2, vae="stabilityai/never-downloaded"))
+    _, backbone = load_backbone(run)
+    assert (backbone.in_channels, backbone.input_size, backbone.image_size) == (4, 8, 16)
+    assert backbone.vae.endswith("vae")  # the subset's VAE, recorded for decoding samples
+
+
+def test_switches_leave_components_out(tmp_path: Path, subsets) -> None:
+    run = train(config(tmp_path, subsets["pixels"], text=False, align=False, class_cond=False, steps=1))
+    model, backbone = load_backbone(run)
+    assert model.text_embedder is None and model.projector is None and not backbone.class_cond
+    with pytest.raises(UserError, match="--no-align"):
+        train(config(tmp_path / "other", make_subset_without_visual(tmp_path, subsets)))
+
+
+def make_subset_without_visual(tmp_path: Path, subsets) -> Path:
+    import datasets
+
+    folder = tmp_path / "no-visual"
+    datasets.load_dataset(str(subsets["pixels"]), split="train").remove_columns(["visual_tokens", "visual_cls"]).save_to_disk(str(folder))
+    return folder
+
+
+def test_init_from_an_official_state_dict(tmp_path: Path, subsets) -> None:
+    official = BACKBONES["SiT-T/4"](input_size=16, in_channels=3, num_classes=3, learn_sigma=False)
+    with torch.no_grad():
+        for parameter in official.parameters():
+            parameter.normal_(0, 0.05)
+    path = tmp_path / "SiT-T-4-16.pt"
+    torch.save(official.state_dict(), path)
+    run = train(config(tmp_path, subsets["pixels"], init=str(path), steps=1, lr=0.0))
+    report = json.loads((tmp_path / "run" / "init_report.json").read_text())
+    assert report["loaded"] == sorted(official.state_dict()) and report["ignored"] == []
+    assert {key.split(".")[0] for key in report["new"]} == {"text_embedder", "projector"}
+    trained = load_file(str(tmp_path / "run" / "checkpoints" / "0000001" / "model.safetensors"))
+    assert all(torch.equal(trained[k], v) for k, v in official.state_dict().items())  # lr 0: still the file's weights
+    assert load_backbone(run)[0].text_embedder is not None
+    wrong = BACKBONES["SiT-T/4"](input_size=16, in_channels=3, num_classes=7, learn_sigma=False)
+    torch.save(wrong.state_dict(), tmp_path / "SiT-wrong.pt")
+    with pytest.raises(UserError, match="differ in shape"):
+        train(config(tmp_path / "w", subsets["pixels"], init=str(tmp_path / "SiT-wrong.pt"), steps=1))
+
+
+def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
+    args = [
+        "train", "--data", str(subsets["pixels"]), "--model", "SiT-T/4", "--resolution", "16", "--vae", "none", "--no-learn-sigma",
+        "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--workers", "0", "--log-every", "1", "--ckpt-every", "3", "--device", "cpu",
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "d2c_pack", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
+    pair = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert pair.returncode == 0, pair.stderr
+    one = load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoints" / "0000003" / "model.safetensors"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(one[k], v) for k, v in load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "ema.safetensors")).items())
