@@ -8,8 +8,10 @@ its share; rank 0 selects and writes.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -17,7 +19,7 @@ from d2c_pack import distributed
 from d2c_pack.attach import AttachArgs, attach_columns, visual_cls_features
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import weight_files_sha256
-from d2c_pack.package import DATA_DIR, Package, Selection, build_identity, read_build_identity, write_package
+from d2c_pack.package import DATA_DIR, MANIFEST_FILE, Package, Selection, build_identity, read_build_identity, write_package
 from d2c_pack.recipe import flag
 from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_source
 from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, parse_budget, select
@@ -129,7 +131,7 @@ def build(config: BuildConfig) -> Path | None:
 
 
 def describe_build(out: Path) -> str:
-    """A short summary of a built folder: rows, classes, files and size."""
+    """A short summary of a built folder: rows, classes, files and size; then what the source lacked."""
     shards = sorted((out / DATA_DIR).glob("*.parquet"))
     # ParquetFile, not read_table: the dataset scanner behind read_table can outlive the call on Arrow's
     # thread pool and then abort the interpreter at exit while freeing datasets' extension types.
@@ -137,7 +139,14 @@ def describe_build(out: Path) -> str:
     counts = np.bincount(labels)
     present = counts[counts > 0]
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    return (
+    lines = [
         f"built {out}: {len(labels):,} rows over {len(present)} classes "
         f"({present.min()}–{present.max()} per class), {len(shards)} data shard(s), {size / 1e6:.1f} MB"
-    )
+    ]
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    if unreadable := manifest["unreadable"]:
+        lines.append(f"skipped {len(unreadable)} unreadable image(s), listed with the reasons in {out / MANIFEST_FILE}")
+    names = datasets.Features.from_arrow_schema(pq.read_schema(shards[0]))["label"].names
+    if empty := [name for name, rows in zip(names, manifest["selection"]["per_class_rows"]) if rows == 0]:
+        lines.append(f"{len(empty)} class(es) without any row (no readable image): {', '.join(empty)}")
+    return "\n".join(lines)

@@ -143,8 +143,8 @@ class ChunkBatches(IterableDataset):
         worker = get_worker_info()
         mine = self.chunks[worker.id :: worker.num_workers] if worker else self.chunks
         records = self.source.iter_records(i for chunk in mine for i in chunk.indices)
+        reported = len(self.source.skipped)  # before the first decode, which may already skip an image
         upcoming = next(records, None)
-        reported = len(self.source.skipped)
         for chunk in mine:
             batch = []
             while upcoming is not None and upcoming.index <= chunk.indices[-1]:

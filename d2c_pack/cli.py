@@ -25,6 +25,7 @@ from rich.table import Table
 
 from d2c_pack import __version__
 from d2c_pack.build import BuildConfig, build, describe_build
+from d2c_pack.demo.flow import DemoConfig, run_demo
 from d2c_pack.errors import UserError
 from d2c_pack.hub import PushConfig, push
 from d2c_pack.recipe import merge_recipe, read_recipe
@@ -121,6 +122,15 @@ def _train(config: TrainConfig) -> str:
     return f"trained model: {train(config)}"
 
 
+def _demo(config: DemoConfig) -> str:
+    report = run_demo(config)
+    table = Table("stage", "output", "seconds", title="d2c-pack demo")
+    for what, output, seconds in report.rows:
+        table.add_row(what, output, f"{seconds:.0f}")
+    Console().print(table)
+    return ""
+
+
 def _train_encoder(config: EncoderTrainConfig) -> str:
     return f"trained encoder: {train_encoder(config)}"
 
@@ -134,6 +144,7 @@ config_command(
 )
 config_command("build", BuildConfig, _build, "Build a condensed dataset: score (cached), select, package in the Hub layout.")
 config_command("train", TrainConfig, _train, "Train a SiT backbone with the velocity objective (resumable; writes OUT/model at the end).")
+config_command("demo", DemoConfig, _demo, "Run the whole flow on the embedded digits: build, publish, load, train with D2C, sample, FID.")
 config_command("train-encoder", EncoderTrainConfig, _train_encoder, "Train a small DINOv2-architecture classifier on a source (the demo's visual encoder).")
 
 

@@ -17,6 +17,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def git_blob_sha1(path: Path) -> str:
+    """The git object id of a file's content, which the Hub reports as ``blob_id`` for regular (non-LFS) files."""
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def sha256_json(value: object) -> str:
     """sha256 of a JSON-serialisable value, keys sorted."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()

@@ -18,6 +18,7 @@ then merges the chunks into ``WORK/scores/<key>/scores.parquet``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ from d2c_pack.fingerprint import sha256_file
 from d2c_pack.latents import LatentSpace, load_latent_space
 from d2c_pack.models import BackboneConfig, DiT, backbone_weights_file, load_backbone
 from d2c_pack.recipe import flag
-from d2c_pack.sources import ImageSource, SourceArgs
+from d2c_pack.sources import ImageSource, SourceArgs, SourceRecord
 
 CACHE_VERSION = 1  # bump when anything below changes the numbers a cache holds
 DDPM_STEPS = 1000
@@ -198,6 +199,11 @@ def score_source(config: ScoreConfig, context: distributed.Context | None = None
     context = context or distributed.init(config.device)
     source = source or config.open_source(streaming=config.streaming)
     scorer, scorer_sha256 = load_scorer(config, context.device)
+    if source.num_classes > scorer.config.num_classes:
+        raise UserError(
+            f"{config.source} has {source.num_classes} classes but the scorer {config.scorer} knows {scorer.config.num_classes}: "
+            "score with a model trained on the source's classes"
+        )
     cache = score_cache(config, source, scorer, scorer_sha256)
     merged = cache.folder / "scores.parquet"
     if not merged.exists():
@@ -205,12 +211,17 @@ def score_source(config: ScoreConfig, context: distributed.Context | None = None
         compute_chunks(
             [(cache, lambda batch: _scored_rows(scorer, batch))], source, range(len(source)), context,
             resolution=config.resolution, batch_size=config.batch_size, workers=config.workers, description="score",
-            extra=lambda record: {"noise": image_noise(config.seed, record.source_id, steps, shape)},
+            extra=functools.partial(_record_noise, config.seed, steps, shape),
         )  # fmt: skip
         if context.is_main:
             write_table(pa.concat_tables(cache.read(range(len(source)))), merged)
         context.barrier()
     return merged
+
+
+def _record_noise(seed: int, steps: int, shape: tuple[int, ...], record: SourceRecord) -> dict[str, torch.Tensor]:
+    """The image's own noise, drawn in the loader worker; a module-level function so that spawned workers can unpickle it."""
+    return {"noise": image_noise(seed, record.source_id, steps, shape)}
 
 
 def _scored_rows(scorer: DifficultyScorer, batch: dict) -> pa.Table:

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets.exceptions import DatasetsError
 from datasets.utils.file_utils import xopen
 from PIL import Image, UnidentifiedImageError
@@ -49,6 +51,7 @@ _DECODE_ERRORS = (
     EOFError,
     struct.error,  # some plugins fail this way on malformed headers
     Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # raised, not warned: see ImageSource._decode
 )
 _WORDNET_ID = re.compile(r"n\d{8}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
@@ -161,8 +164,13 @@ class ImageSource(abc.ABC):
         except OSError as error:
             return self._skip(entry, f"cannot read: {_one_line(error)}")
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
+            with warnings.catch_warnings():
+                # PIL refuses images over 2× MAX_IMAGE_PIXELS (89 Mpx) before allocating anything, but only
+                # warns between 1× and 2×, and then allocates up to 700 MB per decoding process. No training
+                # image comes near that size, so such a file is treated as the bomb it most likely is.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                image.load()
         except _DECODE_ERRORS as error:
             return self._skip(entry, f"cannot decode: {_decode_problem(data, error)}")
         return SourceRecord(entry.index, entry.source_id, entry.label, image, data)
@@ -240,6 +248,8 @@ class ImageFolderSource(ImageSource):
     Classes are the sorted sub-folder names; images are ordered by relative POSIX path,
     which is also their ``source_id``. Hidden files and folders (leading ".") are ignored.
     Folders named by WordNet id (``n01440764``) get the ImageNet lemmas as class names.
+    Bytes of a file or folder name that are not UTF-8 appear escaped (``\\xff``) in ids and
+    class names: see ``_printable_name``.
     """
 
     def __init__(self, spec: str, root: Path) -> None:
@@ -260,7 +270,7 @@ class ImageFolderSource(ImageSource):
         for folder, size in zip(folders, sizes):
             if size == 0:
                 logger.warning("class folder %s of %s has no images", folder, spec)
-        super().__init__(spec, _class_names(folders), sizes)
+        super().__init__(spec, [_printable_name(name) for name in _class_names(folders)], sizes)
         self._fingerprint: str | None = None
         self._wordnet_classes = any(_WORDNET_ID.fullmatch(folder) for folder in folders)
 
@@ -284,7 +294,18 @@ class ImageFolderSource(ImageSource):
     def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
         for index in range(len(self)) if indices is None else indices:
             relative, label = self._files[index]
-            yield _Entry(index, relative, label, None, str(self.root / relative))
+            yield _Entry(index, _printable_name(relative), label, None, str(self.root / relative))
+
+
+def _printable_name(name: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 written as ``\\xff``.
+
+    On Linux a name is any bytes; Python hands the undecodable ones over as lone surrogates,
+    which Arrow string columns, JSON cards and UTF-8 hashing all reject. Escaping them keeps
+    such an image usable under a readable id (it is still read through its real name). A
+    name that literally contains ``\\xff`` could collide with it: no real dataset has both.
+    """
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
 
 
 def _no_class_folders_message(spec: str, root: Path) -> str:
@@ -355,8 +376,12 @@ class DatasetsSource(ImageSource):
         self._id_column = id_column
         self._identity = identity
         label_feature = dataset.features[label_column]
-        counts = _label_counts(spec, dataset, label_column, label_feature)
+        _check_label_feature(spec, label_column, label_feature)
+        values = _read_columns(dataset, [label_column] + ([id_column] if id_column else []))
+        counts = _label_counts(spec, values[label_column], label_column)
         names = _label_names(spec, label_column, label_feature, len(counts))
+        if id_column:
+            _check_ids(spec, values[id_column], id_column)
         self._length = int(counts.sum())
         columns = [image_column, label_column] + ([id_column] if id_column else [])
         self._dataset = _undecoded(spec, dataset, image_column).select_columns(columns)
@@ -413,8 +438,8 @@ def _check_columns(spec: str, dataset: Any, columns: list[str | None]) -> None:
             )
 
 
-def _label_counts(spec: str, dataset: Any, column: str, feature: Any) -> np.ndarray:
-    """Images per label value, read from the label column alone (no image decoding)."""
+def _check_label_feature(spec: str, column: str, feature: Any) -> None:
+    """Refuses a label column that does not hold class indices (before reading any of it)."""
     is_integer = isinstance(feature, datasets.ClassLabel) or (
         isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
     )
@@ -422,7 +447,20 @@ def _label_counts(spec: str, dataset: Any, column: str, feature: Any) -> np.ndar
         raise SourceError(
             f"{spec}: label column {column!r} must hold class indices (ClassLabel or integers), found {feature}"
         )
-    labels = _read_labels(dataset, column)
+
+
+def _read_columns(dataset: Any, columns: list[str]) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """``columns`` (no image column) as Arrow arrays: memory-mapped, or in one pass when streaming."""
+    subset = dataset.select_columns(columns)
+    if isinstance(dataset, datasets.Dataset):
+        return {column: subset.with_format("arrow")[column] for column in columns}
+    batches = list(subset.iter(batch_size=10_000))
+    return {column: pa.array([x for batch in batches for x in batch[column]]) for column in columns}
+
+
+def _label_counts(spec: str, labels: pa.Array | pa.ChunkedArray, column: str) -> np.ndarray:
+    """Images per label value; nulls and -1 (no label) are refused."""
+    labels = np.asarray(labels.cast(pa.int64()).fill_null(-1), dtype=np.int64)
     if labels.size == 0:
         raise SourceError(f"{spec} is empty: the split has no images")
     unlabelled = int((labels < 0).sum())
@@ -433,13 +471,19 @@ def _label_counts(spec: str, dataset: Any, column: str, feature: Any) -> np.ndar
     return np.bincount(labels)
 
 
-def _read_labels(dataset: Any, column: str) -> np.ndarray:
-    """The label column as int64, nulls as -1: through Arrow, or one pass when streaming."""
-    labels_only = dataset.select_columns([column])
-    if isinstance(dataset, datasets.Dataset):
-        return labels_only.with_format("arrow")[column].cast(pa.int64()).fill_null(-1).to_numpy()
-    batches = labels_only.iter(batch_size=10_000)
-    return np.array([-1 if x is None else x for batch in batches for x in batch[column]], dtype=np.int64)
+def _check_ids(spec: str, ids: pa.Array | pa.ChunkedArray, column: str) -> None:
+    """Refuses an id column with gaps or repeats: ids join the subset to its scores and name the noise of each image."""
+    advice = "choose another --id-column or leave it out (ids then come from file names or positions)"
+    if ids.null_count:
+        raise SourceError(f"{spec}: {ids.null_count} images have no id in column {column!r}; {advice}")
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        first = repeated[0]
+        raise SourceError(
+            f"{spec}: column {column!r} repeats ids, e.g. {first['values'].as_py()!r} ({first['counts'].as_py()} times, "
+            f"{len(repeated)} repeated ids in all); {advice}"
+        )
 
 
 def _label_names(spec: str, column: str, feature: Any, num_labels: int) -> list[str]:

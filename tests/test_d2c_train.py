@@ -92,9 +92,17 @@ def test_loss_falls_with_every_component_on(tmp_path: Path, subsets) -> None:
     assert mean(last, "velocity_loss") < 0.7 * mean(first, "velocity_loss")
     assert mean(last, "align_loss") < lines[0]["align_loss"] - 0.3  # the projection learns the visual tokens (cos ↑)
     model, backbone = load_backbone(run)
-    assert (backbone.text_dim, backbone.visual_dim, backbone.encoder_depth) == (384, 32, 2)
+    assert (backbone.text_dim, backbone.visual_dim, backbone.encoder_depth, backbone.projector_dim) == (384, 32, 2, 2048)
+    assert [layer.out_features for layer in model.projector if hasattr(layer, "out_features")] == [2048, 2048, 32]
     class_text = load_class_text(run)
     assert class_text.embedding.shape == (3, 16, 384) and class_text.mask.dtype == torch.int8
+
+
+def test_projector_width_is_a_setting_kept_with_the_weights(tmp_path: Path, subsets) -> None:
+    run = train(config(tmp_path, subsets["pixels"], steps=1, projector_dim=48))
+    model, backbone = load_backbone(run)
+    assert backbone.projector_dim == 48
+    assert [layer.out_features for layer in model.projector if hasattr(layer, "out_features")] == [48, 48, 32]
 
 
 def test_latent_column_trains_without_a_vae(tmp_path: Path, subsets) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+import time
 from pathlib import Path
 
 import datasets
+import httpx2
 import hub_server
 import pytest
 from conftest import encode, make_image_folder, make_official_scorer, noise_image
 from hub_server import READ_TOKEN, WRITE_TOKEN, HubServer
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from typer.testing import CliRunner
 
 from d2c_pack.build import BuildConfig, build
 from d2c_pack.cli import app
 from d2c_pack.errors import UserError
+from d2c_pack.hub import PushConfig, RetryPolicy, push, with_retries
 
 hub = hub_server.hub  # the fixture: clients talk to a fresh local Hub with HF_TOKEN = WRITE_TOKEN
 REPO = "tester/tiny-d2c"
@@ -131,6 +137,11 @@ def test_imagenet_derived_data_is_pushed_private_and_gated(hub: HubServer, tmp_p
     assert settings["private"] and settings["gated"]
     assert cli("push", "tester/imagenet-open", "--from", str(out), "--public", "--not-gated")[0] == 0
     assert not hub.repo_settings("tester/imagenet-open")["private"]
+    HfApi().create_repo("tester/already-public", repo_type="dataset", private=False)
+    code, output = cli("push", "tester/already-public", "--from", str(out), "--tag", "v1.0")
+    assert code == 2 and "is public and this data's licence" in output and "--public" in output
+    assert not hub.files("tester/already-public", "main").keys() - {".gitattributes"}  # nothing was uploaded
+    assert cli("push", "tester/already-public", "--from", str(out), "--public")[0] == 0
 
 
 def test_a_corrupted_local_folder_is_not_pushed(hub: HubServer, builds, tmp_path: Path) -> None:
@@ -138,3 +149,67 @@ def test_a_corrupted_local_folder_is_not_pushed(hub: HubServer, builds, tmp_path
     (broken / "d2c" / "recipe.yaml").write_text("edited\n")
     code, output = cli("push", REPO, "--from", str(broken))
     assert code == 2 and "fails verification" in output
+
+
+FAST_RETRIES = RetryPolicy(attempts=10, base_delay=0.05, max_delay=2.0, deadline=120.0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_push_completes_while_a_fifth_of_the_hubs_answers_fail(hub: HubServer, builds, seed: int) -> None:
+    """429 (Retry-After), 500/502/503, dropped connections and slow answers on 20% of requests: push retries through them."""
+    hub.inject_faults(0.2, seed=seed, retry_after=1, slow_seconds=0.2)
+    result = push(PushConfig(repo_id=REPO, source_dir=str(builds["v1.0"]), tag="v1.0", retry=FAST_RETRIES))
+    hub.inject_faults(0)
+    assert len({kind for _, _, kind in hub.faults}) >= 3, hub.faults  # several kinds of failure were met and passed
+    manifest = json.loads((builds["v1.0"] / "d2c" / "manifest.json").read_text())
+    remote = hub.files(REPO, "v1.0")
+    assert {path: hashlib.sha256(remote[path]).hexdigest() for path in manifest["files"]} == {p: f["sha256"] for p, f in manifest["files"].items()}
+    assert result.revision == "v1.0" and cli("verify", f"{REPO}@v1.0")[0] == 0
+
+
+def test_retries_are_bounded_in_count_and_honour_retry_after(hub: HubServer, builds) -> None:
+    hub.inject_faults(1.0, kinds=("503",))
+    tic = time.monotonic()
+    with pytest.raises(UserError, match=r"push to tester/tiny-d2c failed \(503\)"):
+        push(PushConfig(repo_id=REPO, source_dir=str(builds["v1.0"]), retry=RetryPolicy(attempts=3, base_delay=0.05)))
+    assert len(hub.requests) == 3 and time.monotonic() - tic < 5  # whoami, tried 3 times, then given up
+    hub.inject_faults(1.0, kinds=("429",), retry_after=1)
+    hub.requests.clear()
+    tic = time.monotonic()
+    with pytest.raises(UserError, match=r"\(429\)"):
+        push(PushConfig(repo_id=REPO, source_dir=str(builds["v1.0"]), retry=RetryPolicy(attempts=3, base_delay=0.01)))
+    assert len(hub.requests) == 3 and time.monotonic() - tic >= 2  # waited Retry-After: 1 s twice
+
+
+@pytest.mark.parametrize(
+    ("status", "where", "message"),
+    [
+        (401, None, "the Hub refused the token (401)"),
+        (403, lambda method, path: "/commit/" in path, "(403): the token may not write to tester/tiny-d2c"),
+        (404, lambda method, path: "/preupload/" in path, "(404): tester/tiny-d2c or the revision does not exist"),
+    ],
+)
+def test_a_permanent_refusal_fails_fast_with_one_line(hub: HubServer, builds, status: int, where, message: str) -> None:
+    hub.fail_permanently(status, only=where)
+    tic = time.monotonic()
+    code, output = cli("push", REPO, "--from", str(builds["v1.0"]))
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
+    assert time.monotonic() - tic < 10  # no backoff on what waiting cannot fix
+
+
+def test_a_wrapped_transient_failure_is_retried_and_a_foreign_error_is_not() -> None:
+    """huggingface_hub re-raises a failed LFS upload as RuntimeError from the HTTP error: that is retried too."""
+    request = httpx2.Request("PUT", "http://hub/lfs")
+    unavailable = HfHubHTTPError("503 Service Unavailable", response=httpx2.Response(503, request=request))
+    attempts = []
+
+    def upload() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("Error while uploading 'data/train.parquet' to the Hub.") from unavailable
+        return "done"
+
+    assert with_retries(upload, "upload", FAST_RETRIES) == "done" and len(attempts) == 3
+    with pytest.raises(KeyError):
+        with_retries(lambda: attempts.append(1) or {}["missing"], "lookup", FAST_RETRIES)
+    assert len(attempts) == 4  # a bug is not retried

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d2c_pack.demo import DEMO_BACKBONES
-from d2c_pack.errors import UserError
-from d2c_pack.models.d2c import D2CSiT
+from d2c_pack.errors import UserError, first_line
+from d2c_pack.models.d2c import PROJECTOR_DIM, D2CSiT
 from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
 
 Prediction = Literal["velocity", "epsilon"]
@@ -71,6 +71,7 @@ class BackboneConfig:
     text_length: int = 16
     visual_dim: int | None = None
     encoder_depth: int | None = None
+    projector_dim: int = PROJECTOR_DIM
     class_cond: bool = True
 
     def model_kwargs(self) -> dict:
@@ -80,7 +81,7 @@ class BackboneConfig:
         return {k: getattr(self, k) for k in keys + extra}
 
     def build(self) -> D2CSiT:
-        d2c = {k: getattr(self, k) for k in ("text_dim", "text_length", "visual_dim", "encoder_depth", "class_cond")}
+        d2c = {k: getattr(self, k) for k in ("text_dim", "text_length", "visual_dim", "encoder_depth", "projector_dim", "class_cond")}
         return D2CSiT(**self.model_kwargs(), **d2c)
 
 
@@ -284,7 +285,7 @@ def _load_official_state_dict(path: Path, use_ema: bool, map_location) -> dict[s
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # pickle errors have no common base class
-            raise UserError(f"cannot read {path} as a weights-only checkpoint: {err}") from None
+            raise UserError(f"cannot read {path} as a weights-only checkpoint (refusing to unpickle anything but tensors): {first_line(err)}") from None
     for key in (("ema", "model") if use_ema else ("model", "ema")):
         if key in checkpoint and isinstance(checkpoint[key], dict):
             return checkpoint[key]

@@ -10,6 +10,8 @@ loads into it; the additions live under their own keys (``text_embedder.*``, ``p
   probability; the null text is zeros with a zero mask.
 - **Projector** φ = Linear(H, 2048) → SiLU → Linear(2048, 2048) → SiLU → Linear(2048, D_vis) on
   the output of block ``encoder_depth``; the alignment loss compares φ(h) with visual tokens.
+  The width 2048 is REPA's ``projector_dim`` and can be set (the CPU miniatures use 256: at
+  2048 the projector of a 192-wide model costs more than the backbone).
 """
 
 from __future__ import annotations
@@ -52,13 +54,13 @@ class DCEmbedding(nn.Module):
         return self.mlp(pooled) + pooled  # (N, H)
 
 
-def build_projector(hidden_size: int, visual_dim: int) -> nn.Sequential:
+def build_projector(hidden_size: int, visual_dim: int, width: int = PROJECTOR_DIM) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(hidden_size, PROJECTOR_DIM),
+        nn.Linear(hidden_size, width),
         nn.SiLU(),
-        nn.Linear(PROJECTOR_DIM, PROJECTOR_DIM),
+        nn.Linear(width, width),
         nn.SiLU(),
-        nn.Linear(PROJECTOR_DIM, visual_dim),
+        nn.Linear(width, visual_dim),
     )
 
 
@@ -81,6 +83,7 @@ class D2CSiT(DiT):
         text_length: int = 16,
         visual_dim: int | None = None,
         encoder_depth: int | None = None,
+        projector_dim: int = PROJECTOR_DIM,
         class_cond: bool = True,
         **dit_kwargs,
     ):
@@ -88,7 +91,7 @@ class D2CSiT(DiT):
         hidden_size = self.pos_embed.shape[-1]
         self.class_cond = class_cond
         self.text_embedder = DCEmbedding(text_dim, hidden_size, text_length, self.y_embedder.dropout_prob) if text_dim else None
-        self.projector = build_projector(hidden_size, visual_dim) if visual_dim else None
+        self.projector = build_projector(hidden_size, visual_dim, projector_dim) if visual_dim else None
         self.encoder_depth = encoder_depth or default_encoder_depth(len(self.blocks))
         if not 1 <= self.encoder_depth <= len(self.blocks):
             raise ValueError(f"encoder_depth must be in 1..{len(self.blocks)}, got {self.encoder_depth}")

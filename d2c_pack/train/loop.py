@@ -47,6 +47,7 @@ from d2c_pack.models import (
     save_backbone,
 )
 from d2c_pack.models.checkpoint import EMA_WEIGHTS_NAME, WEIGHTS_NAME, read_state_dict
+from d2c_pack.models.d2c import PROJECTOR_DIM
 from d2c_pack.progress import progress_bar
 from d2c_pack.recipe import flag
 from d2c_pack.sources import SourceArgs
@@ -81,6 +82,7 @@ class TrainConfig(SourceArgs):
     class_cond: bool = flag(True, help="Condition on the class label.")
     encoder_depth: int | None = flag(None, help="Block whose output is aligned (default 8; ⌈depth/3⌉ for models under 24 blocks).")
     proj_coeff: float = flag(0.5, help="Weight λ of the alignment loss.")
+    projector_dim: int = flag(PROJECTOR_DIM, help="Hidden width of the alignment projector (REPA's 2048; smaller for tiny CPU models).")
     init: str | None = flag(None, help="Initial weights: an official SiT/DiT .pt, or a d2c-pack model or run folder; new layers start as specified.")
     learn_sigma: bool = flag(True, help="Keep the official 2C-channel output layout (extra channels unused).")
     class_dropout: float = flag(0.1, help="Probability of dropping the label, and independently the text, for classifier-free guidance.")
@@ -344,7 +346,7 @@ def _new_run(config: TrainConfig, data: TrainingData, context: distributed.Conte
     if backbone.prediction != "velocity":
         raise UserError(f"the trainer trains SiT (velocity) models; use a SiT-* name instead of {config.model}")
     backbone.text_dim, backbone.visual_dim, backbone.class_cond = data.text_dim, data.visual_dim, config.class_cond
-    backbone.encoder_depth = config.encoder_depth
+    backbone.encoder_depth, backbone.projector_dim = config.encoder_depth, config.projector_dim
     torch.manual_seed(config.seed)
     model = backbone.build().to(context.device).train()
     backbone.encoder_depth = model.encoder_depth  # the resolved default, recorded with the weights

@@ -1,0 +1,163 @@
+"""Scoring speed (DESIGN §3.2): the project's ``DifficultyScorer`` with DiT-XL/2 and the SD-VAE encoder.
+
+Every image is noised at |T| = 8 timesteps and the 8 copies go through the backbone in one
+batch, so one scored image costs 8 backbone forwards plus one VAE encoding. Three workloads:
+
+- **backbone only**: latents already on the GPU (the scorer's latent space is the identity);
+- **VAE + backbone**: images already on the GPU, encoded by the SD-VAE first;
+- **end to end**: synthetic 500×375 JPEGs held in memory, decoded, ADM-cropped and given their
+  noise by DataLoader workers through the project's ``ChunkBatches`` and scored by the same
+  ``_scored_rows`` that ``d2c-pack score`` calls, with pinned memory, as the tool runs.
+
+The end-to-end rate over the backbone-only rate says how much of the GPU the whole pipeline
+keeps busy; it also projects the hours to score ImageNet-1k's training set.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from benchmarks.gpu.measure import Row, count_flops, measure, rate_row, synchronize
+from benchmarks.gpu.specs import IMAGENET_TRAIN_IMAGES, NUM_CLASSES, Spec, build_vae, scorer_config
+from d2c_pack.chunks import ChunkBatches, chunks_of
+from d2c_pack.latents import PixelSpace, VaeSpace
+from d2c_pack.score import DifficultyScorer, _scored_rows, image_noise
+from d2c_pack.sources import ImageSource, _Entry
+
+JPEG_SIZE = (500, 375)  # ImageNet's most common image size
+DISTINCT_JPEGS = 32
+# DiT-XL/2 forward at 256 as the DiT paper gives it (118.6 G multiply-adds), to check the counted FLOPs against
+DIT_XL_2_256_FLOPS = 2 * 118.6e9
+
+
+def measure_scoring(spec: Spec, device: torch.device, peak: float, workers: int) -> dict:
+    """The batch sweep (backbone only, VAE + backbone), the end-to-end row and their summary."""
+    config = scorer_config(spec)
+    with device:
+        model = config.build()
+    scorer = DifficultyScorer(model, config, PixelSpace(), spec.timesteps, device)
+    vae = VaeSpace(build_vae(spec, device))
+    backbone_flops = count_flops(lambda: scorer(*_inputs(scorer, 1, device, latents=True)))
+    vae_flops = count_flops(lambda: vae.encode(_inputs(scorer, 1, device, latents=False)[0]))
+
+    sweep: list[Row] = []
+    for batch in spec.score_batches:
+        for name, space, flops in (("backbone only", PixelSpace(), backbone_flops), ("VAE + backbone", vae, backbone_flops + vae_flops)):
+            scorer.space = space
+            inputs = _inputs(scorer, batch, device, latents=space is not vae)
+            row = measure(
+                "scoring", f"{spec.scorer} |T|={spec.timesteps}, {name}", lambda: scorer(*inputs), device,
+                batch=batch, flops_per_item=flops, peak=peak, warmup=spec.warmup, iters=spec.iters,
+            )  # fmt: skip
+            if row.status == "ok":
+                row.extra["backbone_mfu"] = row.rate * backbone_flops / peak
+            sweep.append(row)
+
+    backbone = _best(sweep, "backbone only")
+    batch = _best(sweep, "VAE + backbone").batch
+    scorer.space = vae
+    end_to_end = _end_to_end(scorer, spec, device, peak, batch, workers, backbone_flops + vae_flops)
+    same_batch = {name: next(r for r in sweep if r.batch == batch and r.name.endswith(name)) for name in ("backbone only", "VAE + backbone")}
+    summary = {
+        "backbone_flops_per_image": backbone_flops,
+        "backbone_flops_per_image_dit_paper": spec.timesteps * DIT_XL_2_256_FLOPS if spec.scorer == "DiT-XL/2" else None,
+        "vae_encoder_flops_per_image": vae_flops,
+        "best_backbone_batch": backbone.batch,
+        "best_backbone_images_per_s": backbone.rate,
+        "best_backbone_mfu": backbone.mfu,
+        "end_to_end_batch": batch,
+        "end_to_end_share_of_backbone": end_to_end.rate / same_batch["backbone only"].rate,
+        "end_to_end_share_of_vae_backbone": end_to_end.rate / same_batch["VAE + backbone"].rate,
+        "imagenet_hours": IMAGENET_TRAIN_IMAGES / end_to_end.rate / 3600,
+    }
+    return {"sweep": sweep, "end_to_end": end_to_end, "summary": summary}
+
+
+def _inputs(scorer: DifficultyScorer, batch: int, device: torch.device, *, latents: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (images or latents, labels, noise) on the device, as ``DifficultyScorer.__call__`` takes them."""
+    channels, size = scorer.latent_shape[0], scorer.latent_shape[1]
+    resolution = scorer.config.image_size
+    images = torch.randn(batch, channels, size, size, device=device) if latents else torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+    labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    noise = torch.randn(batch, len(scorer.times), *scorer.latent_shape, device=device)
+    return images, labels, noise
+
+
+def _best(rows: list[Row], name: str) -> Row:
+    return max((r for r in rows if r.status == "ok" and r.name.endswith(name)), key=lambda r: r.rate)
+
+
+def _end_to_end(scorer: DifficultyScorer, spec: Spec, device: torch.device, peak: float, batch: int, workers: int, flops: float) -> Row:
+    """JPEG bytes → workers (decode, ADM crop, noise) → pinned batches → ``_scored_rows``, timed by the wall clock.
+
+    The first ``workers + 2`` batches are left out: each worker's first batch carries its start-up.
+    """
+    warm = workers + 2
+    timed = max(2, -(-spec.e2e_images // batch))
+    source = JpegSource((warm + timed) * batch)
+    steps, shape = len(scorer.times), scorer.latent_shape
+    batches = ChunkBatches(
+        source, chunks_of(range(len(source)), 2 * batch), resolution=spec.resolution, batch_size=batch,
+        extra=lambda record: {"noise": image_noise(0, record.source_id, steps, shape)},
+    )  # fmt: skip
+    # fork, as Linux's Python ≤ 3.13 does by default: ``extra`` is a lambda, which spawned workers could not unpickle
+    context = "fork" if workers else None
+    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda", multiprocessing_context=context)
+    done, images, tic = 0, 0, 0.0
+    for item in loader:
+        if not item["indices"]:  # the empty batch that closes a chunk
+            continue
+        _scored_rows(scorer, item)  # ends with the losses on the CPU: synchronised
+        done += 1
+        if done == warm:
+            synchronize(device)
+            tic = time.perf_counter()
+        elif done > warm:
+            images += len(item["indices"])
+    seconds = time.perf_counter() - tic
+    return rate_row(
+        "scoring", f"{spec.scorer} |T|={spec.timesteps}, end to end from JPEG", batch=batch, items=images, seconds=seconds,
+        flops_per_item=flops, peak=peak, workers=workers, jpeg_kib=source.mean_bytes / 1024, images_timed=images,
+    )  # fmt: skip
+
+
+class JpegSource(ImageSource):
+    """``count`` labelled images cycling over a few distinct synthetic 500×375 JPEGs held in memory.
+
+    Each is a smooth random picture with fine noise, saved at quality 90, about the size of an
+    ImageNet JPEG, so decoding costs what it costs on the real data.
+    """
+
+    def __init__(self, count: int):
+        sizes = np.bincount(np.arange(count) % NUM_CLASSES, minlength=NUM_CLASSES).tolist()
+        super().__init__("bench:jpeg", [f"class {c}" for c in range(NUM_CLASSES)], sizes)
+        self.count = count
+        self.jpegs = [_synthetic_jpeg(seed) for seed in range(DISTINCT_JPEGS)]
+        self.mean_bytes = float(np.mean([len(j) for j in self.jpegs]))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def fingerprint(self) -> str:
+        return f"bench:jpeg:{self.count}"
+
+    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+        for i in range(self.count) if indices is None else indices:
+            yield _Entry(i, f"bench/{i:08d}.jpg", i % NUM_CLASSES, self.jpegs[i % len(self.jpegs)], None)
+
+
+def _synthetic_jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    width, height = JPEG_SIZE
+    smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(JPEG_SIZE, Image.BICUBIC)
+    pixels = np.clip(np.asarray(smooth, np.float32) + rng.normal(0, 18, (height, width, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

@@ -1,0 +1,108 @@
+"""Crash and resume: SIGKILL `build`, `push` and `train` at many points; a plain re-run gives the same bytes.
+
+Each kill point is a callable of the pipeline and a call count (tests/killpoint.py); the process
+kills itself there with SIGKILL, so nothing is flushed or cleaned up, as in a power cut or an
+OOM kill. The same command is then re-run unchanged, and every output file must be
+byte-identical (sha256) to the output of a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import hub_server
+import pytest
+from hub_server import HubServer
+
+TESTS = Path(__file__).parent
+# The demo build, made quick: one timestep and small chunks, so scoring and attaching write many chunk files.
+BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "256"]
+BUILD_KILL_POINTS = [
+    ("d2c_pack.chunks:ChunkCache.add", 1, "after"),  # scoring: first chunk stored
+    ("d2c_pack.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
+    ("os:replace", 6, "before"),  # scoring: a chunk's temporary file written, not renamed into place
+    ("d2c_pack.chunks:ChunkCache.add", 8, "after"),  # scoring: every chunk stored, the merged file not yet
+    ("d2c_pack.score:write_table", 1, "after"),  # scoring done
+    ("d2c_pack.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
+    ("d2c_pack.chunks:ChunkCache.add", 14, "before"),  # attaching: later
+    ("datasets:Dataset.to_parquet", 1, "before"),  # packaging: rows generated, no shard written
+    ("datasets:Dataset.to_parquet", 1, "after"),  # packaging: data shard written
+    ("d2c_pack.package:write_assets", 1, "after"),  # packaging: card figures written
+    ("datasets:Dataset.to_parquet", 2, "after"),  # packaging: scores shard written
+    ("d2c_pack.package:_manifest", 1, "after"),  # packaging: everything but the manifest and the final rename
+]
+
+
+def d2c_pack(*args: str, kill: tuple[str, int, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    prefix = [str(TESTS / "killpoint.py"), kill[0], str(kill[1]), kill[2], "--"] if kill else ["-m", "d2c_pack"]
+    return subprocess.run([sys.executable, *prefix, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def killed_then_resumed(args: list[str], kill: tuple[str, int, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    killed = d2c_pack(*args, kill=kill, cwd=cwd)
+    assert killed.returncode == -signal.SIGKILL, f"{kill} was never reached (exit {killed.returncode}): {killed.stderr[-2000:]}"
+    resumed = d2c_pack(*args, cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resumed
+
+
+@pytest.fixture(scope="module")
+def reference_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    done = d2c_pack(*BUILD, "--out", str(root / "out"), "--work", str(root / "work"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "out"
+
+
+@pytest.mark.parametrize("kill", BUILD_KILL_POINTS, ids=[f"{t.split(':')[1]}-{n}-{w}" for t, n, w in BUILD_KILL_POINTS])
+def test_a_killed_build_resumes_to_identical_bytes(reference_build: Path, tmp_path: Path, kill) -> None:
+    out = tmp_path / "out"
+    killed_then_resumed([*BUILD, "--out", str(out), "--work", str(tmp_path / "work")], kill)
+    assert file_hashes(out) == file_hashes(reference_build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]  # no half-written folder left beside it
+
+
+hub = hub_server.hub
+PUSH_KILL_POINTS = [
+    ("huggingface_hub._commit_api:lfs_upload", 1, "after"),  # mid-upload: one LFS file sent, the others not
+    ("huggingface_hub.hf_api:HfApi.create_commit", 1, "before"),  # every file uploaded, no commit
+    ("huggingface_hub.hf_api:HfApi.create_tag", 1, "after"),  # committed and tagged, not yet checked
+]
+
+
+@pytest.mark.parametrize("kill", PUSH_KILL_POINTS, ids=["lfs_upload", "before-commit", "after-tag"])
+def test_a_killed_push_resumes_and_the_hub_matches_the_manifest(hub: HubServer, reference_build: Path, kill) -> None:
+    repo = "tester/crash"
+    killed_then_resumed(["push", repo, "--from", str(reference_build), "--tag", "v1.0"], kill)
+    manifest = json.loads((reference_build / "d2c" / "manifest.json").read_text())
+    remote = hub.files(repo, "v1.0")
+    assert {path: hashlib.sha256(remote[path]).hexdigest() for path in manifest["files"]} == {p: f["sha256"] for p, f in manifest["files"].items()}
+
+
+TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--batch-size", "16", "--log-every", "1"]
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [
+        ("d2c_pack.train.loop:_train_step", 3, "after"),  # between checkpoints: steps 3 is lost and redone
+        ("d2c_pack.train.loop:save_backbone", 2, "after"),  # mid-checkpoint: weights written, the checkpoint not complete
+    ],
+    ids=["between-checkpoints", "mid-checkpoint"],
+)
+def test_a_killed_training_run_resumes_to_the_same_weights(reference_build: Path, tmp_path: Path, kill) -> None:
+    uninterrupted = d2c_pack(*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "reference"))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    killed_then_resumed([*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "run")], kill)
+    assert file_hashes(tmp_path / "run" / "model") == file_hashes(tmp_path / "reference" / "model")
+    metrics = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == list(range(1, 7))

@@ -1,0 +1,36 @@
+"""benchmarks/paper_mini.py at its tiny size (the recipe's `tiny:` overrides): every table row, the JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "paper_mini.py"
+SELECTION_ROWS = ["random", "kcenter", "herding", "min", "max", "interval", "full data"]
+ATTACH_ROWS = ["none", "text", "visual", "both"]
+
+
+def test_the_miniature_runs_every_configuration_and_reports_them(tmp_path: Path) -> None:
+    out = tmp_path / "mini"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--report-dir", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "report" / "paper_mini.md").read_text()
+    selection, attach = report.split("Attach ablation")
+    for name in SELECTION_ROWS:
+        assert f"| {name} | " in selection
+    for name in ATTACH_ROWS:
+        assert f"| {name} | " in attach
+    payload = json.loads((tmp_path / "report" / "paper_mini.json").read_text())
+    assert len(payload["runs"]) == 10 and all(len(run["curve"]) == 2 for run in payload["runs"])  # 4 steps, evaluated every 2
+    assert all(row["fid_mean"] > 0 and 0 <= row["accuracy_mean"] <= 1 for row in payload["summary"])
+    subsets = {run["name"]: run["data"] for run in payload["runs"]}
+    assert subsets["none"] == subsets["text"] == subsets["visual"] == subsets["interval"]  # the ablation trains on the D2C subset
+    assert len({subsets[name] for name in SELECTION_ROWS}) == len(SELECTION_ROWS)  # each selector its own subset
+    assert Image.open(tmp_path / "report" / "fid_vs_steps.png").size[0] > 0
+    rerun = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0 and json.loads((out / "paper_mini.json").read_text())["runs"] == payload["runs"]  # finished runs are kept
