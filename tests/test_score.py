@@ -103,6 +103,30 @@ def test_scores_do_not_depend_on_batching_or_workers(tmp_path: Path, folder: Pat
     np.testing.assert_allclose(first.losses, second.losses, rtol=1e-5)
 
 
+SPAWNED_SCORE = """
+import multiprocessing, sys
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")  # macOS's default and Python 3.14's on Linux: workers unpickle what they run
+    from d2c_pack.cli import main
+    sys.argv = ["d2c-pack", "score", *sys.argv[1:]]
+    main()
+"""
+
+
+def test_loader_workers_started_by_spawn_score_alike(tmp_path: Path, folder: Path) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    in_process = read_scores(score_source(config_for(tmp_path / "a", folder, scorer)))
+    script = tmp_path / "spawned_score.py"
+    script.write_text(SPAWNED_SCORE)
+    args = ["--source", str(folder), "--scorer", str(scorer), "--resolution", "16", "--timesteps", "4", "--batch-size", "5",
+            "--chunk-size", "8", "--workers", "2", "--work", str(tmp_path / "b" / "work")]  # fmt: skip
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    spawned = read_scores(next((tmp_path / "b" / "work" / "scores").glob("*/scores.parquet")))
+    assert spawned.source_ids == in_process.source_ids
+    np.testing.assert_allclose(spawned.losses, in_process.losses, rtol=1e-5)
+
+
 def test_cache_is_reused_and_keyed(tmp_path: Path, folder: Path) -> None:
     scorer = make_official_scorer(tmp_path / "models")
     merged = score_source(config_for(tmp_path, folder, scorer))
