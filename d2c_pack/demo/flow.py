@@ -65,8 +65,8 @@ def run_demo(config: DemoConfig) -> DemoReport:
         "subset (build)",
         lambda: build(BuildConfig(**recipe | {"out": str(out / "data"), "work": str(out / "work"), "device": config.device})),
     )
-    published = report.timed("publish", lambda: _publish(data, config.push_to), lambda where: f"{where[0]}")
-    report.timed("load_dataset", lambda: _load_back(*published), lambda d: f"{d.num_rows} rows, columns {', '.join(d.column_names)}")
+    _, where, revision = report.timed("publish", lambda: _publish(data, config.push_to), lambda published: published[0])
+    report.timed("load_dataset", lambda: datasets.load_dataset(where, revision=revision, split="train"), lambda d: f"{d.num_rows} rows, columns {', '.join(d.column_names)}")
     settings = training | {"data": str(data), "out": str(out / "run"), "steps": config.steps, "device": config.device}
     settings["ckpt_every"] = min(settings["ckpt_every"], config.steps)
     run = report.timed("model (train)", lambda: train(TrainConfig(**settings)))
@@ -93,6 +93,3 @@ def _publish(data: Path, repo_id: str | None) -> tuple[str, str, str | None]:
     result = push(PushConfig(repo_id=repo_id, source_dir=str(data), tag=DEMO_TAG, force=True))
     return f"pushed: {result.load_line()}", repo_id, DEMO_TAG
 
-
-def _load_back(what: str, where: str, revision: str | None) -> datasets.Dataset:
-    return datasets.load_dataset(where, revision=revision, split="train")
