@@ -91,12 +91,15 @@ def interval_select(
     """
     if k < 1:
         raise ValueError(f"interval k must be >= 1, got {k}")
+    return _by_rank(scores, labels, per_class, ids, lambda n, m: np.arange(m) * interval_stride(n, m, k))
 
-    def ranks(n: int, m: int) -> np.ndarray:
-        stride = k if (m - 1) * k < n else max(1, (n - 1) // (m - 1))
-        return np.arange(m) * stride
 
-    return _by_rank(scores, labels, per_class, ids, ranks)
+def interval_stride(n: int, m: int, k: int) -> int:
+    """The stride interval sampling uses in a class of ``n`` images with budget ``m``: ``k``, or less where
+    ``(m-1)·k`` would run past the class (then ``max(1, (n-1) // (m-1))``); 0 where the class is taken whole."""
+    if n <= m:
+        return 0
+    return k if (m - 1) * k < n else max(1, (n - 1) // (m - 1))
 
 
 def min_select(
