@@ -19,11 +19,12 @@ from d2c_pack import distributed
 from d2c_pack.attach import AttachArgs, attach_columns, visual_cls_features
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import weight_files_sha256
+from d2c_pack.latents import vae_reference
 from d2c_pack.package import DATA_DIR, MANIFEST_FILE, Package, Selection, build_identity, read_build_identity, write_package
 from d2c_pack.recipe import flag
 from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_source
-from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, parse_budget, select
-from d2c_pack.sources import ImageSource
+from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, interval_stride, parse_budget, select
+from d2c_pack.sources import ImageSource, quoted_names
 
 FEATURE_SELECTORS = ("kcenter", "herding")
 # Settings of how a run executes, not of what it produces: left out of d2c/recipe.yaml.
@@ -56,15 +57,16 @@ def select_subset(config: BuildConfig, scores: Scores, num_classes: int, feature
     """Applies the configured selector and budget to the scored images (``features``: one row per image, for kcenter/herding)."""
     class_sizes = np.bincount(scores.labels, minlength=num_classes).tolist()
     per_class = parse_budget(config.budget, class_sizes)
-    interval = None
+    interval, strides = None, None
     if config.selector == "interval":
         interval = auto_interval(class_sizes, per_class) if config.interval == "auto" else int(config.interval)
+        strides = [interval_stride(n, m, interval) for n, m in zip(class_sizes, per_class)]
     positions = select(
         config.selector, scores=scores.scores, labels=scores.labels, per_class=per_class, ids=scores.source_ids,
         k=interval, seed=config.seed, features=features,
     )  # fmt: skip
     ranks = difficulty_ranks(scores.scores, scores.labels, ids=scores.source_ids)
-    return Selection(positions=positions, ranks=ranks, per_class=per_class, interval=interval)
+    return Selection(positions=positions, ranks=ranks, per_class=per_class, interval=interval, strides=strides)
 
 
 def selection_features(config: BuildConfig, source: ImageSource, scores: Scores, context: distributed.Context) -> tuple[np.ndarray, str | None]:
@@ -80,10 +82,15 @@ def selection_features(config: BuildConfig, source: ImageSource, scores: Scores,
     return features, "visual_cls"
 
 
-def used_models(config: BuildConfig) -> dict:
-    """Every model the build ran, with the sha256 of its weight files."""
+def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
+    """Every model the build ran, with the sha256 of its weight files (and of the VAEs' weights, found wherever they were loaded from)."""
     roles = {"scorer": config.scorer, "text_encoder": config.text_encoder, "captioner": config.captioner, "visual_encoder": config.visual_encoder, "vae": config.vae}
-    return {role: {"name": name, "files": weight_files_sha256(name)} for role, name in roles.items() if name}
+    models = {role: {"name": name, "files": weight_files_sha256(name)} for role, name in roles.items() if name}
+    if config.vae:
+        models["vae"]["name"] = vae_reference(config.vae)
+    if scorer_vae_sha256:
+        models["scorer"]["vae"] = {"name": vae_reference(config.vae) if config.vae else "the scorer's own", "weights_sha256": scorer_vae_sha256}
+    return models
 
 
 def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
@@ -118,10 +125,10 @@ def build(config: BuildConfig) -> Path | None:
     key = read_cache_key(scores_file)
     inputs = {
         "source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"],
-        **attached.identity, "selection_features": feature_name,
+        "scorer_vae_sha256": key["vae_sha256"], **attached.identity, "selection_features": feature_name,
     }  # fmt: skip
     recipe = resolved_recipe(config, selection)
-    package = Package(source, scores, selection, recipe, inputs, attached, used_models(config), config.with_scores, config.max_shard_size)
+    package = Package(source, scores, selection, recipe, inputs, attached, used_models(config, key["vae_sha256"]), config.with_scores, config.max_shard_size)
     existing = read_build_identity(out)
     if existing == build_identity(package):
         return out  # already built from exactly these settings and inputs
@@ -147,6 +154,9 @@ def describe_build(out: Path) -> str:
     if unreadable := manifest["unreadable"]:
         lines.append(f"skipped {len(unreadable)} unreadable image(s), listed with the reasons in {out / MANIFEST_FILE}")
     names = datasets.Features.from_arrow_schema(pq.read_schema(shards[0]))["label"].names
-    if empty := [name for name, rows in zip(names, manifest["selection"]["per_class_rows"]) if rows == 0]:
-        lines.append(f"{len(empty)} class(es) without any row (no readable image): {', '.join(empty)}")
+    listed = manifest["source"]["class_images"]
+    if empty := [name for name, rows, images in zip(names, manifest["selection"]["per_class_rows"], listed) if rows == 0 and images > 0]:
+        lines.append(f"{len(empty)} class(es) without any row (no readable image): {quoted_names(empty)}")
+    if absent := [name for name, images in zip(names, listed) if images == 0]:
+        lines.append(f"{len(absent)} of the {len(names)} classes have no image in the source: {quoted_names(absent)}")
     return "\n".join(lines)

@@ -97,6 +97,7 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
     recipe, selection, scores = package.recipe, package.selection, package.scores
     features = infos["default"].features
     rows_per_class = np.bincount(scores.labels[selection.positions], minlength=package.source.num_classes)
+    present = _present_classes(package)
     template = resources.files("d2c_pack") / "cards" / TEMPLATE
     card = DatasetCard.from_template(
         card_data(package, infos),
@@ -110,15 +111,17 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
         timesteps=recipe["timesteps"],
         selector=recipe["selector"],
         interval=selection.interval,
+        stride_range=selection.stride_range(),
         budget=recipe["budget"],
-        budget_text=_budget_text(selection.per_class),
+        budget_text=_budget_text([selection.per_class[c] for c in present]),
         resolution=recipe["resolution"],
         seed=recipe["seed"],
         encoders={k: v for k, v in package.inputs.items() if k in ("text_encoder", "prompt_template", "captioner", "visual_encoder", "vae")},
         num_rows=len(selection.positions),
-        num_classes=package.source.num_classes,
-        class_rows=[(name, int(n)) for name, n in zip(package.source.class_names, rows_per_class)],
-        rows_range=(int(rows_per_class.min()), int(np.median(rows_per_class)), int(rows_per_class.max())),
+        num_classes=len(present),
+        label_space=package.source.num_classes,
+        class_rows=[(package.source.class_names[c], int(rows_per_class[c])) for c in present],
+        rows_range=(int(rows_per_class[present].min()), int(np.median(rows_per_class[present])), int(rows_per_class[present].max())),
         num_scored=len(scores),
         num_unreadable=len(scores.errors),
         version=__version__,
@@ -145,7 +148,8 @@ def write_assets(package: Package, subset: datasets.Dataset, folder: Path) -> No
 
     matplotlib.use("Agg")  # no display; also makes the output independent of the machine's backend
     (folder / "assets").mkdir(exist_ok=True)
-    classes = plotted_classes(package.source.num_classes)
+    present = _present_classes(package)
+    classes = [present[i] for i in plotted_classes(len(present))]
     _save(_difficulty_figure(package, classes), folder / HISTOGRAM_FILE)
     _save(_samples_figure(package, subset, classes), folder / SAMPLES_FILE)
 
@@ -203,6 +207,11 @@ def _save(figure, path: Path) -> None:
     # No "Software" entry: the PNG bytes then depend on the picture alone.
     figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
+
+
+def _present_classes(package: Package) -> list[int]:
+    """The classes the source has images of: ImageNet sources holding some synsets keep all 1,000 in their label space."""
+    return [c for c, size in enumerate(package.source.class_sizes) if size > 0]
 
 
 def _short(name: str) -> str:

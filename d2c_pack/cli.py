@@ -153,6 +153,7 @@ CheckpointOption = Annotated[
 ]
 SamplerOption = Annotated[str, typer.Option(help=f"Sampler: {', '.join(SAMPLERS)}.")]
 IntervalOption = Annotated[str, typer.Option(help="SiT times 'low,high' (0 = noise, 1 = data) where guidance applies.")]
+VaeOption = Annotated[str | None, typer.Option(help="A local copy of the VAE the model was trained with (checked against the weights hash it recorded); default: the VAE it names.")]
 
 
 @app.command()
@@ -169,10 +170,11 @@ def sample(
     guidance_interval: IntervalOption = "0,1",
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
+    vae: VaeOption = None,
 ) -> None:
     """Sample a trained model: a PNG grid per class, or an ADM-evaluator .npz (Euler / Heun ODE, Euler–Maruyama SDE, CFG)."""
     model = _one_checkpoint(checkpoint, ckpt)
-    settings = dict(sampler=sampler, num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device)
+    settings = dict(sampler=sampler, num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device, vae=vae)
     if out.endswith(".npz"):
         path = sample_npz(model, out, num_samples=num_samples, **settings)
     else:
@@ -196,6 +198,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
     json_out: Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+    vae: VaeOption = None,
 ) -> None:
     """FID (and IS with Inception, accuracy with a classifier encoder) of a model's samples against reference images."""
     if ckpt is None:
@@ -206,7 +209,7 @@ def eval_command(
     results = evaluate(
         ckpt, reference=reference or default_reference, features=features or default_features, num_samples=num_samples, sampler=sampler,
         num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device,
-        inception_weights=inception_weights,
+        inception_weights=inception_weights, vae=vae,
     )  # fmt: skip
     print(f"{ckpt}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
     table = Table("metric", "value")

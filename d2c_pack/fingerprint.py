@@ -60,8 +60,9 @@ def weight_files_sha256(name_or_path: str) -> dict[str, str]:
     if path.is_file():
         return {path.name: sha256_file(path)}
     if not path.is_dir():
+        repo_id, _, revision = name_or_path.removeprefix("hf-hub:").partition("@")
         try:
-            path = Path(snapshot_download(name_or_path.removeprefix("hf-hub:"), allow_patterns=list(WEIGHT_PATTERNS), local_files_only=True))
+            path = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=list(WEIGHT_PATTERNS), local_files_only=True))
         except (LocalEntryNotFoundError, ValueError, OSError):
             return {}
     files = sorted(p for pattern in WEIGHT_PATTERNS for p in path.rglob(pattern))

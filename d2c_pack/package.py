@@ -79,6 +79,12 @@ class Selection:
     ranks: np.ndarray  # (N,) difficulty rank of every scored image within its class, 0 = easiest
     per_class: list[int]  # the budget m_c of each class
     interval: int | None  # the stride k of interval sampling
+    strides: list[int] | None = None  # the stride interval sampling used in each class (< k where a class is short; 0: taken whole)
+
+    def stride_range(self) -> tuple[int, int] | None:
+        """(min, max) of the strides used in the classes that were sampled, not taken whole; None without interval sampling."""
+        used = [stride for stride in self.strides or () if stride > 0]
+        return (min(used), max(used)) if used else None
 
 
 @dataclasses.dataclass
@@ -151,12 +157,14 @@ def _manifest(package: Package, folder: Path) -> dict:
         "source": {
             "spec": source.spec, "split": package.recipe["split"], "revision": package.recipe["revision"],
             "fingerprint": package.inputs["source_fingerprint"], "images": len(source), "classes": source.num_classes,
+            "class_images": source.class_sizes,  # images listed per class, unreadable ones included
         },  # fmt: skip
         "models": package.models,
         "seeds": {"noise_and_random_selection": package.recipe["seed"]},
         "selection": {
             "rows": len(selection.positions),
             "interval": selection.interval,
+            "interval_strides": list(selection.stride_range() or ()) or None,  # [min, max] used; below k where a class is short
             "per_class_budget": selection.per_class,
             "per_class_rows": np.bincount(chosen_labels, minlength=len(selection.per_class)).tolist(),
         },

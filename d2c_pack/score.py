@@ -70,6 +70,7 @@ class ScoreConfig(SourceArgs):
         help="Frozen class-conditional backbone: an official DiT/SiT .pt file, a d2c-pack model folder, or demo:digits.",
     )
     prediction: str | None = flag(None, help="What the scorer predicts, 'epsilon' (DiT) or 'velocity' (SiT); default: from its file name or config.")
+    vae: str | None = flag(None, help="diffusers AutoencoderKL of a latent-space scorer: a local folder or a Hub id, optionally ID@REVISION (default: the scorer's own, stabilityai/sd-vae-ft-ema for the official DiT/SiT).")
     timesteps: int = flag(8, help="Number |T| of stratified timesteps the loss is averaged over.")
     seed: int = flag(0, help="Seed of the per-(image, timestep) noise.")
     resolution: int = flag(256, help="Resolution R of the ADM centre crop; must match the scorer.")
@@ -86,6 +87,8 @@ class ScoreConfig(SourceArgs):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise UserError(f"--seed must be 0 or more, got {self.seed}")
+        if self.vae in ("none", ""):
+            self.vae = None
         if self.prediction not in (None, "epsilon", "velocity"):
             raise UserError(f"--prediction must be 'epsilon' or 'velocity', got {self.prediction!r}")
 
@@ -166,7 +169,12 @@ def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultySc
             f"the scorer {config.scorer} works at {backbone.image_size}×{backbone.image_size}; "
             f"set --resolution {backbone.image_size} (got {config.resolution})"
         )
-    space = load_latent_space(backbone.vae, device)
+    space = load_latent_space((config.vae or backbone.vae) if backbone.vae else None, device)
+    if (space.channels, space.downsample * backbone.input_size) != (backbone.in_channels, backbone.image_size):
+        raise UserError(
+            f"the VAE {config.vae or backbone.vae!r} gives {space.channels}-channel latents at 1/{space.downsample} of the image, "
+            f"but the scorer {config.scorer} takes {backbone.in_channels} channels at {backbone.input_size}×{backbone.input_size} for {backbone.image_size}-px images"
+        )
     return DifficultyScorer(model, backbone, space, config.timesteps, device), sha256_file(weights)
 
 
@@ -177,7 +185,7 @@ def score_cache(config: ScoreConfig, source: ImageSource, scorer: DifficultyScor
         "source": source.fingerprint(),
         "scorer_sha256": scorer_sha256,
         "prediction": scorer.config.prediction,
-        "vae": scorer.config.vae,
+        "vae_sha256": getattr(scorer.space, "sha256", None),  # the weights, not the name: a local copy is the same VAE
         "timesteps": scorer.times.tolist(),
         "seed": config.seed,
         "resolution": config.resolution,

@@ -9,6 +9,9 @@
 
 Every source yields the original encoded bytes next to the decoded image, knows its class
 sizes right after opening, and skips (and records) images that cannot be read or decoded.
+Class names are unique (``datasets.ClassLabel`` needs them so): a name that several classes
+share gets the class's folder name or WordNet id appended, ``"crane (n02012849)"``. Sources of
+ImageNet images, in any layout, use the ImageNet-1k label space (:mod:`d2c_pack.imagenet`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import re
 import struct
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from datasets.exceptions import DatasetsError
 from datasets.utils.file_utils import xopen
 from PIL import Image, UnidentifiedImageError
 
+from d2c_pack import imagenet
 from d2c_pack.errors import SourceError, UserError
 from d2c_pack.fingerprint import sha256_json
 from d2c_pack.recipe import flag
@@ -53,7 +58,6 @@ _DECODE_ERRORS = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,  # raised, not warned: see ImageSource._decode
 )
-_WORDNET_ID = re.compile(r"n\d{8}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 _BATCH_SIZE = 256
 
@@ -100,10 +104,12 @@ class ImageSource(abc.ABC):
     class_sizes: list[int]
     skipped: list[SkippedImage]
 
-    def __init__(self, spec: str, class_names: list[str], class_sizes: list[int]) -> None:
+    def __init__(self, spec: str, class_names: list[str], class_sizes: list[int], *, imagenet_labels: bool = False) -> None:
+        _check_class_names(spec, class_names)
         self.spec = spec
         self.class_names = class_names
         self.class_sizes = class_sizes
+        self.imagenet_labels = imagenet_labels  # labels are ImageNet-1k's official index
         self.skipped: list[SkippedImage] = []
         self._skipped_indices: set[int] = set()
 
@@ -131,8 +137,8 @@ class ImageSource(abc.ABC):
 
     @property
     def imagenet_derived(self) -> bool:
-        """Whether the images come from ImageNet (whose terms restrict redistribution): judged by the spec's name."""
-        return "imagenet" in self.spec.lower()
+        """Whether the images come from ImageNet (whose terms restrict redistribution): by labels or the spec's name."""
+        return self.imagenet_labels or "imagenet" in self.spec.lower()
 
     def iter_records(self, indices: Iterable[int] | None = None) -> Iterator[SourceRecord]:
         """Yield the decodable records at ``indices`` (all if None) in ascending index order."""
@@ -180,6 +186,24 @@ class ImageSource(abc.ABC):
             self._skipped_indices.add(entry.index)
             self.skipped.append(SkippedImage(entry.index, entry.source_id, reason))
             logger.warning("skipping image %s (index %d): %s", entry.source_id, entry.index, reason)
+
+
+def _check_class_names(spec: str, names: list[str]) -> None:
+    """Refuses what ``datasets.ClassLabel`` would refuse after hours of scoring: empty or repeated class names."""
+    if empty := [index for index, name in enumerate(names) if not name.strip()]:
+        raise SourceError(f"{spec}: class {empty[0]} has an empty name; give every class a name")
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise SourceError(f"{spec}: classes {seen[name]} and {index} are both named {name!r}; class names must be unique")
+        seen[name] = index
+
+
+def quoted_names(names: Iterable[str], limit: int = 10) -> str:
+    """Class names for a message, each quoted (ImageNet names hold commas), at most ``limit`` and a count of the rest."""
+    names = list(names)
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _read(path: str | None) -> bytes:
@@ -247,9 +271,13 @@ class ImageFolderSource(ImageSource):
 
     Classes are the sorted sub-folder names; images are ordered by relative POSIX path,
     which is also their ``source_id``. Hidden files and folders (leading ".") are ignored.
-    Folders named by WordNet id (``n01440764``) get the ImageNet lemmas as class names.
     Bytes of a file or folder name that are not UTF-8 appear escaped (``\\xff``) in ids and
     class names: see ``_printable_name``.
+
+    A tree whose class folders are all ImageNet-1k WordNet ids (``n01440764``), even a few of
+    them, is ImageNet: labels are the official ImageNet-1k indices, the classes all 1,000 (those
+    without a folder are empty), and an image named as in ImageNet has the original file's stem
+    as its id (``n01440764_10026``), as in every other layout of ImageNet.
     """
 
     def __init__(self, spec: str, root: Path) -> None:
@@ -259,20 +287,29 @@ class ImageFolderSource(ImageSource):
         )
         if not folders:
             raise SourceError(_no_class_folders_message(spec, root))
-        self._files = _list_images(root, folders)
+        self._imagenet = all(imagenet.is_synset(folder) for folder in folders)
+        labels = [imagenet.synset_index()[folder] for folder in folders] if self._imagenet else list(range(len(folders)))
+        self._files = _list_images(root, folders, labels)
         if not self._files:
             raise SourceError(
                 f"no images in the {len(folders)} class folders of {spec} "
                 f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
                 "for a folder laid out like a Hub dataset use hf:PATH"
             )
-        sizes = np.bincount([label for _, label in self._files], minlength=len(folders)).tolist()
-        for folder, size in zip(folders, sizes):
-            if size == 0:
+        sizes = np.bincount([label for _, label in self._files], minlength=imagenet.NUM_CLASSES if self._imagenet else len(folders))
+        for folder, label in zip(folders, labels):
+            if sizes[label] == 0:
                 logger.warning("class folder %s of %s has no images", folder, spec)
-        super().__init__(spec, [_printable_name(name) for name in _class_names(folders)], sizes)
+        self._wordnet_classes = any(imagenet.WORDNET_ID.fullmatch(folder) for folder in folders)
+        if self._imagenet:
+            names = list(imagenet.class_names())
+        else:
+            if self._wordnet_classes:
+                logger.warning("%s mixes WordNet-id folders with others: labels follow the folder order, not ImageNet-1k's index", spec)
+            names = imagenet.unique_names([_printable_name(name) for name in _class_names(folders)], [_printable_name(f) for f in folders])
+        super().__init__(spec, names, sizes.tolist(), imagenet_labels=self._imagenet)
         self._fingerprint: str | None = None
-        self._wordnet_classes = any(_WORDNET_ID.fullmatch(folder) for folder in folders)
+        self._shared_ids = _shared_imagenet_ids(self._files) if self._imagenet else set()
 
     def __len__(self) -> int:
         return len(self._files)
@@ -294,7 +331,18 @@ class ImageFolderSource(ImageSource):
     def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
         for index in range(len(self)) if indices is None else indices:
             relative, label = self._files[index]
-            yield _Entry(index, _printable_name(relative), label, None, str(self.root / relative))
+            yield _Entry(index, self._source_id(relative), label, None, str(self.root / relative))
+
+    def _source_id(self, relative: str) -> str:
+        if self._imagenet and (image_id := imagenet.image_id(relative)) and image_id not in self._shared_ids:
+            return image_id
+        return _printable_name(relative)
+
+
+def _shared_imagenet_ids(files: list[tuple[str, int]]) -> set[str]:
+    """ImageNet file stems that more than one file has (copies of one image): those files keep their paths as ids."""
+    counts = Counter(image_id for relative, _ in files if (image_id := imagenet.image_id(relative)))
+    return {image_id for image_id, count in counts.items() if count > 1}
 
 
 def _printable_name(name: str) -> str:
@@ -316,10 +364,10 @@ def _no_class_folders_message(spec: str, root: Path) -> str:
     return f"{spec} {problem}: expected one sub-folder of images per class"
 
 
-def _list_images(root: Path, folders: list[str]) -> list[tuple[str, int]]:
-    """(relative POSIX path, label) of every image under the class folders, sorted by path."""
+def _list_images(root: Path, folders: list[str], labels: list[int]) -> list[tuple[str, int]]:
+    """(relative POSIX path, label) of every image under the class folders (folder i has label ``labels[i]``), sorted by path."""
     files = []
-    for label, folder in enumerate(folders):
+    for label, folder in zip(labels, folders):
         # Follow links like torchvision's ImageFolder: class folders are often symlinked.
         for directory, subdirectories, names in os.walk(root / folder, followlinks=True):
             subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
@@ -331,7 +379,7 @@ def _list_images(root: Path, folders: list[str]) -> list[tuple[str, int]]:
 
 def _class_names(folders: list[str]) -> list[str]:
     """Folder names, with WordNet ids replaced by their ImageNet lemmas (e.g. "tench, Tinca tinca")."""
-    if not any(_WORDNET_ID.fullmatch(folder) for folder in folders):
+    if not any(imagenet.WORDNET_ID.fullmatch(folder) for folder in folders):
         return list(folders)
     from timm.data import ImageNetInfo
 
@@ -340,7 +388,7 @@ def _class_names(folders: list[str]) -> list[str]:
 
 
 def _lemmas_or_name(info: Any, folder: str) -> str:
-    if not _WORDNET_ID.fullmatch(folder):
+    if not imagenet.WORDNET_ID.fullmatch(folder):
         return folder
     try:
         return info.label_name_to_description(folder)
@@ -353,8 +401,14 @@ class DatasetsSource(ImageSource):
 
     Images are read undecoded (``Image(decode=False)``) so ``data`` holds the stored bytes.
     ``source_id`` is ``id_column`` if given, else the file name stored with embedded image
-    bytes, else ``"{split}/{index:08d}"``. A path stored *without* bytes is where the file
-    lies on this machine (a cache path or URL), not a stable id, so it is not used as one.
+    bytes (for ImageNet the original file's stem, as in every layout), else
+    ``"{split}/{index:08d}"``. A path stored *without* bytes is where the file lies on this
+    machine (a cache path or URL), not a stable id, so it is not used as one.
+
+    A ``ClassLabel`` of ImageNet-1k's 1,000 names, or of ImageNet-1k WordNet ids in any order,
+    maps the labels onto the official ImageNet-1k index and unique names (:mod:`d2c_pack.imagenet`).
+    ``label_dataset``, if given, holds the label (and id) columns without the images: the
+    column projection of a streamed parquet source, read instead of ``dataset`` to count labels.
     """
 
     def __init__(
@@ -367,6 +421,7 @@ class DatasetsSource(ImageSource):
         label_column: str,
         id_column: str | None,
         identity: dict[str, Any],
+        label_dataset: Any = None,
     ) -> None:
         if isinstance(dataset, datasets.IterableDataset) and dataset.features is None:
             dataset = dataset._resolve_features()
@@ -377,7 +432,7 @@ class DatasetsSource(ImageSource):
         self._identity = identity
         label_feature = dataset.features[label_column]
         _check_label_feature(spec, label_column, label_feature)
-        values = _read_columns(dataset, [label_column] + ([id_column] if id_column else []))
+        values = _read_columns(label_dataset or dataset, [label_column] + ([id_column] if id_column else []))
         counts = _label_counts(spec, values[label_column], label_column)
         names = _label_names(spec, label_column, label_feature, len(counts))
         if id_column:
@@ -386,7 +441,12 @@ class DatasetsSource(ImageSource):
         columns = [image_column, label_column] + ([id_column] if id_column else [])
         self._dataset = _undecoded(spec, dataset, image_column).select_columns(columns)
         self._label_column = label_column
-        super().__init__(spec, names, counts.tolist() + [0] * (len(names) - len(counts)))
+        self._imagenet_index = _imagenet_index(label_feature)
+        if self._imagenet_index is None:
+            super().__init__(spec, names, counts.tolist() + [0] * (len(names) - len(counts)))
+        else:
+            sizes = np.bincount(self._imagenet_index[: len(counts)], weights=counts, minlength=imagenet.NUM_CLASSES)
+            super().__init__(spec, list(imagenet.class_names()), sizes.astype(int).tolist(), imagenet_labels=True)
 
     def __len__(self) -> int:
         return self._length
@@ -422,10 +482,24 @@ class DatasetsSource(ImageSource):
         if self._id_column:
             source_id = str(row[self._id_column])
         elif data is not None and path:
-            source_id = path
+            source_id = (self.imagenet_labels and imagenet.image_id(path)) or path
         else:
             source_id = f"{self._split}/{index:08d}"
-        return _Entry(index, source_id, int(row[self._label_column]), data, path)
+        label = int(row[self._label_column])
+        if self._imagenet_index is not None:
+            label = int(self._imagenet_index[label])
+        return _Entry(index, source_id, label, data, path)
+
+
+def _imagenet_index(feature: Any) -> np.ndarray | None:
+    """The ImageNet-1k index of each label of a ClassLabel of ImageNet classes (names or WordNet ids), else None."""
+    if not isinstance(feature, datasets.ClassLabel):
+        return None
+    if imagenet.is_label_space(feature.names):
+        return np.arange(imagenet.NUM_CLASSES)
+    if all(imagenet.is_synset(name) for name in feature.names):
+        return np.array([imagenet.synset_index()[name] for name in feature.names])
+    return None
 
 
 def _check_columns(spec: str, dataset: Any, columns: list[str | None]) -> None:
@@ -450,7 +524,11 @@ def _check_label_feature(spec: str, column: str, feature: Any) -> None:
 
 
 def _read_columns(dataset: Any, columns: list[str]) -> dict[str, pa.Array | pa.ChunkedArray]:
-    """``columns`` (no image column) as Arrow arrays: memory-mapped, or in one pass when streaming."""
+    """``columns`` (no image column) as Arrow arrays: memory-mapped, or in one pass when streaming.
+
+    A streamed dataset's ``select_columns`` drops the other columns only after reading whole
+    rows, so a streamed parquet source hands in a dataset opened with just these columns.
+    """
     subset = dataset.select_columns(columns)
     if isinstance(dataset, datasets.Dataset):
         return {column: subset.with_format("arrow")[column] for column in columns}
@@ -526,8 +604,12 @@ def _open_with_builder(
         builder = datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision)
         files = builder.config.data_files or {}
         _check_split(spec, split, list(files))
+        label_dataset = None
         if streaming:
             dataset = builder.as_streaming_dataset(split=split)
+            if dataset.features is None:
+                dataset = dataset._resolve_features()
+            label_dataset = _projected(builder, dataset.features, path, config, data_files, revision, split, columns)
         else:
             builder.download_and_prepare()
             dataset = builder.as_dataset(split=split)
@@ -545,7 +627,19 @@ def _open_with_builder(
             if name in files
         },
     }
-    return DatasetsSource(spec, dataset, split=split, identity=identity, **columns)
+    return DatasetsSource(spec, dataset, split=split, identity=identity, label_dataset=label_dataset, **columns)
+
+
+def _projected(
+    builder: Any, features: Any, path: str, config: str | None, data_files: Any, revision: str | None, split: str, columns: dict[str, Any]
+) -> Any:
+    """The streamed split with only the label and id columns, read by parquet column projection; None if not parquet."""
+    wanted = [name for name in (columns["label_column"], columns["id_column"]) if name]
+    # Only the parquet builder reads a subset of columns; a missing column is reported by DatasetsSource.
+    if not hasattr(builder.config, "columns") or any(name not in (features or {}) for name in wanted):
+        return None
+    projected = datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision, columns=wanted)
+    return projected.as_streaming_dataset(split=split)
 
 
 def _split_names(split: str) -> list[str]:

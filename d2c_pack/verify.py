@@ -168,6 +168,14 @@ def _schema_problems(location: Location, present: dict[str, RemoteFile]) -> list
     return problems
 
 
+def _interval_text(selection: dict) -> str:
+    """", k = 96", with the strides actually used where short classes made them smaller."""
+    if not selection["interval"]:
+        return ""
+    low, high = selection.get("interval_strides") or (selection["interval"],) * 2
+    return f", k = {selection['interval']}" + (f" (strides used {low}–{high}: short classes)" if low < selection["interval"] else "")
+
+
 def describe(location: Location) -> list[Table]:
     """Rich tables: overview (rows, classes, size, how it was selected) and columns with their shapes."""
     manifest, present = read_manifest(location), location.files()
@@ -181,7 +189,7 @@ def describe(location: Location) -> list[Table]:
         ("rows", f"{selection['rows']:,}"),
         ("classes", f"{len(per_class)} ({per_class.min()}–{per_class.max()} rows per class)"),
         ("source", f"{manifest['source']['spec']} ({manifest['source']['images']:,} images)"),
-        ("selector", recipe["selector"] + (f", k = {selection['interval']}" if selection["interval"] else "")),
+        ("selector", recipe["selector"] + _interval_text(selection)),
         ("budget", recipe["budget"]),
         ("scorer", manifest["models"].get("scorer", {}).get("name", recipe["scorer"])),
         ("difficulty", f"{difficulty.min():.4g} … {difficulty.max():.4g} (selected rows)"),

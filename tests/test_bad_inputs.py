@@ -168,7 +168,7 @@ def test_unusual_images_are_scored_and_packaged(built: Run, corpus: Path) -> Non
 
 def test_an_empty_class_gets_no_rows_and_is_reported(built: Run, corpus: Path) -> None:
     assert manifest(corpus)["selection"]["per_class_rows"] == [4, 4, 4 + len(UNUSUAL), 0, 1]
-    assert "1 class(es) without any row (no readable image): dog" in built.stdout
+    assert "1 of the 5 classes have no image in the source: 'dog'" in built.stdout
 
 
 def test_score_reports_the_skipped_images(built: Run, corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

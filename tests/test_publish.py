@@ -68,7 +68,7 @@ def test_imagenet_derived_builds_carry_the_licence_and_gate(tmp_path: Path) -> N
         (images / wnid).mkdir(parents=True)
         for i in range(3):
             (images / wnid / f"{i}.png").write_bytes(encode(noise_image((20, 20), seed * 10 + i), "PNG"))
-    out = build(build_config(tmp_path, images, make_official_scorer(tmp_path / "scorer", num_classes=2), budget="2/class", text_encoder="none"))
+    out = build(build_config(tmp_path, images, make_official_scorer(tmp_path / "scorer", num_classes=1000), budget="2/class", text_encoder="none"))
     data = DatasetCard.load(out / "README.md").data
     assert (data.license, data.license_name, data.license_link) == ("other", "imagenet", "https://image-net.org/download.php")
     assert "ImageNet terms of access" in data.extra_gated_prompt and "non-commercial research" in data.extra_gated_prompt

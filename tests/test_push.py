@@ -128,7 +128,7 @@ def test_imagenet_derived_data_is_pushed_private_and_gated(hub: HubServer, tmp_p
         for i in range(3):
             (images / wnid / f"{i}.png").write_bytes(encode(noise_image((20, 20), seed * 10 + i), "PNG"))
     out = build(BuildConfig(
-        source=str(images), scorer=str(make_official_scorer(tmp_path / "scorer", num_classes=2)), resolution=16, timesteps=2,
+        source=str(images), scorer=str(make_official_scorer(tmp_path / "scorer", num_classes=1000)), resolution=16, timesteps=2,
         workers=0, device="cpu", work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="2/class",
         text_encoder="none", visual_encoder="none", vae="none",
     ))  # fmt: skip

@@ -11,10 +11,11 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
 from d2c_pack.errors import UserError
+from d2c_pack.fingerprint import module_sha256
 from d2c_pack.models import DiT, load_backbone
 from d2c_pack.train.data import EpochPermutationBatches
 from d2c_pack.train.loop import TrainConfig, train
-from d2c_pack.train.sample import generate
+from d2c_pack.train.sample import generate, load_for_sampling
 from d2c_pack.train.transport import euler_ode_sample, interpolate, velocity_loss
 
 
@@ -85,9 +86,20 @@ def test_training_in_vae_latent_space(tmp_path: Path) -> None:
     vae.save_pretrained(tmp_path / "tiny-vae")
     model_dir = train(tiny_config(tmp_path, vae=str(tmp_path / "tiny-vae"), model="SiT-T/2", steps=2))
     model, config = load_backbone(model_dir)
-    assert (config.in_channels, config.input_size, config.image_size, config.vae) == (4, 8, 16, str(tmp_path / "tiny-vae"))
+    # The model names its VAE portably (no path of this machine) and pins its weights by hash.
+    assert (config.in_channels, config.input_size, config.image_size, config.vae) == (4, 8, 16, "tiny-vae")
+    assert config.vae_sha256 == module_sha256(vae) and str(tmp_path) not in (model_dir / "config.json").read_text()
+    with pytest.raises(UserError, match="--vae FOLDER"):  # "tiny-vae" is no Hub id: the user points at a copy
+        generate(model, config, torch.tensor([0, 1]), num_steps=2)
+    moved = (tmp_path / "tiny-vae").rename(tmp_path / "elsewhere")
+    model, config, _ = load_for_sampling(model_dir, vae=str(moved))
     images = generate(model, config, torch.tensor([0, 1]), num_steps=2)
     assert images.shape == (2, 3, 16, 16)
+    torch.manual_seed(1)
+    AutoencoderKL(**vae.config).save_pretrained(tmp_path / "other-vae")
+    model, config, _ = load_for_sampling(model_dir, vae=str(tmp_path / "other-vae"))
+    with pytest.raises(UserError, match="other weights"):
+        generate(model, config, torch.tensor([0]), num_steps=2)
 
 
 def test_batches_resume_at_any_step_and_cover_each_epoch() -> None:

@@ -55,7 +55,7 @@ def training_setup(spec: Spec, device: torch.device) -> TrainingSetup:
     resolution = spec.resolution
     data = TrainingData(
         None, [f"class {c}" for c in range(NUM_CLASSES)], in_channels=4, input_size=resolution // 8, image_size=resolution,
-        vae=OFFICIAL_VAE, from_latent_column=True, text_dim=spec.text_dim, visual_dim=spec.visual_dim,
+        vae=OFFICIAL_VAE, vae_sha256=None, from_latent_column=True, text_dim=spec.text_dim, visual_dim=spec.visual_dim,
     )  # fmt: skip
     config = TrainConfig(data="synthetic", out="unused", model=spec.trainee, resolution=resolution, workers=0, device=str(device))
     run = _new_run(config, data, Context(rank=0, world_size=1, device=device))

@@ -36,7 +36,6 @@ from d2c_pack.attach.visual import DEFAULT_VISUAL_ENCODER, VisualEncoder
 from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array
 from d2c_pack.distributed import Context
 from d2c_pack.errors import UserError
-from d2c_pack.fingerprint import module_sha256
 from d2c_pack.latents import VaeSpace, load_latent_space
 from d2c_pack.recipe import flag
 from d2c_pack.sources import ImageSource
@@ -53,7 +52,10 @@ class AttachArgs:
     prompt_template: str = flag(DEFAULT_PROMPT_TEMPLATE, help="Caption of every image of a class; {name} is the first synonym of the class name.")
     captioner: str | None = flag(None, help="transformers image-to-text model captioning each image instead of the class prompt.")
     visual_encoder: str | None = flag(DEFAULT_VISUAL_ENCODER, help="DINOv2 (transformers name or path, timm/NAME, demo:digits-encoder), or 'none' for no visual columns.")
-    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for the latent column, or 'none' for no latent column.")
+    vae: str | None = flag(
+        "stabilityai/sd-vae-ft-ema",
+        help="diffusers AutoencoderKL (a local folder or a Hub id, optionally ID@REVISION) of the latent column and of a latent-space scorer; 'none': no latent column (the scorer then uses its own).",
+    )
     attach_batch_size: int = flag(32, help="Images per batch while attaching.")
 
     def __post_init__(self) -> None:
@@ -172,7 +174,7 @@ class LatentColumn(ColumnGroup):
         size = resolution // self.space.downsample
         self.device = device
         self.features = {"latent": datasets.Array3D((2 * self.space.channels, size, size), "float16")}
-        self.identity = {"vae": vae, "vae_sha256": module_sha256(self.space.vae)}
+        self.identity = {"vae": self.space.reference, "vae_sha256": self.space.sha256}
         fields = [pa.field("latent", pa.list_(pa.float16()))]
         self.cache = ChunkCache(work / "latent", cache_key | self.identity, _cache_schema(fields), chunk_size)
 

@@ -15,6 +15,7 @@ the tokenizer's own padding side: the DC-Embedding's Conv1d weighs each row by i
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 
 import numpy as np
@@ -27,6 +28,7 @@ from d2c_pack.fingerprint import module_sha256, sha256_json
 
 TEXT_LENGTH = 16  # L: tokens kept per caption (padded / truncated)
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {name}"
+_WORDNET_SUFFIX = re.compile(r" \(n\d{8}\)$")
 
 # Encoder–decoder checkpoints whose encoder transformers can load on its own, without the decoder.
 _ENCODER_ONLY_CLASSES = {
@@ -42,8 +44,11 @@ _ENCODER_ONLY_CLASSES = {
 
 
 def first_synonym(class_name: str) -> str:
-    """The first of the comma-separated synonyms of an ImageNet-style class name ("tench, Tinca tinca" → "tench")."""
-    return class_name.split(",")[0].strip()
+    """The first of the comma-separated synonyms of an ImageNet-style class name ("tench, Tinca tinca" → "tench").
+
+    The WordNet id that tells apart two ImageNet classes of one name is no word: "crane (n02012849)" → "crane".
+    """
+    return _WORDNET_SUFFIX.sub("", class_name).split(",")[0].strip()
 
 
 def class_prompts(class_names: list[str], template: str = DEFAULT_PROMPT_TEMPLATE) -> list[str]:

@@ -48,7 +48,9 @@ class BackboneConfig:
     """Everything needed to rebuild a backbone and use it: architecture, target and input space.
 
     ``vae`` names the diffusers ``AutoencoderKL`` whose latents the backbone sees (``None`` = pixel
-    space); ``image_size`` is the image resolution R before encoding.
+    space) by Hub id or folder name, never a local path (see ``d2c_pack.latents.vae_reference``),
+    and ``vae_sha256`` is the hash of its weights where known; ``image_size`` is the image
+    resolution R before encoding.
     """
 
     name: str
@@ -66,6 +68,7 @@ class BackboneConfig:
     vae: str | None
     image_size: int
     class_names: list[str] | None = None
+    vae_sha256: str | None = None
     # D2C additions (DESIGN §3.5); None leaves them out and the network is the official one.
     text_dim: int | None = None
     text_length: int = 16

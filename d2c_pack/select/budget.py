@@ -24,12 +24,15 @@ def parse_budget(text: str, class_sizes: Sequence[int]) -> list[int]:
       lower class index). ``T`` may not exceed N.
     - ``m/class``: ``m`` for every class.
 
-    Budgets may exceed a class's size; selectors then take that class whole.
+    C counts the classes that have images: a source holding a few of ImageNet's 1,000 classes
+    splits its budget among those, and the empty classes get 0. Budgets may exceed a class's
+    size; selectors then take that class whole.
     """
     sizes = [int(size) for size in class_sizes]
-    if not sizes:
-        raise UserError(f"cannot apply budget {text!r}: the source has no classes")
-    n_images, n_classes = sum(sizes), len(sizes)
+    present = [c for c, size in enumerate(sizes) if size > 0]
+    if not present:
+        raise UserError(f"cannot apply budget {text!r}: the source has no {'images' if sizes else 'classes'}")
+    n_images, n_classes = sum(sizes), len(present)
     match = _BUDGET.fullmatch(text.strip().lower())
     if match is None:
         raise _invalid(text, "not a budget")
@@ -37,19 +40,27 @@ def parse_budget(text: str, class_sizes: Sequence[int]) -> list[int]:
     if unit == "%":
         if not 0 < value <= 100:
             raise _invalid(text, "a percentage must be in (0, 100]")
-        return [max(1, round(float(value) / 100 * n_images / n_classes))] * n_classes
+        return _spread([max(1, round(float(value) / 100 * n_images / n_classes))] * n_classes, present, len(sizes))
     count = value * 1000 if unit == "k" else value
     if count != count.to_integral_value():
         raise _invalid(text, "not a whole number of images")
     if count < 1:
         raise _invalid(text, "the budget must be positive")
     if unit.startswith("/"):
-        return [int(count)] * n_classes
+        return _spread([int(count)] * n_classes, present, len(sizes))
     total = int(count)
     if total > n_images:
         raise UserError(f"budget {total} exceeds the {n_images} images of the source")
     base, extra = divmod(total, n_classes)
     budgets = [base] * n_classes
-    for c in sorted(range(n_classes), key=lambda c: (-sizes[c], c))[:extra]:
-        budgets[c] += 1
-    return budgets
+    for slot in sorted(range(n_classes), key=lambda slot: (-sizes[present[slot]], present[slot]))[:extra]:
+        budgets[slot] += 1
+    return _spread(budgets, present, len(sizes))
+
+
+def _spread(budgets: list[int], present: list[int], n_classes: int) -> list[int]:
+    """Budgets of the classes ``present`` placed at their class indices, 0 for the others."""
+    spread = [0] * n_classes
+    for c, budget in zip(present, budgets):
+        spread[c] = budget
+    return spread

@@ -178,11 +178,14 @@ def herding_select(features: np.ndarray, labels: np.ndarray, per_class: Budget) 
 
 
 def auto_interval(class_sizes: Sequence[int], per_class: Budget) -> int:
-    """``max(1, round(0.75 · mean class size / mean budget))``; on ImageNet 96 for 10 per class."""
-    budget = float(np.mean(per_class))
+    """``max(1, round(0.75 · mean class size / mean budget))`` over the classes with images; on ImageNet 96 for 10 per class."""
+    sizes = np.asarray(class_sizes, dtype=np.float64)
+    budgets = np.broadcast_to(np.asarray(per_class, dtype=np.float64), sizes.shape)
+    present = sizes > 0
+    budget = float(budgets[present].mean()) if present.any() else 0.0
     if budget <= 0:
         raise ValueError("the automatic interval needs a positive per-class budget")
-    return max(1, round(0.75 * float(np.mean(class_sizes)) / budget))
+    return max(1, round(0.75 * float(sizes[present].mean()) / budget))
 
 
 def select(

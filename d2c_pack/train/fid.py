@@ -288,6 +288,7 @@ def evaluate(
     inception_weights: str | Path | None = None,
     work_dir: str | Path | None = None,
     workers: int = 0,
+    vae: str | None = None,
 ) -> dict:
     """FID (and IS with Inception features, accuracy with a classifier encoder) of ``num_samples`` samples.
 
@@ -296,7 +297,7 @@ def evaluate(
     """
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 for FID, got {num_samples}")
-    model, config, class_text = load_for_sampling(checkpoint, device)
+    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
     resolution = config.image_size
     labels = torch.arange(num_samples) % config.num_classes
     batches = generate_batches(

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from d2c_pack import distributed
 from d2c_pack.errors import UserError
-from d2c_pack.latents import LatentSpace, PixelSpace, load_latent_space
+from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space, vae_reference
 from d2c_pack.models import (
     BACKBONES,
     BackboneConfig,
@@ -122,7 +122,8 @@ class TrainingData:
     in_channels: int
     input_size: int
     image_size: int
-    vae: str | None  # the VAE whose latents the model sees (None: pixels), recorded for sampling
+    vae: str | None  # the VAE whose latents the model sees (None: pixels), recorded for sampling by Hub id / folder name
+    vae_sha256: str | None  # its weights' hash, which a local copy given at sampling time must match
     from_latent_column: bool  # x₁ comes from the latent column, so no VAE runs while training
     space: LatentSpace = dataclasses.field(default_factory=PixelSpace)  # turns images into model inputs
     text_dim: int | None = None
@@ -134,7 +135,8 @@ def _image_data(dataset, class_names: list[str], config: TrainConfig, device: to
     """Images become the model's inputs through ``--vae`` (loaded here) or stay pixels."""
     space = load_latent_space(config.vae, device)
     size = config.resolution // space.downsample
-    return TrainingData(dataset, class_names, space.channels, size, config.resolution, config.vae, from_latent_column=False, space=space)
+    reference, sha256 = (space.reference, space.sha256) if isinstance(space, VaeSpace) else (None, None)
+    return TrainingData(dataset, class_names, space.channels, size, config.resolution, reference, sha256, from_latent_column=False, space=space)
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
@@ -148,8 +150,9 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
     if "latent" in features:
         moments = features["latent"].shape  # (2C, h, w): posterior mean ‖ std
         resolution = manifest["recipe"]["resolution"] if manifest else moments[1] * 8
-        vae = (manifest or {}).get("inputs", {}).get("vae", config.vae)
-        data = TrainingData(None, names, moments[0] // 2, moments[1], resolution, vae, from_latent_column=True)
+        inputs = (manifest or {}).get("inputs", {})
+        vae = inputs.get("vae", config.vae and vae_reference(config.vae))
+        data = TrainingData(None, names, moments[0] // 2, moments[1], resolution, vae, inputs.get("vae_sha256"), from_latent_column=True)
     else:
         data = _image_data(None, names, config, device)
     columns = ["latent"] if data.from_latent_column else ["image"]
@@ -347,6 +350,7 @@ def _new_run(config: TrainConfig, data: TrainingData, context: distributed.Conte
         raise UserError(f"the trainer trains SiT (velocity) models; use a SiT-* name instead of {config.model}")
     backbone.text_dim, backbone.visual_dim, backbone.class_cond = data.text_dim, data.visual_dim, config.class_cond
     backbone.encoder_depth, backbone.projector_dim = config.encoder_depth, config.projector_dim
+    backbone.vae_sha256 = data.vae_sha256
     torch.manual_seed(config.seed)
     model = backbone.build().to(context.device).train()
     backbone.encoder_depth = model.encoder_depth  # the resolved default, recorded with the weights

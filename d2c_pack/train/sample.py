@@ -22,14 +22,21 @@ from d2c_pack.progress import progress_bar
 from d2c_pack.train.transport import SAMPLERS, Condition, integrate
 
 
-def load_for_sampling(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiT, BackboneConfig, ClassText | None]:
+def load_for_sampling(
+    path: str | Path, device: torch.device | str = "cpu", *, vae: str | None = None
+) -> tuple[DiT, BackboneConfig, ClassText | None]:
     """The model (EMA weights where saved), its config and its class text (None without text).
 
     ``path`` is a model folder, a training run folder (its final ``model/``, else its newest
-    checkpoint), an official ``.pt`` file, or ``demo:digits``.
+    checkpoint), an official ``.pt`` file, or ``demo:digits``. ``vae`` replaces the VAE the model
+    names (a local copy of it: its weights must hash as the model recorded).
     """
     folder = model_folder(path)
     model, config = load_backbone(folder, map_location=device)
+    if vae is not None:
+        if config.vae is None:
+            raise UserError(f"{path} works on pixels and uses no VAE; leave out --vae")
+        config.vae = vae
     return model, config, load_class_text(folder)
 
 
@@ -78,7 +85,7 @@ def generate_batches(
     Settings are checked and the VAE loaded here, before the first batch is asked for.
     """
     check_sampling(config, labels, class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
-    space = load_latent_space(config.vae, next(model.parameters()).device)
+    space = load_latent_space(config.vae, next(model.parameters()).device, expected_sha256=config.vae_sha256)
     conditions = class_conditions(labels.cpu(), class_text if config.text_dim else None)
 
     def batches() -> Iterator[torch.Tensor]:
@@ -169,9 +176,10 @@ def sample_grid(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,
+    vae: str | None = None,
 ) -> Path:
     """Writes a PNG grid with one row per class and ``per_class`` samples per row."""
-    model, config, class_text = load_for_sampling(checkpoint, device)
+    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
     classes = list(range(config.num_classes)) if classes is None else classes
     if bad := [c for c in classes if not 0 <= c < config.num_classes]:
         raise UserError(f"class {bad[0]} is out of range: the model has {config.num_classes} classes")
@@ -198,6 +206,7 @@ def sample_npz(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,
+    vae: str | None = None,
 ) -> Path:
     """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
 
@@ -207,7 +216,7 @@ def sample_npz(
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be positive, got {num_samples}")
-    model, config, class_text = load_for_sampling(checkpoint, device)
+    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
     labels = torch.arange(num_samples) % config.num_classes
     batches = generate_batches(
         model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,

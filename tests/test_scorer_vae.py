@@ -1,0 +1,91 @@
+"""The scorer encodes with the VAE the user names (offline, local folders), keyed and recorded by its weights' hash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder
+
+from d2c_pack.build import BuildConfig, build
+from d2c_pack.errors import UserError
+from d2c_pack.fingerprint import module_sha256
+from d2c_pack.models import DiT
+from d2c_pack.score import ScoreConfig, read_cache_key, score_source
+
+RESOLUTION = 32  # 8× VAE → 4×4 latents, patch 2 → 4 tokens
+
+
+def save_vae(folder: Path, *, seed: int, blocks: int = 4) -> Path:
+    """A tiny AutoencoderKL: 4 latent channels, 2^(blocks-1)× downsampling (8× as the SD VAEs)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL(
+        block_out_channels=(8,) * blocks, down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=RESOLUTION,
+    ).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def latent_scorer(folder: Path) -> Path:
+    """A tiny latent-space DiT saved as an official raw state dict (which implies stabilityai/sd-vae-ft-ema)."""
+    torch.manual_seed(0)
+    model = DiT(input_size=RESOLUTION // 8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=3)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "DiT-tiny.pt")
+    return folder / "DiT-tiny.pt"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("scorer-vae")
+    return {
+        "images": make_image_folder(root / "images", corrupt=False),
+        "scorer": latent_scorer(root / "scorer"),
+        "vae": save_vae(root / "sd-vae-ft-ema", seed=0),
+        "other_vae": save_vae(root / "other-vae", seed=1),
+        "root": root,
+    }
+
+
+def score_config(inputs: dict[str, Path], vae: Path, work: Path) -> ScoreConfig:
+    return ScoreConfig(
+        source=str(inputs["images"]), scorer=str(inputs["scorer"]), vae=str(vae), resolution=RESOLUTION, timesteps=2, batch_size=8,
+        workers=0, device="cpu", work=str(work),
+    )  # fmt: skip
+
+
+def test_the_scorer_uses_the_given_vae_and_keys_the_cache_by_its_weights(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    merged = score_source(score_config(inputs, inputs["vae"], tmp_path / "work"))  # offline: no Hub VAE is fetched
+    key = read_cache_key(merged)
+    assert key["vae_sha256"] == module_sha256(AutoencoderKL.from_pretrained(inputs["vae"]))
+    assert str(inputs["root"]) not in (merged.parent / "key.json").read_text()
+    copy = shutil.copytree(inputs["vae"], tmp_path / "copy-of-the-vae")
+    assert score_source(score_config(inputs, copy, tmp_path / "work")) == merged  # the same weights elsewhere: the same cache
+    other = score_source(score_config(inputs, inputs["other_vae"], tmp_path / "work"))
+    assert other != merged and read_cache_key(other)["vae_sha256"] != key["vae_sha256"]
+
+
+def test_a_vae_that_does_not_fit_the_scorer_is_refused(inputs: dict[str, Path], tmp_path: Path) -> None:
+    coarse = save_vae(tmp_path / "2x-vae", seed=0, blocks=2)
+    with pytest.raises(UserError, match="latents at 1/2 of the image"):
+        score_source(score_config(inputs, coarse, tmp_path / "work"))
+
+
+def test_build_records_the_scorer_vae_hash_in_the_manifest(inputs: dict[str, Path], tmp_path: Path) -> None:
+    config = BuildConfig(
+        source=str(inputs["images"]), scorer=str(inputs["scorer"]), vae=str(inputs["vae"]), resolution=RESOLUTION, timesteps=2, batch_size=8,
+        chunk_size=16, workers=0, device="cpu", work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="2/class",
+        text_encoder="none", visual_encoder="none",
+    )  # fmt: skip
+    manifest = json.loads((build(config) / "d2c/manifest.json").read_text())
+    sha = manifest["inputs"]["vae_sha256"]
+    assert manifest["inputs"]["scorer_vae_sha256"] == sha and manifest["models"]["scorer"]["vae"] == {"name": "sd-vae-ft-ema", "weights_sha256": sha}
+    assert manifest["inputs"]["vae"] == manifest["models"]["vae"]["name"] == "sd-vae-ft-ema"
+    assert str(inputs["root"]) not in json.dumps(manifest["inputs"])
