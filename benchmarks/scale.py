@@ -95,18 +95,19 @@ class Layout:
 
 
 def class_sizes(rows: int, rng: np.random.Generator) -> np.ndarray:
-    """Class sizes in 732..1,300 summing to ``rows``, with ImageNet's mean class size where the range allows."""
+    """Class sizes in 732..1,300 summing to ``rows``, ImageNet's mean class size where the range allows.
+
+    Uniform draws, then the gap to ``rows`` is closed class by class in random order, each filled up
+    to 1,300 (or drained down to 732): like ImageNet, most classes end at 1,300 and a few stay smaller.
+    """
     classes = max(math.ceil(rows / LARGEST_CLASS), round(rows * IMAGENET_CLASSES / IMAGENET_ROWS))
     if rows < classes * SMALLEST_CLASS:
         raise ValueError(f"{rows} rows cannot form classes of {SMALLEST_CLASS}..{LARGEST_CLASS} images")
     sizes = rng.integers(SMALLEST_CLASS, LARGEST_CLASS + 1, classes)
-    while gap := rows - int(sizes.sum()):
-        # Spread the gap evenly over the classes that still have room, never overshooting.
-        room = LARGEST_CLASS - sizes if gap > 0 else sizes - SMALLEST_CLASS
-        open_classes = np.flatnonzero(room > 0)
-        step = np.minimum(room[open_classes], -(-abs(gap) // len(open_classes)))
-        step = np.minimum(step, np.maximum(0, abs(gap) - (np.cumsum(step) - step)))
-        sizes[open_classes] += np.sign(gap) * step
+    gap = rows - int(sizes.sum())
+    order = rng.permutation(classes)
+    room = (LARGEST_CLASS - sizes if gap > 0 else sizes - SMALLEST_CLASS)[order]
+    sizes[order] += np.sign(gap) * np.minimum(room, np.maximum(0, abs(gap) - (np.cumsum(room) - room)))
     return sizes
 
 

@@ -282,7 +282,8 @@ def score_features(path: Path) -> RowFile:
     rows = path.with_name("features.npy")
     if not rows.exists():
         scored = pq.read_table(path, columns=["error"])["error"].null_count
-        write_rows(rows, scored, _feature_blocks(pq.ParquetFile(path)))
+        # Without pre-buffering: it would read ahead whole row groups and grow with the file.
+        write_rows(rows, scored, _feature_blocks(pq.ParquetFile(path, pre_buffer=False)))
     return RowFile(rows)
 
 
