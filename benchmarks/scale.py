@@ -15,8 +15,8 @@ transient peak is higher than what stays resident.
 - ``features``: the scorer features copied out once for kcenter/herding (``score_features``);
 - one stage per selector: ``select_subset`` as ``build`` runs it with a budget of ``--subset``
   images (seconds: the selection alone; RSS: reading the scores too);
-- ``package``: ``write_package`` of the interval subset with the "scores" config of every row,
-  the subset's images rendered on the fly as small JPEGs (the Attach columns are measured by
+- ``package``: the interval selection and ``write_package`` of it with the "scores" config of every
+  row, the subset's images rendered on the fly as small JPEGs (the Attach columns are measured by
   ``row_size.py``).
 
     python benchmarks/scale.py [--sizes 128116,1281167] [--tiny] [--out benchmarks/results/scale.json]
@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from d2c_pack.attach import Attached
-from d2c_pack.build import BuildConfig, resolved_recipe, select_subset
+from d2c_pack.build import FEATURE_SELECTORS, BuildConfig, resolved_recipe, select_subset
 from d2c_pack.chunks import ChunkCache, error_rows, list_array
 from d2c_pack.fingerprint import sha256_json
 from d2c_pack.package import Package, write_package
@@ -192,7 +192,7 @@ def run_merge(setup: Setup) -> float:
 
 def run_select(setup: Setup, selector: str) -> float:
     scores = read_scores(setup.scores_file)
-    features = score_features(setup.scores_file) if selector in ("kcenter", "herding") else None
+    features = score_features(setup.scores_file) if selector in FEATURE_SELECTORS else None
     num_classes = int(scores.labels.max()) + 1
     return _timed(lambda: select_subset(build_config(setup, selector), scores, num_classes, features))
 
