@@ -22,7 +22,8 @@ from d2c_pack.fingerprint import weight_files_sha256
 from d2c_pack.latents import vae_reference
 from d2c_pack.package import DATA_DIR, MANIFEST_FILE, Package, Selection, build_identity, read_build_identity, write_package
 from d2c_pack.recipe import flag
-from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_source
+from d2c_pack.rowfile import RowFile
+from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_features, score_source
 from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, interval_stride, parse_budget, select
 from d2c_pack.sources import ImageSource, quoted_names
 
@@ -53,7 +54,7 @@ class BuildConfig(AttachArgs, ScoreConfig):
             raise UserError(f"--interval must be 'auto' or a positive integer, got {self.interval!r}")
 
 
-def select_subset(config: BuildConfig, scores: Scores, num_classes: int, features: np.ndarray) -> Selection:
+def select_subset(config: BuildConfig, scores: Scores, num_classes: int, features: RowFile | None) -> Selection:
     """Applies the configured selector and budget to the scored images (``features``: one row per image, for kcenter/herding)."""
     class_sizes = np.bincount(scores.labels, minlength=num_classes).tolist()
     per_class = parse_budget(config.budget, class_sizes)
@@ -69,12 +70,15 @@ def select_subset(config: BuildConfig, scores: Scores, num_classes: int, feature
     return Selection(positions=positions, ranks=ranks, per_class=per_class, interval=interval, strides=strides)
 
 
-def selection_features(config: BuildConfig, source: ImageSource, scores: Scores, context: distributed.Context) -> tuple[np.ndarray, str | None]:
-    """The image features kcenter/herding work on, and their name: the visual encoder's CLS, else the scorer's pooled tokens."""
+def selection_features(
+    config: BuildConfig, source: ImageSource, scores_file: Path, scores: Scores, context: distributed.Context
+) -> tuple[RowFile | None, str | None]:
+    """The image features kcenter/herding work on (on disk, read a class at a time), and their name: the visual
+    encoder's CLS, else the scorer's pooled tokens; none for the other selectors."""
     if config.selector not in FEATURE_SELECTORS:
-        return scores.features, None
+        return None, None
     if not config.visual_encoder:
-        return scores.features, "scorer"
+        return score_features(scores_file), "scorer"
     features = visual_cls_features(
         config, source, scores.indices, context,
         resolution=config.resolution, work=Path(config.work), chunk_size=config.chunk_size, workers=config.workers,
@@ -113,7 +117,7 @@ def build(config: BuildConfig) -> Path | None:
     scores = read_scores(scores_file)
     if len(scores) == 0:
         raise UserError(f"no image of {config.source} could be read; nothing to select")
-    features, feature_name = selection_features(config, source, scores, context)
+    features, feature_name = selection_features(config, source, scores_file, scores, context)
     selection = select_subset(config, scores, source.num_classes, features)
     chosen = scores.indices[selection.positions]
     attached = attach_columns(

@@ -99,6 +99,16 @@ class ChunkCache:
             table = pa.concat_tables([old, table.filter(pc.invert(pc.is_in(table["source_index"], old["source_index"])))])
         write_table(table.sort_by("source_index"), path)
 
+    def merge(self, indices: Iterable[int], path: Path) -> None:
+        """Writes the rows of ``indices`` (all computed) to one parquet file, atomically, one chunk in memory at a time."""
+
+        def write(partial: Path) -> None:
+            with pq.ParquetWriter(partial, self.schema) as writer:
+                for table in self.read(indices):
+                    writer.write_table(table)
+
+        replace_atomically(path, write)
+
     def read(self, indices: Iterable[int]) -> Iterator[pa.Table]:
         """The rows of ``indices`` (all computed), chunk by chunk in ascending index order."""
         for chunk in chunks_of(indices, self.chunk_size):
@@ -118,6 +128,14 @@ def list_array(array: np.ndarray) -> pa.ListArray:
     width = int(np.prod(array.shape[1:]))
     offsets = np.arange(0, len(array) * width + 1, max(width, 1), dtype=np.int32)
     return pa.ListArray.from_arrays(offsets, array.reshape(-1))
+
+
+def list_values(column: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """Arrow list column of n equal-length rows → (n, width) array of ``dtype``, the inverse of :func:`list_array`."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+    return values.reshape(len(column), -1) if len(column) else values.reshape(0, 0)
 
 
 class ChunkBatches(IterableDataset):

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,14 @@ import pyarrow.parquet as pq
 import torch
 
 from d2c_pack import distributed
-from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, write_table
+from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.latents import LatentSpace, load_latent_space
 from d2c_pack.models import BackboneConfig, DiT, backbone_weights_file, load_backbone
+from d2c_pack.progress import progress_bar
 from d2c_pack.recipe import flag
+from d2c_pack.rowfile import RowFile, write_rows
 from d2c_pack.sources import ImageSource, SourceArgs, SourceRecord
 
 CACHE_VERSION = 1  # bump when anything below changes the numbers a cache holds
@@ -222,7 +225,7 @@ def score_source(config: ScoreConfig, context: distributed.Context | None = None
             extra=functools.partial(_record_noise, config.seed, steps, shape),
         )  # fmt: skip
         if context.is_main:
-            write_table(pa.concat_tables(cache.read(range(len(source)))), merged)
+            cache.merge(range(len(source)), merged)
         context.barrier()
     return merged
 
@@ -250,14 +253,13 @@ def _scored_rows(scorer: DifficultyScorer, batch: dict) -> pa.Table:
 
 @dataclasses.dataclass
 class Scores:
-    """The scored images of a source (unreadable ones are listed in ``errors``)."""
+    """The scored images of a source (unreadable ones are listed in ``errors``); their features: :func:`score_features`."""
 
     indices: np.ndarray  # (N,) int64 source indices
     source_ids: list[str]
     labels: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float32
     losses: np.ndarray  # (N, T) float32
-    features: np.ndarray  # (N, D) float16
     errors: list[tuple[int, str, str]]  # (source index, source id, reason)
 
     def __len__(self) -> int:
@@ -265,8 +267,8 @@ class Scores:
 
 
 def read_scores(path: Path) -> Scores:
-    """Reads a merged score table into arrays (through Arrow, without Python objects per number)."""
-    table = pq.read_table(path)
+    """Reads a merged score table into arrays (through Arrow, without Python objects per number), all but the features."""
+    table = pq.read_table(path, columns=[name for name in CACHE_SCHEMA.names if name != "feature"])
     failed = table.filter(pc.is_valid(table["error"]))
     table = table.filter(pc.is_null(table["error"]))
     return Scores(
@@ -274,16 +276,30 @@ def read_scores(path: Path) -> Scores:
         source_ids=table["source_id"].to_pylist(),
         labels=table["label"].to_numpy(),
         scores=table["score"].to_numpy(),
-        losses=_list_column(table, "losses", np.float32),
-        features=_list_column(table, "feature", np.float16),
+        losses=list_values(table["losses"], np.float32),
         errors=list(zip(*(failed[c].to_pylist() for c in ("source_index", "source_id", "error")))),
     )
 
 
-def _list_column(table: pa.Table, name: str, dtype: type) -> np.ndarray:
-    column = table[name].combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(dtype)
-    return values.reshape(len(table), -1) if len(table) else values.reshape(0, 0)
+def score_features(path: Path) -> RowFile:
+    """The scorer's pooled features of the scored images of a merged score table, one row per :class:`Scores` position.
+
+    They are copied once, row group by row group, into ``features.npy`` beside the table (float16),
+    from which selectors read a class at a time.
+    """
+    rows = path.with_name("features.npy")
+    if not rows.exists():
+        scored = pq.read_table(path, columns=["error"])["error"].null_count
+        # Without pre-buffering: it would read ahead whole row groups and grow with the file.
+        write_rows(rows, scored, _feature_blocks(pq.ParquetFile(path, pre_buffer=False)))
+    return RowFile(rows)
+
+
+def _feature_blocks(table: pq.ParquetFile) -> Iterator[np.ndarray]:
+    with progress_bar("features", total=table.metadata.num_rows) as advance:
+        for batch in table.iter_batches(batch_size=8192, columns=["error", "feature"]):
+            advance(batch.num_rows)
+            yield list_values(batch.filter(pc.is_null(batch["error"]))["feature"], np.float16)
 
 
 def summarize(scores: Scores, seconds: float | None = None) -> str:

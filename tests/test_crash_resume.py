@@ -27,7 +27,8 @@ BUILD_KILL_POINTS = [
     ("d2c_pack.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
     ("os:replace", 6, "before"),  # scoring: a chunk's temporary file written, not renamed into place
     ("d2c_pack.chunks:ChunkCache.add", 8, "after"),  # scoring: every chunk stored, the merged file not yet
-    ("d2c_pack.score:write_table", 1, "after"),  # scoring done
+    ("pyarrow.parquet:ParquetWriter.write_table", 11, "after"),  # scoring: 8 chunks stored, the merged file a few chunks in
+    ("d2c_pack.chunks:ChunkCache.merge", 1, "after"),  # scoring done
     ("d2c_pack.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
     ("d2c_pack.chunks:ChunkCache.add", 14, "before"),  # attaching: later
     ("datasets:Dataset.to_parquet", 1, "before"),  # packaging: rows generated, no shard written

@@ -19,7 +19,7 @@ from conftest import CLASS_SIZES, make_image_folder, make_official_scorer
 from d2c_pack.errors import UserError
 from d2c_pack.models import load_backbone
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
-from d2c_pack.score import ScoreConfig, ddpm_alphas_cumprod, image_noise, read_scores, score_source, stratified_timesteps
+from d2c_pack.score import ScoreConfig, ddpm_alphas_cumprod, image_noise, read_scores, score_features, score_source, stratified_timesteps
 from d2c_pack.sources import open_source
 
 NUM_IMAGES = sum(CLASS_SIZES.values())  # readable images of the test folder (plus one corrupt file)
@@ -78,13 +78,14 @@ def test_noise_depends_on_seed_id_and_index_only() -> None:
 @pytest.mark.parametrize("family", ["DiT", "SiT"])
 def test_scores_follow_the_formula(tmp_path: Path, folder: Path, family: str) -> None:
     scorer = make_official_scorer(tmp_path / "models", family)
-    scores = read_scores(score_source(config_for(tmp_path, folder, scorer, seed=3)))
+    scores_file = score_source(config_for(tmp_path, folder, scorer, seed=3))
+    scores = read_scores(scores_file)
     reference = reference_losses(scorer, folder, timesteps=4, seed=3)
     assert sorted(scores.source_ids) == sorted(reference)
     for i, source_id in enumerate(scores.source_ids):
         np.testing.assert_allclose(scores.losses[i], reference[source_id], rtol=2e-5)
         assert scores.scores[i] == pytest.approx(reference[source_id].mean(), rel=2e-5)
-    assert scores.features.shape == (NUM_IMAGES, 64)
+    assert score_features(scores_file).shape == (NUM_IMAGES, 64)
 
 
 def test_corrupt_images_are_listed_not_scored(tmp_path: Path, folder: Path) -> None:

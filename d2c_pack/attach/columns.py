@@ -21,6 +21,7 @@ only computes the images it has not seen.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,11 +34,12 @@ from PIL import Image
 
 from d2c_pack.attach.text import DEFAULT_PROMPT_TEMPLATE, TEXT_LENGTH, Captioner, TextEncoder, class_prompts, encode_class_prompts
 from d2c_pack.attach.visual import DEFAULT_VISUAL_ENCODER, VisualEncoder
-from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array
+from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
 from d2c_pack.distributed import Context
 from d2c_pack.errors import UserError
 from d2c_pack.latents import VaeSpace, load_latent_space
 from d2c_pack.recipe import flag
+from d2c_pack.rowfile import RowFile, write_rows
 from d2c_pack.sources import ImageSource
 
 CACHE_VERSION = 1  # bump when a change below alters what a cache holds
@@ -244,12 +246,25 @@ def attach_columns(
 
 def visual_cls_features(
     args: AttachArgs, source: ImageSource, indices: Sequence[int], context: Context, *, resolution: int, work: Path, chunk_size: int, workers: int
-) -> np.ndarray:
-    """The visual encoder's CLS of the images ``indices`` (ascending) as (N, D) float32: the kcenter/herding features."""
+) -> RowFile:
+    """The visual encoder's CLS of the images ``indices`` (ascending), (N, D) float32: the kcenter/herding features.
+
+    The cache's ``visual_cls`` column is copied chunk by chunk into a row file in the cache folder,
+    named by the digest of ``indices``, from which the selectors read a class at a time.
+    """
     key = {"version": CACHE_VERSION, "source": source.fingerprint(), "resolution": resolution}
     group = VisualColumns(VisualEncoder(args.visual_encoder, resolution, context.device), key, work / "attach", chunk_size, tokens=False)
     compute_chunks(
         [(group.cache, group.compute)], source, indices, context,
         resolution=resolution, batch_size=args.attach_batch_size, workers=workers, description="visual features",
     )  # fmt: skip
-    return np.stack([row["visual_cls"] for row in group.rows(indices, labels=())])
+    indices = np.asarray(indices, dtype=np.int64)
+    rows = group.cache.folder / f"cls-{hashlib.sha256(indices.tobytes()).hexdigest()[:16]}.npy"
+    if rows.exists():
+        return RowFile(rows)
+    return write_rows(rows, len(indices), (_cls_block(table) for table in group.cache.read(indices)))
+
+
+def _cls_block(table: pa.Table) -> np.ndarray:
+    _raise_on_errors(table)
+    return list_values(table["visual_cls"], np.float32)

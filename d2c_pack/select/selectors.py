@@ -10,10 +10,12 @@ selection never depends on the order the images arrive in.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from d2c_pack.errors import UserError
+from d2c_pack.progress import progress_bar
 
 Selector = Callable[..., np.ndarray]
 Budget = int | Sequence[int]
@@ -21,11 +23,26 @@ Ids = Sequence[str] | None
 SELECTORS: tuple[str, ...] = ("interval", "min", "max", "medium", "random", "kcenter", "herding")
 
 
+class Features(Protocol):
+    """(N, D) image features indexable by an int64 position array: a NumPy array or a :class:`~d2c_pack.rowfile.RowFile`."""
+
+    def __getitem__(self, positions: np.ndarray) -> np.ndarray: ...
+
+
 def _classes(
     labels: np.ndarray, per_class: Budget, *keys: np.ndarray
 ) -> Iterator[tuple[int, np.ndarray, int]]:
     """Yield ``(class, members, budget)``; members sorted by ``keys`` (last first), then index."""
     labels = np.asarray(labels, dtype=np.int64)
+    budgets = _budgets(labels, per_class)
+    order = np.lexsort((*keys, labels))  # lexsort is stable: full ties keep position order
+    bounds = np.searchsorted(labels[order], np.arange(len(budgets) + 1))
+    for c, m in enumerate(budgets):
+        yield c, order[bounds[c] : bounds[c + 1]], int(m)
+
+
+def _budgets(labels: np.ndarray, per_class: Budget) -> np.ndarray:
+    """The budget of every class as int64, checked against the labels."""
     if isinstance(per_class, (int, np.integer)):
         n_classes = int(labels.max()) + 1 if labels.size else 0
         budgets = np.full(n_classes, per_class, dtype=np.int64)
@@ -35,10 +52,7 @@ def _classes(
         raise ValueError(f"labels must lie in 0..{len(budgets) - 1}, one budget per class")
     if (budgets < 0).any():
         raise ValueError("per-class budgets must be >= 0")
-    order = np.lexsort((*keys, labels))  # lexsort is stable: full ties keep position order
-    bounds = np.searchsorted(labels[order], np.arange(len(budgets) + 1))
-    for c, m in enumerate(budgets):
-        yield c, order[bounds[c] : bounds[c + 1]], int(m)
+    return budgets
 
 
 def _rank_keys(scores: np.ndarray, ids: Ids) -> tuple[np.ndarray, ...]:
@@ -137,9 +151,28 @@ def _sq_dist(x: np.ndarray, point: np.ndarray) -> np.ndarray:
     return ((x - point) ** 2).sum(axis=1)
 
 
+def _by_features(
+    features: Features, labels: np.ndarray, per_class: Budget, greedy: Callable[[np.ndarray, int], list[int]], description: str
+) -> np.ndarray:
+    """Apply ``greedy(x, m)`` to the float32 features ``x`` of every class larger than its budget, one class at a time.
+
+    Only a class's rows are ever gathered, so the working set is one class, never a (float64) copy of all N rows.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    budgets = _budgets(labels, per_class)
+    picked = int(((np.bincount(labels, minlength=len(budgets)) > budgets) & (budgets > 0)).sum())
+    with progress_bar(description, total=picked) as advance:
+
+        def pick(c: int, members: np.ndarray, m: int) -> np.ndarray:
+            advance()
+            return members[greedy(np.asarray(features[members], dtype=np.float32), m)]
+
+        return _select(labels, per_class, pick)
+
+
 def _kcenter(x: np.ndarray, m: int) -> list[int]:
     chosen = [int(np.argmin(_sq_dist(x, x.mean(axis=0))))]
-    dist = np.full(len(x), np.inf)
+    dist = np.full(len(x), np.inf, dtype=x.dtype)
     for _ in range(m - 1):
         dist = np.minimum(dist, _sq_dist(x, x[chosen[-1]]))
         dist[chosen[-1]] = -np.inf  # not 0: a duplicate of a chosen point must beat the point
@@ -148,7 +181,7 @@ def _kcenter(x: np.ndarray, m: int) -> list[int]:
 
 
 def _herding(x: np.ndarray, m: int) -> list[int]:
-    mean, total, chosen = x.mean(axis=0), np.zeros(x.shape[1]), []
+    mean, total, chosen = x.mean(axis=0), np.zeros(x.shape[1], dtype=x.dtype), []
     for t in range(m):
         gap = _sq_dist((total + x) / (t + 1), mean)
         gap[chosen] = np.inf
@@ -157,24 +190,22 @@ def _herding(x: np.ndarray, m: int) -> list[int]:
     return chosen
 
 
-def kcenter_select(features: np.ndarray, labels: np.ndarray, per_class: Budget) -> np.ndarray:
-    """Greedy k-center per class (Sener & Savarese, 2018) on Euclidean distance.
+def kcenter_select(features: Features, labels: np.ndarray, per_class: Budget) -> np.ndarray:
+    """Greedy k-center per class (Sener & Savarese, 2018) on Euclidean distance, in float32.
 
     Starts from the member nearest the class mean, then adds the member farthest from the
     chosen set; ties go to the lowest position.
     """
-    features = np.asarray(features, dtype=np.float64)
-    return _select(labels, per_class, lambda c, members, m: members[_kcenter(features[members], m)])
+    return _by_features(features, labels, per_class, _kcenter, "kcenter")
 
 
-def herding_select(features: np.ndarray, labels: np.ndarray, per_class: Budget) -> np.ndarray:
-    """Herding per class (Welling, 2009, as used by iCaRL).
+def herding_select(features: Features, labels: np.ndarray, per_class: Budget) -> np.ndarray:
+    """Herding per class (Welling, 2009, as used by iCaRL), in float32.
 
     Each step adds the member that brings the chosen set's mean closest to the class mean;
     ties go to the lowest position.
     """
-    features = np.asarray(features, dtype=np.float64)
-    return _select(labels, per_class, lambda c, members, m: members[_herding(features[members], m)])
+    return _by_features(features, labels, per_class, _herding, "herding")
 
 
 def auto_interval(class_sizes: Sequence[int], per_class: Budget) -> int:
@@ -197,7 +228,7 @@ def select(
     ids: Ids = None,
     k: int | None = None,
     seed: int = 0,
-    features: np.ndarray | None = None,
+    features: Features | None = None,
 ) -> np.ndarray:
     """Run the selector called ``name`` (one of ``SELECTORS``) on the inputs it needs."""
     if name not in SELECTORS:

@@ -1,0 +1,43 @@
+"""benchmarks/scale.py at its tiny size: every stage measured in its own process, with sane figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["baseline", "merge", "read", "features", "interval", "min", "max", "medium", "random", "kcenter", "herding", "package"]
+
+
+def test_tiny_run_reports_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    command = [sys.executable, "benchmarks/scale.py", "--tiny", "--out", str(out), "--work", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["rows"] == 3000 and result["classes"] == 3
+    assert 732 <= result["class_sizes"][0] <= result["class_sizes"][1] <= 1300
+    assert list(result["stages"]) == STAGES
+    baseline = result["stages"]["baseline"]["peak_rss_bytes"]
+    assert 50 * 2**20 < baseline < 8 * 2**30
+    for stage, figures in result["stages"].items():
+        assert 0 <= figures["seconds"] < 60, stage
+        assert 50 * 2**20 < figures["peak_rss_bytes"] < baseline + 2**30, stage  # a few thousand rows add little
+    for stage in ("merge", "features", "kcenter", "herding", "package"):
+        assert result["stages"][stage]["seconds"] > 0, stage
+    assert list(tmp_path.iterdir()) == [out]  # the synthetic caches are removed
+
+
+def test_synthetic_class_sizes_are_imagenet_shaped() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import numpy as np
+        from scale import IMAGENET_ROWS, class_sizes
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for rows, classes in [(IMAGENET_ROWS, 1000), (128_116, 100), (3000, 3)]:
+        sizes = class_sizes(rows, np.random.default_rng(0))
+        assert len(sizes) == classes and sizes.sum() == rows
+        assert sizes.min() >= 732 and sizes.max() <= 1300
