@@ -91,3 +91,15 @@ def make_tiny_vae(folder: Path) -> Path:
     )  # fmt: skip
     vae.save_pretrained(folder)
     return folder
+
+
+def build_config(tmp_path: Path, images: Path, scorer: Path, **overrides):
+    """A ``BuildConfig`` for tiny pixel-space scorers at 16 px: 4 images per class, class-prompt text, no visual or latent column."""
+    from d2c_pack.build import BuildConfig
+
+    settings = dict(
+        source=str(images), scorer=str(scorer), resolution=16, timesteps=2, batch_size=8, chunk_size=16, workers=0, device="cpu",
+        work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="4/class", text_encoder="demo:minilm", visual_encoder="none",
+        vae="none", repo_id="me/tiny-d2c",
+    )  # fmt: skip
+    return BuildConfig(**(settings | overrides))

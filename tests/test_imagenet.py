@@ -11,12 +11,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import encode, make_official_scorer, noise_image
+from conftest import build_config, encode, make_official_scorer, noise_image
 
 from d2c_pack import imagenet
 from typer.testing import CliRunner
 
-from d2c_pack.build import BuildConfig, build, describe_build
+from d2c_pack.build import build, describe_build
 from d2c_pack.cli import app
 from d2c_pack.errors import SourceError
 from d2c_pack.score import ScoreConfig, read_scores, score_source
@@ -156,18 +156,9 @@ def test_budgets_and_the_automatic_interval_count_only_the_classes_present() -> 
     assert auto_interval(sizes, parse_budget("10/class", sizes)) == 98
 
 
-def build_config(tmp_path: Path, source: Path, scorer: Path, **overrides) -> BuildConfig:
-    settings = dict(
-        source=str(source), scorer=str(scorer), resolution=16, timesteps=2, batch_size=8, chunk_size=16, workers=0, device="cpu",
-        work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="2/class", interval="5", text_encoder="none",
-        visual_encoder="none", vae="none",
-    )  # fmt: skip
-    return BuildConfig(**(settings | overrides))
-
-
 def test_an_imagenet_folder_with_both_cranes_builds_and_reports_what_it_did(layouts: dict[str, Path], tmp_path: Path) -> None:
     scorer = make_official_scorer(tmp_path / "scorer", num_classes=1000)
-    out = build(build_config(tmp_path, layouts["folder"], scorer))
+    out = build(build_config(tmp_path, layouts["folder"], scorer, budget="2/class", interval="5", text_encoder="none"))
     subset = datasets.load_dataset(str(out), split="train")
     assert subset.features["label"].names == list(imagenet.class_names())
     assert sorted(set(subset["label"])) == sorted(SYNSETS.values()) and len(subset) == 2 * len(SYNSETS)

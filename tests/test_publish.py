@@ -10,26 +10,17 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import encode, make_image_folder, make_official_scorer, noise_image
+from conftest import build_config, encode, make_image_folder, make_official_scorer, noise_image
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 from PIL import Image
 
 from d2c_pack import card as card_module
-from d2c_pack.build import BuildConfig, build
+from d2c_pack.build import build
 from d2c_pack.cli import app
 from d2c_pack.package import column_array
 from d2c_pack.verify import LocalFolder, verify
-
-
-def build_config(tmp_path: Path, images: Path, scorer: Path, **overrides) -> BuildConfig:
-    settings = dict(
-        source=str(images), scorer=str(scorer), resolution=16, timesteps=2, batch_size=8, chunk_size=16, workers=0, device="cpu",
-        work=str(tmp_path / "work"), out=str(tmp_path / "out"), budget="4/class", text_encoder="demo:minilm", visual_encoder="none",
-        vae="none", repo_id="me/tiny-d2c",
-    )  # fmt: skip
-    return BuildConfig(**(settings | overrides))
 
 
 @pytest.fixture(scope="module")
