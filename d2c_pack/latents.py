@@ -12,11 +12,10 @@ to another machine finds its VAE by the Hub id, or by ``--vae FOLDER`` checked a
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import functools
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 

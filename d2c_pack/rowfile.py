@@ -16,6 +16,7 @@ import numpy as np
 
 from d2c_pack.chunks import replace_atomically
 
+
 class RowFile:
     """An (N, D) array in a ``.npy`` file whose rows are read on demand: ``rows[positions]`` → (n, D) float32."""
 

@@ -12,10 +12,9 @@ import datasets
 import numpy as np
 import pytest
 from conftest import build_config, encode, make_official_scorer, noise_image
-
-from d2c_pack import imagenet
 from typer.testing import CliRunner
 
+from d2c_pack import imagenet
 from d2c_pack.build import build, describe_build
 from d2c_pack.cli import app
 from d2c_pack.errors import SourceError
