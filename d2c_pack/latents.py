@@ -2,7 +2,8 @@
 
 Images enter as float tensors in [-1, 1] of shape (N, 3, R, R). ``PixelSpace`` passes them
 through; ``VaeSpace`` maps them to scaled latents (N, C, R/8, R/8) with the VAE's
-``scaling_factor`` (0.18215 for the SD VAEs the official DiT and SiT use) and back.
+``scaling_factor`` (0.18215 for the SD VAEs the official DiT and SiT use), after subtracting
+its ``shift_factor`` where it has one (FLUX-style VAEs), and back.
 
 A VAE is named by a local folder or a Hub id with an optional revision
 (``stabilityai/sd-vae-ft-ema@<commit>``). What a cache key, a manifest or a saved model records
@@ -46,6 +47,7 @@ class VaeSpace:
         self.vae = vae.eval().requires_grad_(False)
         self.reference = reference
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.channels = int(vae.config.latent_channels)
         self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
 
@@ -56,10 +58,10 @@ class VaeSpace:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Posterior sample (training, as SiT does) or posterior mean (scoring), times the scaling factor."""
+        """Posterior sample (training, as SiT does) or posterior mean (scoring), shifted and scaled."""
         posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         latents = posterior.sample(generator) if sample else posterior.mean
-        return latents.float() * self.scaling_factor
+        return (latents.float() - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def posterior(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,7 @@ class VaeSpace:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample.float()
+        return self.vae.decode((latents / self.scaling_factor + self.shift_factor).to(self.vae.dtype)).sample.float()
 
 
 LatentSpace = PixelSpace | VaeSpace

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,9 +16,10 @@ from safetensors.torch import load_file
 
 from d2c_pack.build import BuildConfig, build
 from d2c_pack.errors import UserError
+from d2c_pack.latents import VaeSpace
 from d2c_pack.models import BACKBONES, load_backbone, load_class_text
 from d2c_pack.models.d2c import D2CSiT, DCEmbedding
-from d2c_pack.train.loop import TrainConfig, alignment_loss, resize_token_grid, train
+from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, train
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,40 @@ def test_latent_column_trains_without_a_vae(tmp_path: Path, subsets) -> None:
     _, backbone = load_backbone(run)
     assert (backbone.in_channels, backbone.input_size, backbone.image_size) == (4, 8, 16)
     assert backbone.vae.endswith("vae")  # the subset's VAE, recorded for decoding samples
+
+
+def test_a_subset_trains_at_its_own_resolution(tmp_path: Path, subsets) -> None:
+    data = prepare_data(config(tmp_path, subsets["pixels"], resolution=None), torch.device("cpu"))
+    assert data.image_size == 16 and data.dataset[0]["image"].shape == (3, 16, 16)  # not the default 256
+    with pytest.raises(UserError, match="built at resolution 16; leave out --resolution 32"):
+        prepare_data(config(tmp_path, subsets["pixels"], resolution=32), torch.device("cpu"))
+
+
+def test_latents_are_shifted_and_scaled_by_the_vaes_own_factors(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5, shift_factor=0.1,
+    )  # fmt: skip
+    vae.save_pretrained(tmp_path / "vae")
+    subset = build(BuildConfig(
+        source=str(make_image_folder(tmp_path / "images")), scorer=str(make_official_scorer(tmp_path / "scorer")), resolution=16,
+        timesteps=1, workers=0, device="cpu", work=str(tmp_path / "work"), budget="2/class", text_encoder="none", visual_encoder="none",
+        vae=str(tmp_path / "vae"), out=str(tmp_path / "subset"),
+    ))  # fmt: skip
+    inputs = json.loads((subset / "d2c/manifest.json").read_text())["inputs"]
+    assert (inputs["latent_scaling_factor"], inputs["latent_shift_factor"]) == (0.5, pytest.approx(0.1))
+    data = prepare_data(config(tmp_path, subset, model="SiT-T/2", text=False, align=False, resolution=None), torch.device("cpu"))
+    moments = torch.randn(2, 8, 8, 8)
+    x1 = model_inputs(SimpleNamespace(data=data), {"latent": moments}, torch.zeros(2, 4, 8, 8))
+    torch.testing.assert_close(x1, (moments[:, :4] - 0.1) * 0.5)
+    space = VaeSpace(vae)
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(space.encode(images), (vae.encode(images).latent_dist.mean - 0.1) * 0.5)
+    z = torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(space.decode(z), vae.decode(z / 0.5 + 0.1).sample)
 
 
 def test_switches_leave_components_out(tmp_path: Path, subsets) -> None:

@@ -176,7 +176,11 @@ class LatentColumn(ColumnGroup):
         size = resolution // self.space.downsample
         self.device = device
         self.features = {"latent": datasets.Array3D((2 * self.space.channels, size, size), "float16")}
-        self.identity = {"vae": self.space.reference, "vae_sha256": self.space.sha256}
+        self.identity = {
+            "vae": self.space.reference, "vae_sha256": self.space.sha256,
+            # How the trainer turns the stored (unscaled) posterior into model inputs: (latent − shift) · scale.
+            "latent_scaling_factor": self.space.scaling_factor, "latent_shift_factor": self.space.shift_factor,
+        }  # fmt: skip
         fields = [pa.field("latent", pa.list_(pa.float16()))]
         self.cache = ChunkCache(work / "latent", cache_key | self.identity, _cache_schema(fields), chunk_size)
 

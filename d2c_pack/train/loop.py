@@ -60,7 +60,8 @@ from d2c_pack.train.data import (
 )
 from d2c_pack.train.transport import interpolate
 
-SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs behind the latent column (DESIGN §3.4)
+SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs, for latent columns whose manifest does not record theirs
+DEFAULT_RESOLUTION = 256
 OPTIMIZER_NAME = "optimizer.pt"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
@@ -75,7 +76,7 @@ class TrainConfig(SourceArgs):
     data: str | None = flag(None, help="Condensed dataset to train on: a folder built by `d2c-pack build`, or a Hub ORG/NAME[@REVISION].")
     out: str = flag(help="Run folder; re-running with the same folder resumes from its newest checkpoint.")
     model: str = flag("SiT-XL/2", help="Backbone, e.g. SiT-XL/2, SiT-B/4, SiT-T/4 (tiny, for demos).")
-    resolution: int = flag(256, help="Image resolution R of the ADM centre crop (with --data: the subset's).")
+    resolution: int | None = flag(None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest; a different value is refused), else 256.")
     vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for images without a latent column, or 'none' for pixel space.")
     text: bool = flag(True, help="Condition on text_embedding/text_mask through the DC-Embedding (--data with text columns).")
     align: bool = flag(True, help="Add the visual-alignment loss against visual_tokens (--data with visual columns).")
@@ -105,7 +106,7 @@ class TrainConfig(SourceArgs):
         if self.model not in BACKBONES:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "resolution"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if (self.source is None) == (self.data is None):
             raise UserError("give exactly one of --data (a condensed dataset) and --source (images)")
@@ -126,35 +127,53 @@ class TrainingData:
     vae_sha256: str | None  # its weights' hash, which a local copy given at sampling time must match
     from_latent_column: bool  # x₁ comes from the latent column, so no VAE runs while training
     space: LatentSpace = dataclasses.field(default_factory=PixelSpace)  # turns images into model inputs
+    latent_scale: float = SD_VAE_SCALE  # x₁ = (latent − shift) · scale, the VAE's own factors
+    latent_shift: float = 0.0
     text_dim: int | None = None
     visual_dim: int | None = None
     class_text: ClassText | None = None
 
 
-def _image_data(dataset, class_names: list[str], config: TrainConfig, device: torch.device) -> TrainingData:
+def _image_data(dataset, class_names: list[str], config: TrainConfig, resolution: int, device: torch.device) -> TrainingData:
     """Images become the model's inputs through ``--vae`` (loaded here) or stay pixels."""
     space = load_latent_space(config.vae, device)
-    size = config.resolution // space.downsample
-    reference, sha256 = (space.reference, space.sha256) if isinstance(space, VaeSpace) else (None, None)
-    return TrainingData(dataset, class_names, space.channels, size, config.resolution, reference, sha256, from_latent_column=False, space=space)
+    size = resolution // space.downsample
+    if not isinstance(space, VaeSpace):
+        return TrainingData(dataset, class_names, space.channels, size, resolution, None, None, from_latent_column=False, space=space)
+    return TrainingData(
+        dataset, class_names, space.channels, size, resolution, space.reference, space.sha256, from_latent_column=False, space=space,
+        latent_scale=space.scaling_factor, latent_shift=space.shift_factor,
+    )  # fmt: skip
+
+
+def training_resolution(config: TrainConfig, manifest: dict | None, latent_side: int | None) -> int:
+    """R: the subset's (its manifest, else 8 × its latent side), which ``--resolution`` may only repeat; else the flag or 256."""
+    built = manifest["recipe"]["resolution"] if manifest else (8 * latent_side if latent_side else None)
+    if built is not None and config.resolution not in (None, built):
+        raise UserError(f"{config.data} was built at resolution {built}; leave out --resolution {config.resolution} (or build the subset at that resolution)")
+    return built or config.resolution or DEFAULT_RESOLUTION
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
     """Opens --source or --data and works out the model's input space from what the data provides."""
     if config.source is not None:
         source = config.open_source()
-        return _image_data(SourceRows(source, config.resolution), source.class_names, config, device)
+        resolution = config.resolution or DEFAULT_RESOLUTION
+        return _image_data(SourceRows(source, resolution), source.class_names, config, resolution, device)
     subset, manifest = open_subset(config.data)
     features = subset.features
     names = features["label"].names
     if "latent" in features:
         moments = features["latent"].shape  # (2C, h, w): posterior mean ‖ std
-        resolution = manifest["recipe"]["resolution"] if manifest else moments[1] * 8
+        resolution = training_resolution(config, manifest, moments[1])
         inputs = (manifest or {}).get("inputs", {})
         vae = inputs.get("vae", config.vae and vae_reference(config.vae))
-        data = TrainingData(None, names, moments[0] // 2, moments[1], resolution, vae, inputs.get("vae_sha256"), from_latent_column=True)
+        data = TrainingData(
+            None, names, moments[0] // 2, moments[1], resolution, vae, inputs.get("vae_sha256"), from_latent_column=True,
+            latent_scale=inputs.get("latent_scaling_factor", SD_VAE_SCALE), latent_shift=inputs.get("latent_shift_factor", 0.0),
+        )  # fmt: skip
     else:
-        data = _image_data(None, names, config, device)
+        data = _image_data(None, names, config, training_resolution(config, manifest, None), device)
     columns = ["latent"] if data.from_latent_column else ["image"]
     if config.text:
         _require(features, ("text_embedding", "text_mask"), "--no-text")
@@ -165,7 +184,7 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         _require(features, ("visual_tokens",), "--no-align")
         columns.append("visual_tokens")
         data.visual_dim = features["visual_tokens"].shape[1]
-    data.dataset = SubsetRows(subset, columns, config.resolution)
+    data.dataset = SubsetRows(subset, columns, data.image_size)
     return data
 
 
@@ -258,15 +277,15 @@ def step_randomness(run: Run, batch_size: int) -> dict[str, torch.Tensor]:
 
 
 def model_inputs(run: Run, batch: dict[str, torch.Tensor], latent_noise: torch.Tensor) -> torch.Tensor:
-    """x₁: a latent sample (mean + std·ε)·scale from the latent column or the VAE, else the pixels."""
+    """x₁: a latent sample (mean + std·ε − shift)·scale from the latent column or the VAE, else the pixels."""
     if run.data.from_latent_column:
-        moments, scale = batch["latent"].float(), SD_VAE_SCALE  # (B, 2C, h, w)
+        moments = batch["latent"].float()  # (B, 2C, h, w)
     elif run.data.vae is not None:
-        moments, scale = run.data.space.posterior(batch["image"]), run.data.space.scaling_factor  # (B, 2C, h, w)
+        moments = run.data.space.posterior(batch["image"])  # (B, 2C, h, w)
     else:
         return batch["image"]  # (B, 3, R, R) in [-1, 1]
     mean, std = moments.chunk(2, dim=1)  # (B, C, h, w) each
-    return (mean + std * latent_noise) * scale
+    return (mean + std * latent_noise - run.data.latent_shift) * run.data.latent_scale
 
 
 def alignment_loss(projection: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
