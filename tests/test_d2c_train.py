@@ -19,7 +19,7 @@ from d2c_pack.errors import UserError
 from d2c_pack.latents import VaeSpace
 from d2c_pack.models import BACKBONES, load_backbone, load_class_text
 from d2c_pack.models.d2c import D2CSiT, DCEmbedding
-from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, train
+from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, step_randomness, train
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +146,28 @@ def test_latents_are_shifted_and_scaled_by_the_vaes_own_factors(tmp_path: Path) 
     torch.testing.assert_close(space.encode(images), (vae.encode(images).latent_dist.mean - 0.1) * 0.5)
     z = torch.randn(1, 4, 8, 8)
     torch.testing.assert_close(space.decode(z), vae.decode(z / 0.5 + 0.1).sample)
+
+
+def test_class_and_text_drop_together_as_sit_and_repa(tmp_path: Path) -> None:
+    def dropout(text_dropout: float) -> dict[str, torch.Tensor]:
+        run = SimpleNamespace(config=TrainConfig(source="demo:digits", out=str(tmp_path), text=False, align=False, text_dropout=text_dropout),
+                              step=3, data=SimpleNamespace(in_channels=3, input_size=2))  # fmt: skip
+        return step_randomness(run, 100_000)
+
+    joint = dropout(0.0)
+    assert torch.equal(joint["drop_text"], joint["drop_class"])  # the null condition CFG samples with: 10% of samples
+    assert joint["drop_class"].float().mean().item() == pytest.approx(0.1, abs=0.005)
+    extra = dropout(0.2)
+    assert torch.equal(extra["drop_class"], joint["drop_class"]) and bool((extra["drop_text"] >= extra["drop_class"]).all())
+    assert extra["drop_text"].float().mean().item() == pytest.approx(0.1 + 0.9 * 0.2, abs=0.005)
+
+
+def test_the_ema_decays_at_its_rate_from_the_first_step(tmp_path: Path, subsets) -> None:
+    run = train(config(tmp_path, subsets["pixels"], steps=2, ckpt_every=1, ema_decay=0.9))
+    first, second = (run.parent / "checkpoints" / f"{step:07d}" for step in (1, 2))
+    ema_1, ema_2, model_2 = load_file(str(first / "ema.safetensors")), load_file(str(second / "ema.safetensors")), load_file(str(second / "model.safetensors"))
+    for name, value in ema_2.items():  # SiT/REPA: ema ← 0.9·ema + 0.1·model at every step, no warm-up
+        torch.testing.assert_close(value, 0.9 * ema_1[name] + 0.1 * model_2[name])
 
 
 def test_switches_leave_components_out(tmp_path: Path, subsets) -> None:

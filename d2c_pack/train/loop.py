@@ -86,13 +86,15 @@ class TrainConfig(SourceArgs):
     projector_dim: int = flag(PROJECTOR_DIM, help="Hidden width of the alignment projector (REPA's 2048; smaller for tiny CPU models).")
     init: str | None = flag(None, help="Initial weights: an official SiT/DiT .pt, or a d2c-pack model or run folder; new layers start as specified.")
     learn_sigma: bool = flag(True, help="Keep the official 2C-channel output layout (extra channels unused).")
-    class_dropout: float = flag(0.1, help="Probability of dropping the label, and independently the text, for classifier-free guidance.")
+    class_dropout: float = flag(0.1, help="Probability of dropping the label and the text together (the null condition CFG samples with), as SiT/REPA.")
+    text_dropout: float = flag(0.0, help="Extra probability of dropping the text alone, independently of --class-dropout (0 = SiT/REPA).")
     steps: int = flag(400_000, help="Total optimisation steps.")
     batch_size: int = flag(256, help="Global batch size (over all processes).")
     lr: float = flag(1e-4, help="AdamW learning rate (constant).")
     weight_decay: float = flag(0.0, help="AdamW weight decay.")
     grad_clip: float = flag(1.0, help="Gradient-norm clipping threshold.")
-    ema_decay: float = flag(0.9999, help="EMA decay of the exported weights, reached after a warm-up: min(decay, (1 + step) / (10 + step)).")
+    ema_decay: float = flag(0.9999, help="EMA decay of the exported weights, from step 0 as SiT/REPA (the EMA starts as a copy of the model).")
+    ema_warmup: bool = flag(False, help="Warm the decay up as diffusers' EMAModel, min(decay, (1 + step) / (10 + step)): for runs of a few hundred steps.")
     seed: int = flag(0, help="Seed of initialisation, batch order, noise and dropout.")
     workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).")
     log_every: int = flag(100, help="Steps between metrics.jsonl lines.")
@@ -267,13 +269,16 @@ def step_randomness(run: Run, batch_size: int) -> dict[str, torch.Tensor]:
     seed = int(np.random.SeedSequence([run.config.seed, run.step]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(seed)
     shape = (batch_size, run.data.in_channels, run.data.input_size, run.data.input_size)
-    return {
+    randomness = {
         "t": torch.rand(batch_size, generator=generator),
         "noise": torch.randn(shape, generator=generator),
         "latent_noise": torch.randn(shape, generator=generator),
-        "drop_class": torch.rand(batch_size, generator=generator) < run.config.class_dropout,
-        "drop_text": torch.rand(batch_size, generator=generator) < run.config.class_dropout,
     }
+    # Class and text drop together (the fully unconditional input CFG uses, 10% of samples as in SiT/REPA); the text
+    # alone may drop besides. Both draws are always made, so the other randomness does not depend on the settings.
+    randomness["drop_class"] = torch.rand(batch_size, generator=generator) < run.config.class_dropout
+    randomness["drop_text"] = randomness["drop_class"] | (torch.rand(batch_size, generator=generator) < run.config.text_dropout)
+    return randomness
 
 
 def model_inputs(run: Run, batch: dict[str, torch.Tensor], latent_noise: torch.Tensor) -> torch.Tensor:
@@ -331,7 +336,7 @@ def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tenso
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.optimizer.step()
-    update_ema(run.ema, run.model, ema_decay_at(run.step, config.ema_decay))
+    update_ema(run.ema, run.model, ema_decay_at(run.step, config.ema_decay, config.ema_warmup))
     logged |= {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
     return _mean_over_ranks(logged, run.context)
 
@@ -344,13 +349,15 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], context: distributed.Conte
     return dict(zip(values, stacked.tolist()))
 
 
-def ema_decay_at(step: int, decay: float) -> float:
-    """The EMA decay after ``step`` updates, warmed up as diffusers' ``EMAModel`` does.
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay after ``step`` updates: ``decay`` throughout as SiT/REPA, or warmed up as diffusers' ``EMAModel``.
 
-    Without the warm-up the randomly initialised weights keep a share decay**steps of the
-    average, which spoils short runs (0.999**2400 ≈ 9%); long official runs are unaffected.
+    Without the warm-up the initial weights keep a share decay**steps of the average: nothing
+    after SiT's 400k steps at 0.9999, but a spoiled short run (0.999**2400 ≈ 9%). The warm-up
+    also shortens the average of long runs (at 40k steps ~4,000 steps instead of ~9,800), so
+    it is an option for short runs only.
     """
-    return min(decay, (1 + step) / (10 + step))
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 @torch.no_grad()
