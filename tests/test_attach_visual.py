@@ -22,6 +22,7 @@ from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError
 from d2c_pack.preprocess import center_crop_adm
 from d2c_pack.sources import open_source
+from d2c_pack.train.encoder import classifier_inputs
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=7)
 # DINOv2's own geometry (14 px patches, a 37×37 position grid from 518 px pretraining) at width 32.
@@ -255,7 +256,7 @@ def test_demo_encoder_classifies_the_digits() -> None:
 
     classifier = Dinov2ForImageClassification.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
-        predicted = classifier(pixel_values=dinov2_inputs(crops, 32)).logits.argmax(-1)
+        predicted = classifier(pixel_values=classifier_inputs(crops, 32)).logits.argmax(-1)
     assert (predicted == labels).float().mean().item() >= 0.95
 
 
