@@ -147,9 +147,12 @@ def test_transformers_features_are_repas(tmp_path: Path, resolution: int, regist
 @pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
 def test_timm_features_are_repas(tmp_path: Path, resolution: int, name: str) -> None:
     torch.manual_seed(0)
+    # LayerScale at 1, not timm's 1e-5 initialisation, so that the blocks mix the tokens.
     model = timm.create_model(name, pretrained=False, num_classes=0, depth=2, embed_dim=32, num_heads=2, img_size=518, init_values=1.0).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # a rough position grid at the scale of the patch embeddings, and registers that matter
         model.pos_embed.normal_()
+        if model.reg_token is not None:
+            model.reg_token.normal_()
     timm.models.save_for_hf(model, tmp_path / "timm-dinov2", safe_serialization=True)
     crops = random_crops(resolution)
     tokens, cls = VisualEncoder(f"local-dir:{tmp_path / 'timm-dinov2'}", resolution)(crops)
