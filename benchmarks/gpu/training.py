@@ -85,7 +85,7 @@ def host_batch(setup: TrainingSetup, batch: int, *, online: bool, pinned: bool) 
 
 def online_visual_tokens(dinov2: Dinov2Model, crops: torch.Tensor, resolution: int) -> torch.Tensor:
     """DINOv2 patch tokens of uint8 crops on the GPU, as ``VisualEncoder`` computes them but left on the device."""
-    with torch.no_grad(), torch.autocast(crops.device.type, dtype=torch.bfloat16, enabled=crops.device.type == "cuda"):
+    with torch.no_grad(), torch.autocast(crops.device.type, dtype=torch.float16, enabled=crops.device.type == "cuda"):
         return dinov2(pixel_values=dinov2_inputs(crops, resolution)).last_hidden_state[:, 1:]  # (B, N_tok, D)
 
 

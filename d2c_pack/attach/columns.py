@@ -42,7 +42,7 @@ from d2c_pack.recipe import flag
 from d2c_pack.rowfile import RowFile, write_rows
 from d2c_pack.sources import ImageSource
 
-CACHE_VERSION = 1  # bump when a change below alters what a cache holds
+CACHE_VERSION = 2  # bump when a change below alters what a cache holds (2: REPA's DINOv2 targets)
 ROW_BATCH = 256  # rows converted to NumPy at a time when reading a cache back
 
 

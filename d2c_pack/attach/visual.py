@@ -1,9 +1,12 @@
 """The visual column of Attach (DESIGN §3.4): DINOv2 patch tokens and CLS token of each ADM crop.
 
-Each R×R uint8 crop is scaled to [0, 1], ImageNet-normalised, then bicubic-resized to
-S = 224·R/256 (224 at R=256), the size DINOv2's own evaluation uses. The encoder's last layer,
-after the final layer norm, gives ``visual_tokens`` (its patch tokens, (S/patch)² of them: 256
-at R=256) and ``visual_cls``.
+The features are REPA's targets (``preprocess_raw_image`` and ``load_encoders`` of
+github.com/sihyun-yu/REPA): each R×R uint8 crop is scaled to [0, 1], ImageNet-normalised, then
+resized to S = 224·R/256 (224 at R=256) by ``F.interpolate(mode="bicubic")``, without
+antialiasing; the position embeddings are resampled once, when the encoder is loaded, to the
+(S/patch)² grid with timm's ``resample_abs_pos_embed`` (antialiased bicubic; the CLS entry kept
+as it is). The encoder's last layer, after the final layer norm, gives ``visual_tokens`` (its
+patch tokens, (S/patch)² of them: 256 at R=256) and ``visual_cls``.
 
 Encoders are named as transformers models (``facebook/dinov2-base``, ``facebook/dinov2-with-registers-*``,
 a local folder, ``demo:digits-encoder``) or timm ones (``timm/vit_base_patch14_dinov2.lvd142m``,
@@ -35,8 +38,12 @@ def encoder_input_size(resolution: int) -> int:
     return 224 * resolution // 256
 
 
-def dinov2_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(B, 3, R, R) uint8 crops → (B, 3, S, S) float32: /255, ImageNet-normalised, bicubic-resized to S."""
+def dinov2_inputs(crops: torch.Tensor, resolution: int, *, antialias: bool = False) -> torch.Tensor:
+    """(B, 3, R, R) uint8 crops → (B, 3, S, S) float32: /255, ImageNet-normalised, bicubic-resized to S.
+
+    The default is REPA's resize (no antialiasing, as ``F.interpolate`` does unless asked);
+    ``antialias=True`` is the input the encoder trainer (:mod:`d2c_pack.train.encoder`) uses.
+    """
     if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[1:] != (3, resolution, resolution):
         raise ValueError(f"expected uint8 crops of shape (B, 3, {resolution}, {resolution}), got {crops.dtype} {tuple(crops.shape)}")
     mean = torch.tensor(IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1)
@@ -44,7 +51,7 @@ def dinov2_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
     pixels = (crops.float() / 255 - mean) / std  # (B, 3, R, R)
     size = encoder_input_size(resolution)
     # Antialiasing only matters (and only applies) when shrinking.
-    return F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=size < resolution)
+    return F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias and size < resolution)
 
 
 class _Backbone(NamedTuple):
@@ -70,7 +77,8 @@ class VisualEncoder:
         self.input_size = encoder_input_size(resolution)
         self.device = torch.device(device)
         path = resolve_model_path(name_or_path)
-        self._backbone = _load_timm(path, self.input_size) if path.startswith(_TIMM_PREFIXES) else _load_transformers(path)
+        load = _load_timm if path.startswith(_TIMM_PREFIXES) else _load_transformers
+        self._backbone = load(path, self.input_size)
         patch_size = self._backbone.patch_size
         if self.input_size % patch_size:
             raise UserError(
@@ -86,7 +94,8 @@ class VisualEncoder:
     def __call__(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, R, R) uint8 crops → patch tokens (B, N_tok, D) float16 and CLS (B, D) float32, on the CPU."""
         pixels = dinov2_inputs(crops.to(self.device), self.resolution)  # (B, 3, S, S)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        # REPA computes its targets under float16 autocast (its --mixed-precision fp16 default).
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
             tokens = self._backbone.tokens(pixels)  # (B, prefix + N_tok, D): CLS, registers, patches
         patches = tokens[:, self._backbone.num_prefix :].to("cpu", torch.float16)  # (B, N_tok, D)
         cls = tokens[:, 0].to("cpu", torch.float32)  # (B, D)
@@ -103,7 +112,10 @@ def _load_timm(name: str, input_size: int) -> _Backbone:
     """A pretrained timm ViT without head, its position embedding resampled for ``input_size``.
 
     ``timm/<model>`` is the registry name ``<model>``, whose pretrained tag points at that Hub
-    repository; ``hf-hub:`` and ``local-dir:`` names are timm's own and pass unchanged.
+    repository; ``hf-hub:`` and ``local-dir:`` names are timm's own and pass unchanged. timm
+    resamples the position embedding while loading the weights for ``img_size``, with the very
+    call REPA makes (``resample_abs_pos_embed``, antialiased bicubic), and the forward then uses
+    it unchanged since the input's grid is the model's.
     """
     import timm  # a heavy import, only paid where a timm encoder is used
 
@@ -117,8 +129,8 @@ def _load_timm(name: str, input_size: int) -> _Backbone:
     return _Backbone(model, model.forward_features, model.patch_embed.patch_size[0], model.num_prefix_tokens, model.num_features)
 
 
-def _load_transformers(path: str) -> _Backbone:
-    """The DINOv2 backbone (with or without registers) of a transformers checkpoint.
+def _load_transformers(path: str, input_size: int) -> _Backbone:
+    """The DINOv2 backbone (with or without registers) of a transformers checkpoint, for ``input_size`` inputs.
 
     A checkpoint saved with a head (``Dinov2ForImageClassification``) is loaded as saved and its
     backbone kept, so every weight is accounted for.
@@ -137,12 +149,28 @@ def _load_transformers(path: str) -> _Backbone:
         model = auto.from_pretrained(path, dtype=torch.float32).base_model
     except (OSError, ValueError) as err:  # ValueError: a config.json that names no known model type
         raise UserError(f"cannot load the visual encoder {path!r}: {first_line(err)}") from None
+    _resample_position_embeddings(model.embeddings, input_size // config.patch_size)
 
     def tokens(pixels: torch.Tensor) -> torch.Tensor:
         # last_hidden_state is already through the final layernorm: CLS, registers, patches.
         return model(pixel_values=pixels).last_hidden_state
 
     return _Backbone(model, tokens, config.patch_size, 1 + getattr(config, "num_register_tokens", 0), config.hidden_size)
+
+
+def _resample_position_embeddings(embeddings: torch.nn.Module, grid: int) -> None:
+    """Resamples a transformers DINOv2's position embeddings (CLS, then the patch grid) to ``grid``² patches, once.
+
+    This is REPA's ``load_encoders`` step. Left alone, transformers interpolates the grid at every
+    forward with settings of its own: Dinov2WithRegisters' are timm's, but Dinov2's bicubic is not
+    antialiased, which from 37² to 16² differs from timm's by 3% (relative L2) on a smooth grid and
+    by more than the embedding itself on a rough one. Once the grid matches the input,
+    transformers adds the embeddings as they are.
+    """
+    from timm.layers import resample_abs_pos_embed  # a heavy import, only paid where a transformers encoder is used
+
+    resampled = resample_abs_pos_embed(embeddings.position_embeddings.data, [grid, grid], num_prefix_tokens=1)  # (1, 1 + grid², D)
+    embeddings.position_embeddings = torch.nn.Parameter(resampled)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,8 +1,10 @@
 """Train a small DINOv2-architecture image classifier on any labelled source (the demo's visual encoder).
 
-The classifier is a transformers ``Dinov2ForImageClassification`` that sees each image exactly
-as the visual attach step does (ADM crop, then :func:`~d2c_pack.attach.visual.dinov2_inputs`),
-so its backbone can serve as ``--visual-encoder`` and its head classifies generated images.
+The classifier is a transformers ``Dinov2ForImageClassification`` that sees each image as the
+visual attach step does (ADM crop, ImageNet normalisation, bicubic resize to 224·R/256), so its
+backbone can serve as ``--visual-encoder`` and its head classifies generated images. One
+difference is kept on purpose: its resize is antialiased (:func:`classifier_inputs`), the input
+the committed demo encoder was trained on, where attach follows REPA and does not antialias.
 
 Output folder layout::
 
@@ -43,6 +45,16 @@ HOLDOUT_SEED = 0  # the held-out split ignores --seed: every run is measured on 
 WARMUP_SHARE = 0.05  # of the steps, with a linear learning-rate warm-up before the cosine decay
 EVAL_BATCH = 256
 LOAD_BATCH = 256
+
+
+def classifier_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, 3, R, R) uint8 crops → (B, 3, S, S): the classifier's input, trained on and judged on.
+
+    Antialiased, unlike the visual attach step's (REPA's) inputs: ``d2c_pack/demo/digits-encoder``
+    was trained on these, and this recipe still rebuilds it. It classifies REPA's inputs as well
+    (99.9% of the digits either way).
+    """
+    return dinov2_inputs(crops, resolution, antialias=True)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -201,7 +213,7 @@ def _train_step(
     labels: torch.Tensor,
 ) -> float:
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
-    pixels = random_shift(dinov2_inputs(crops, config.resolution), config.shift, generator)  # (B, 3, S, S)
+    pixels = random_shift(classifier_inputs(crops, config.resolution), config.shift, generator)  # (B, 3, S, S)
     with torch.autocast(crops.device.type, dtype=torch.bfloat16, enabled=crops.device.type == "cuda"):
         logits = model(pixel_values=pixels).logits  # (B, C)
     loss = F.cross_entropy(logits.float(), labels)
@@ -228,7 +240,7 @@ def accuracy(model: Dinov2ForImageClassification, crops: torch.Tensor, labels: t
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(labels), EVAL_BATCH):
-        pixels = dinov2_inputs(crops[start : start + EVAL_BATCH].to(device), resolution)  # (B, 3, S, S)
+        pixels = classifier_inputs(crops[start : start + EVAL_BATCH].to(device), resolution)  # (B, 3, S, S)
         predicted = model(pixel_values=pixels).logits.argmax(-1).cpu()  # (B,)
         correct += (predicted == labels[start : start + EVAL_BATCH]).sum().item()
     return correct / len(labels)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
-from d2c_pack.attach.visual import VisualEncoder, dinov2_inputs
+from d2c_pack.attach.visual import VisualEncoder
 from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
@@ -40,7 +40,7 @@ from d2c_pack.preprocess import center_crop_adm
 from d2c_pack.progress import progress_bar
 from d2c_pack.score import default_work_dir
 from d2c_pack.sources import ImageSource, open_source
-from d2c_pack.train.encoder import SourceCrops
+from d2c_pack.train.encoder import SourceCrops, classifier_inputs
 from d2c_pack.train.sample import generate_batches, load_for_sampling, to_uint8
 
 INCEPTION = "inception"
@@ -79,7 +79,7 @@ class InceptionFeatures(FeatureExtractor):
 
 
 class EncoderFeatures(FeatureExtractor):
-    """The CLS token of a DINOv2 visual encoder, on the images' R×R crops through ``dinov2_inputs``."""
+    """The CLS token of a DINOv2 visual encoder on the images' R×R crops, as the visual attach step computes it."""
 
     def __init__(self, name: str, resolution: int, device: torch.device | str = "cpu"):
         super().__init__()
@@ -268,8 +268,8 @@ def load_classifier(features: str, num_classes: int, device: torch.device | str 
 
 @torch.no_grad()
 def classifier_predictions(classifier: nn.Module, crops: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The class the classifier gives each uint8 crop (B, 3, R, R): (B,)."""
-    return classifier(pixel_values=dinov2_inputs(crops, resolution)).logits.argmax(-1)  # (B,)
+    """The class the classifier gives each uint8 crop (B, 3, R, R), seen as the encoder trainer shows images: (B,)."""
+    return classifier(pixel_values=classifier_inputs(crops, resolution)).logits.argmax(-1)  # (B,)
 
 
 def evaluate(
