@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchdiffeq import odeint
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import ClassText, backbone_config, save_backbone
@@ -110,12 +111,29 @@ def test_dopri5_solves_a_known_field_to_sits_tolerance() -> None:
     assert tight < 1e-6, tight  # the tolerances reach the solver: fifth order converges to float32 precision
 
 
+def test_dopri5_is_sits_ode_sampler() -> None:
+    """SiT's ``ode.sample``: odeint(drift, x, linspace(0, 1, num_steps), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1], guided everywhere."""
+    noise, labels = label_noise()
+    model = LabelField()
+
+    def sit_drift(t, x):
+        out = model(torch.cat([x, x]), torch.ones(2 * len(x)) * t, torch.cat([labels, torch.full_like(labels, 10)]))
+        cond, uncond = out.chunk(2)
+        return uncond + 3.0 * (cond - uncond)
+
+    sit = odeint(sit_drift, noise, torch.linspace(0, 1, 50), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1]
+    assert torch.equal(dopri5_ode_sample(model, noise, labels, cfg_scale=3.0), sit)
+
+
 def test_dopri5_guides_inside_the_interval_only() -> None:
     model = Recorder(num_classes=10)
     cond = Condition(torch.tensor([1, 2]))
     dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.25, 0.7, time="repa"))
-    times = [(float(c["t"][0]), len(c["y"])) for c in model.calls]
+    times = [(min(float(c["t"][0]), 1.0), len(c["y"])) for c in model.calls]  # past t = 1 (the overshoot of the last step) as at 1
     assert {size for t, size in times if 0.3 <= t <= 0.75} == {4} and {size for t, size in times if not 0.3 <= t <= 0.75} == {2}
+    model.calls.clear()
+    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, cfg_scale=3.0)
+    assert {len(c["y"]) for c in model.calls} == {4}  # the default interval [0, 1] guides the overshoot too, as SiT
 
 
 def test_dopri5_samples_through_generate(demo) -> None:

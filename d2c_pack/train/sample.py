@@ -122,7 +122,7 @@ def generate(
     ``sampler`` is one of ``SAMPLERS``; ``guidance_interval`` is a ``GuidanceInterval`` or a
     (low, high) pair in SiT time (0 = noise, 1 = data). The same seed gives the same images whatever
     ``batch_size``, except with ``dopri5``, whose steps are chosen for the whole batch (SiT's
-    behaviour): there a sample moves by about the solver's tolerance with its batch.
+    behaviour), so that a sample depends on the batch it is drawn in.
     """
     batches = generate_batches(
         model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,

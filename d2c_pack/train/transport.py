@@ -150,17 +150,17 @@ def velocity(
     t: float,
     cond: Condition,
     cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
+    guidance_interval: Interval | None = None,
 ) -> torch.Tensor:
     """The model's velocity at SiT time ``t`` (0 = noise, 1 = data), guided where asked.
 
-    With ``cfg_scale > 1`` and ``t`` inside the closed ``guidance_interval``, classifier-free
+    With ``cfg_scale > 1`` and ``t`` inside the closed ``guidance_interval`` (None: any t), classifier-free
     guidance v_u + s·(v_c − v_u) from one doubled batch: the conditional half, then the null class
     with the null text. Unlike the official ``forward_with_cfg`` (which guides only the first three
     channels, a DiT reproducibility quirk) every channel is guided. Elsewhere one conditional pass.
     """
     times = torch.full((x.shape[0],), float(t), device=x.device)  # (N,)
-    if cfg_scale <= 1.0 or not as_interval(guidance_interval).contains(t):
+    if cfg_scale <= 1.0 or (guidance_interval is not None and not as_interval(guidance_interval).contains(t)):
         return _forward(model, x, times, cond)
     both = cond.cat(cond.null(model.y_embedder.num_classes))
     v_cond, v_null = _forward(model, torch.cat([x, x]), torch.cat([times, times]), both).chunk(2)  # (N, C, H, W) each
@@ -237,18 +237,23 @@ def dopri5_ode_sample(
     """SiT's default ODE sampler: torchdiffeq's adaptive Dormand–Prince 5(4) on dx/dt = v(x, t), t = 0 → 1.
 
     There is no step count: the solver picks its steps to keep the local error under
-    atol + rtol·|x| (SiT's defaults), measured over the whole batch as in SiT, so a sample can move
-    by about that tolerance with the batch it is drawn in. (SiT's ``num_sampling_steps`` only sets
-    how many interpolated points are returned along the path; the last, at t = 1, does not depend on it.)
+    atol + rtol·|x| (SiT's defaults), measured over the whole batch as in SiT, so the steps and
+    hence a sample depend on the batch it is drawn in. (SiT's ``num_sampling_steps`` only sets how
+    many interpolated points are returned along the path; the last, at t = 1, does not depend on it.)
     Guidance applies at the solver's times inside ``guidance_interval``.
     """
     cond = as_condition(cond)
+    interval = as_interval(guidance_interval)
 
     def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return velocity(model, x, float(t), cond, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
+        # Like SiT, the network is evaluated where the last step overshoots t = 1 (the solver
+        # interpolates back); there guidance is what it is at t = 1.
+        scale = cfg_scale if interval.contains(min(float(t), 1.0)) else 1.0
+        return velocity(model, x, float(t), cond, cfg_scale=scale)
 
     ends = torch.tensor([0.0, 1.0], device=noise.device)  # float32, as SiT's linspace(t0, t1, num_steps)
-    return odeint(field, noise.float(), ends, method="dopri5", atol=atol, rtol=rtol)[-1]
+    # One-element lists, as SiT passes them: the solver then does SiT's arithmetic to the bit (scalars round differently).
+    return odeint(field, noise.float(), ends, method="dopri5", atol=[atol], rtol=[rtol])[-1]
 
 
 @torch.no_grad()
