@@ -168,7 +168,10 @@ IntervalOption = Annotated[
 ]
 GuidanceLowOption = Annotated[
     float | None,
-    typer.Option(help="REPA's convention instead of --guidance-interval: guide where low ≤ t_REPA ≤ high, t_REPA = 1 − t_SiT (1 = noise; default: 0).", show_default=False),
+    typer.Option(
+        help="REPA's convention instead of --guidance-interval: guide where low ≤ t_REPA ≤ high, t_REPA = 1 − t_SiT (1 = noise; default: 0).",
+        show_default=False,
+    ),
 ]
 GuidanceHighOption = Annotated[
     float | None,

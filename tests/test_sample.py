@@ -287,13 +287,14 @@ def test_repa_interval_guides_repas_steps(num_steps: int, low: float, high: floa
     repa_times = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)[:-1]
     expected = [4 if low <= t <= high else 2 for t in repa_times.tolist()]
     model = Recorder(num_classes=10)
-    euler_ode_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), num_steps=num_steps, cfg_scale=3.0, guidance_interval=GuidanceInterval(low, high, time="repa"))
+    settings = {"num_steps": num_steps, "cfg_scale": 3.0, "guidance_interval": GuidanceInterval(low, high, time="repa")}
+    euler_ode_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), **settings)
     assert [len(c["y"]) for c in model.calls] == expected
 
     # Euler–Maruyama: REPA's grid is linspace(1, 0.04, N), each point guided by the same rule.
     sde_times = torch.linspace(1, 0.04, num_steps, dtype=torch.float64)
     model.calls.clear()
-    euler_maruyama_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), num_steps=num_steps, cfg_scale=3.0, guidance_interval=GuidanceInterval(low, high, time="repa"))
+    euler_maruyama_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), **settings)
     assert [len(c["y"]) for c in model.calls] == [4 if low <= t <= high else 2 for t in sde_times.tolist()]
 
 
