@@ -103,7 +103,7 @@ def as_interval(interval: Interval) -> GuidanceInterval:
 
 
 def time_grid(num_points: int, last_step_size: float = 0.0, *, repa: bool = False) -> torch.Tensor:
-    """``num_points`` evenly spaced float64 times from noise to 1 − ``last_step_size`` in SiT time.
+    """``num_points`` evenly spaced float64 SiT times from 0 (noise) to 1 − ``last_step_size``.
 
     With ``repa=True`` the same grid as REPA builds it, in its time: linspace(1, last_step_size).
     """
