@@ -34,7 +34,7 @@ from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
 from d2c_pack.train.fid import evaluate, subset_defaults
 from d2c_pack.train.loop import TrainConfig, train
 from d2c_pack.train.sample import sample_grid, sample_npz
-from d2c_pack.train.transport import SAMPLERS
+from d2c_pack.train.transport import SAMPLERS, GuidanceInterval
 from d2c_pack.verify import describe, locate, print_tables, verify
 
 app = typer.Typer(
@@ -151,8 +151,35 @@ config_command("train-encoder", EncoderTrainConfig, _train_encoder, "Train a sma
 CheckpointOption = Annotated[
     str | None, typer.Option("--ckpt", help="Model: a training run folder, a d2c-pack model folder, an official SiT .pt file, or demo:digits.")
 ]
-SamplerOption = Annotated[str, typer.Option(help=f"Sampler: {', '.join(SAMPLERS)}.")]
-IntervalOption = Annotated[str, typer.Option(help="SiT times 'low,high' (0 = noise, 1 = data) where guidance applies.")]
+SamplerOption = Annotated[
+    str,
+    typer.Option(help=f"Sampler: {', '.join(SAMPLERS)} (Euler / Heun ODE as REPA's, SiT's Euler–Maruyama SDE, SiT's adaptive dopri5 ODE)."),
+]
+StepsOption = Annotated[
+    int,
+    typer.Option(
+        help="Sampling steps N. euler, heun: N intervals of an N + 1 point grid (REPA's count; heun makes 2N − 1 network calls). "
+        "euler-maruyama: N grid points, i.e. N network calls: N − 1 SDE steps up to t = 0.96, then one mean step (SiT's and REPA's count). "
+        "dopri5: ignored, the solver picks its steps (SiT's atol 1e-6, rtol 1e-3)."
+    ),
+]
+IntervalOption = Annotated[
+    str | None, typer.Option(help="SiT times 'low,high' (0 = noise, 1 = data) where guidance applies (default: 0,1).", show_default=False)
+]
+GuidanceLowOption = Annotated[
+    float | None,
+    typer.Option(
+        help="REPA's convention instead of --guidance-interval: guide where low ≤ t_REPA ≤ high, t_REPA = 1 − t_SiT (1 = noise; default: 0).",
+        show_default=False,
+    ),
+]
+GuidanceHighOption = Annotated[
+    float | None,
+    typer.Option(
+        help="REPA's convention: the upper end in t_REPA = 1 − t_SiT, e.g. 0.7 = --guidance-interval 0.3,1, compared on REPA's own float64 grid (default: 1).",
+        show_default=False,
+    ),
+]
 VaeOption = Annotated[str | None, typer.Option(help="A local copy of the VAE the model was trained with (checked against the weights hash it recorded); default: the VAE it names.")]
 
 
@@ -165,16 +192,19 @@ def sample(
     classes: Annotated[str | None, typer.Option(help="Grid: comma-separated class indices (default: all classes).")] = None,
     num_samples: Annotated[int, typer.Option(help=".npz: number of samples (class i mod C).")] = 50_000,
     sampler: SamplerOption = "euler",
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    steps: StepsOption = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = no guidance).")] = 1.0,
-    guidance_interval: IntervalOption = "0,1",
+    guidance_interval: IntervalOption = None,
+    guidance_low: GuidanceLowOption = None,
+    guidance_high: GuidanceHighOption = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
     vae: VaeOption = None,
 ) -> None:
-    """Sample a trained model: a PNG grid per class, or an ADM-evaluator .npz (Euler / Heun ODE, Euler–Maruyama SDE, CFG)."""
+    """Sample a trained model: a PNG grid per class, or an ADM-evaluator .npz (Euler / Heun / dopri5 ODE, Euler–Maruyama SDE, CFG)."""
     model = _one_checkpoint(checkpoint, ckpt)
-    settings = dict(sampler=sampler, num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device, vae=vae)
+    interval = _guidance_interval(guidance_interval, guidance_low, guidance_high)
+    settings = dict(sampler=sampler, num_steps=steps, cfg_scale=cfg_scale, guidance_interval=interval, seed=seed, device=device, vae=vae)
     if out.endswith(".npz"):
         path = sample_npz(model, out, num_samples=num_samples, **settings)
     else:
@@ -192,9 +222,11 @@ def eval_command(
     inception_weights: Annotated[str | None, typer.Option(help="Local file of torch-fidelity's Inception weights (default: the library's download).")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples generated (FID-50K: 50000).")] = 1000,
     sampler: SamplerOption = "euler",
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 50,
+    steps: StepsOption = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
-    guidance_interval: IntervalOption = "0,1",
+    guidance_interval: IntervalOption = None,
+    guidance_low: GuidanceLowOption = None,
+    guidance_high: GuidanceHighOption = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
     json_out: Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
@@ -208,7 +240,7 @@ def eval_command(
         raise UserError("give --reference (images or statistics to compare with) or --data (the subset the model was trained on)")
     results = evaluate(
         ckpt, reference=reference or default_reference, features=features or default_features, num_samples=num_samples, sampler=sampler,
-        num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_parse_interval(guidance_interval), seed=seed, device=device,
+        num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_guidance_interval(guidance_interval, guidance_low, guidance_high), seed=seed, device=device,
         inception_weights=inception_weights, vae=vae,
     )  # fmt: skip
     print(f"{ckpt}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
@@ -227,12 +259,17 @@ def _one_checkpoint(argument: str | None, option: str | None) -> str:
     return argument or option
 
 
-def _parse_interval(text: str) -> tuple[float, float]:
+def _guidance_interval(text: str | None, repa_low: float | None, repa_high: float | None) -> GuidanceInterval:
+    """--guidance-interval in SiT time, or REPA's --guidance-low/--guidance-high (its defaults 0 and 1): one convention, not both."""
+    if repa_low is not None or repa_high is not None:
+        if text is not None:
+            raise UserError("give the guidance interval either as --guidance-interval (SiT time) or as --guidance-low/--guidance-high (REPA time), not both")
+        return GuidanceInterval(0.0 if repa_low is None else repa_low, 1.0 if repa_high is None else repa_high, time="repa")
     try:
-        low, high = (float(part) for part in text.split(","))
+        low, high = (float(part) for part in (text or "0,1").split(","))
     except ValueError:
         raise UserError(f"--guidance-interval takes 'low,high', got {text!r}") from None
-    return low, high
+    return GuidanceInterval(low, high)
 
 
 @app.command("push")

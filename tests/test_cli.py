@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -65,10 +66,24 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
         (["sample", "demo:digits", "--classes", "3,12", "--out", "{tmp}/g.png"], "class 12 is out of range"),
         (["sample", "demo:digits", "--classes", "a,b"], "comma-separated integers"),
         (["sample", "{tmp}/nowhere"], "no backbone"),
+        (["sample", "demo:digits", "--guidance-interval", "0.3,1", "--guidance-high", "0.7"], "not both"),
+        (["sample", "demo:digits", "--guidance-interval", "0.3"], "takes 'low,high'"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
     assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args], message)
+
+
+def test_sample_takes_repas_guidance_convention_and_dopri5(tmp_path: Path, monkeypatch) -> None:
+    """REPA's --guidance-high 0.7 is SiT's --guidance-interval 0.3,1 (t_REPA = 1 − t_SiT): the same samples."""
+    common = ["sample", "demo:digits", "--num-samples", "2", "--steps", "10", "--cfg-scale", "2"]
+    assert run_cli(monkeypatch, *common, "--guidance-high", "0.7", "--out", str(tmp_path / "repa.npz")) == 0
+    assert run_cli(monkeypatch, *common, "--guidance-interval", "0.3,1", "--out", str(tmp_path / "sit.npz")) == 0
+    assert run_cli(monkeypatch, *common, "--guidance-low", "0.3", "--out", str(tmp_path / "low.npz")) == 0
+    with np.load(tmp_path / "repa.npz") as repa, np.load(tmp_path / "sit.npz") as sit, np.load(tmp_path / "low.npz") as low:
+        assert np.array_equal(repa["arr_0"], sit["arr_0"]) and not np.array_equal(repa["arr_0"], low["arr_0"])
+    assert run_cli(monkeypatch, "sample", "demo:digits", "--sampler", "dopri5", "--classes", "4", "--per-class", "1", "--out", str(tmp_path / "d.png")) == 0
+    assert Image.open(tmp_path / "d.png").size == (32, 32)  # one tile, no padding
 
 
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:

@@ -11,11 +11,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchdiffeq import odeint
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import ClassText, backbone_config, save_backbone
 from d2c_pack.train.sample import generate, generate_batches, load_for_sampling, sample_grid, sample_npz, to_uint8
-from d2c_pack.train.transport import Condition, euler_maruyama_sample, euler_ode_sample, heun_ode_sample, velocity
+from d2c_pack.train.transport import (
+    Condition,
+    GuidanceInterval,
+    dopri5_ode_sample,
+    euler_maruyama_sample,
+    euler_ode_sample,
+    heun_ode_sample,
+    velocity,
+)
 
 
 class Field(torch.nn.Module):
@@ -41,7 +50,7 @@ class Recorder(torch.nn.Module):
 
     def forward(self, x, t, y, text=None, text_mask=None):
         self.calls.append({"t": t, "y": y, "text": text, "mask": text_mask})
-        value = y.float() + (text * text_mask[..., None]).sum((1, 2))  # (N,)
+        value = y.float() if text is None else y.float() + (text * text_mask[..., None]).sum((1, 2))  # (N,)
         return value.view(-1, 1, 1, 1).expand_as(x)
 
 
@@ -50,7 +59,7 @@ def demo():
     return load_for_sampling("demo:digits")
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "euler-maruyama"])
+@pytest.mark.parametrize("sampler", ["euler", "heun", "euler-maruyama"])  # dopri5: see test_dopri5_samples_through_generate
 def test_samples_depend_on_seed_and_position_only(demo, sampler: str) -> None:
     model, config, _class_text = demo
     labels = torch.tensor([0, 3, 3, 9, 1])
@@ -87,6 +96,53 @@ def test_heun_beats_euler_on_a_known_field() -> None:
     heun_error = (heun_ode_sample(field, noise, labels, num_steps=10) - exact).abs().max()
     assert field.calls == 19  # 2 per step, the last step Euler
     assert heun_error < euler_error / 5, (heun_error, euler_error)
+
+
+def test_dopri5_solves_a_known_field_to_sits_tolerance() -> None:
+    """dx/dt = −(1 + t)·x has x(1) = x(0)·e^(−3/2); the adaptive solver stays within SiT's tolerances."""
+    field = Field(lambda x, t: -(1 + t) * x)
+    noise = torch.linspace(-2, 2, 8).view(8, 1, 1, 1)
+    exact = noise * math.exp(-1.5)
+    labels = torch.zeros(8, dtype=torch.long)
+    error = (dopri5_ode_sample(field, noise, labels) - exact).abs().max()
+    assert error < 3e-3 * exact.abs().max(), error  # rtol 1e-3 per step
+    assert field.calls % 6 == 2  # Dormand–Prince: 6 new evaluations a step (first-same-as-last), +2 to pick the first step
+    tight = (dopri5_ode_sample(field, noise, labels, atol=1e-9, rtol=1e-9) - exact).abs().max()
+    assert tight < 1e-6, tight  # the tolerances reach the solver: fifth order converges to float32 precision
+
+
+def test_dopri5_is_sits_ode_sampler() -> None:
+    """SiT's ``ode.sample``: odeint(drift, x, linspace(0, 1, num_steps), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1], guided everywhere."""
+    noise, labels = label_noise()
+    model = LabelField()
+
+    def sit_drift(t, x):
+        out = model(torch.cat([x, x]), torch.ones(2 * len(x)) * t, torch.cat([labels, torch.full_like(labels, 10)]))
+        cond, uncond = out.chunk(2)
+        return uncond + 3.0 * (cond - uncond)
+
+    sit = odeint(sit_drift, noise, torch.linspace(0, 1, 50), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1]
+    assert torch.equal(dopri5_ode_sample(model, noise, labels, cfg_scale=3.0), sit)
+
+
+def test_dopri5_guides_inside_the_interval_only() -> None:
+    model = Recorder(num_classes=10)
+    cond = Condition(torch.tensor([1, 2]))
+    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.25, 0.7, time="repa"))
+    times = [(min(float(c["t"][0]), 1.0), len(c["y"])) for c in model.calls]  # past t = 1 (the overshoot of the last step) as at 1
+    assert {size for t, size in times if 0.3 <= t <= 0.75} == {4} and {size for t, size in times if not 0.3 <= t <= 0.75} == {2}
+    model.calls.clear()
+    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, cfg_scale=3.0)
+    assert {len(c["y"]) for c in model.calls} == {4}  # the default interval [0, 1] guides the overshoot too, as SiT
+
+
+def test_dopri5_samples_through_generate(demo) -> None:
+    """Deterministic per seed; the steps are chosen for the whole batch (as in SiT), so unlike the fixed-step samplers a sample may move with its batch."""
+    model, config, _ = demo
+    labels = torch.tensor([0, 3])
+    first = generate(model, config, labels, sampler="dopri5", cfg_scale=2.0, guidance_interval=(0.2, 0.8), seed=7)
+    assert first.shape == (2, 3, 32, 32) and first.min() >= -1 and first.max() <= 1
+    assert torch.equal(generate(model, config, labels, sampler="dopri5", cfg_scale=2.0, guidance_interval=(0.2, 0.8), seed=7, num_steps=3), first)
 
 
 def gaussian_data_velocity(mu: float, s: float):
@@ -152,6 +208,105 @@ def test_guidance_uses_null_class_and_null_text_inside_the_interval_only() -> No
     model.calls.clear()
     euler_ode_sample(model, x, cond, num_steps=4, cfg_scale=1.0)
     assert [len(c["y"]) for c in model.calls] == [2, 2, 2, 2]
+
+
+class LabelField(torch.nn.Module):
+    """A smooth velocity that depends on the class, so guidance changes the path: v = −(1 + t)·x + (y − 4)/2."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.y_embedder = SimpleNamespace(num_classes=num_classes)
+
+    def forward(self, x, t, y):
+        return -(1 + t.view(-1, 1, 1, 1)) * x + (y.float().view(-1, 1, 1, 1) - 4) / 2
+
+
+def repa_euler_sampler(model, latents, y, *, num_steps, heun, cfg_scale, guidance_low=0.0, guidance_high=1.0):
+    """Our transcription of REPA's ``samplers.euler_sampler`` for a SiT-time ``model``.
+
+    REPA's time is t_repa = 1 − t_sit (1 = noise) and its network predicts dx/dt_repa = −v_sit.
+    Its grid is linspace(1, 0, N + 1) in float64, the state float64, the network's inputs in the
+    latents' dtype; a step is guided when its start t_cur is in [guidance_low, guidance_high], and
+    then so is Heun's corrector at t_next. The last step is Euler.
+    """
+    y_null = torch.full_like(y, model.y_embedder.num_classes)
+
+    def d(x, t, guided):
+        inputs, labels = (torch.cat([x, x]), torch.cat([y, y_null])) if guided else (x, y)
+        times = torch.ones(len(inputs), dtype=torch.float64) * t
+        out = -model(inputs.to(latents.dtype), 1 - times.to(latents.dtype), labels).to(torch.float64)
+        if not guided:
+            return out
+        d_cond, d_uncond = out.chunk(2)
+        return d_uncond + cfg_scale * (d_cond - d_uncond)
+
+    t_steps = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
+    x_next = latents.to(torch.float64)
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        guided = cfg_scale > 1.0 and guidance_low <= t_cur <= guidance_high
+        d_cur = d(x_cur, t_cur, guided)
+        x_next = x_cur + (t_next - t_cur) * d_cur
+        if heun and i < num_steps - 1:
+            d_prime = d(x_next, t_next, guided)
+            x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+def label_noise() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 3, 6, 9])
+
+
+@pytest.mark.parametrize("num_steps", [50, 100])
+def test_guidance_starts_where_repas_float64_grid_puts_it(num_steps: int) -> None:
+    """REPA's guidance_high 0.7 is SiT's [0.3, 1]; its first guided step is the first t_repa = linspace(1, 0, N + 1)[i] ≤ 0.7."""
+    first_guided = int((torch.linspace(1, 0, num_steps + 1, dtype=torch.float64) <= 0.7).nonzero()[0])
+    model = Recorder(num_classes=10)
+    euler_ode_sample(model, torch.zeros(1, 1, 1, 1), torch.tensor([1]), num_steps=num_steps, cfg_scale=3.0, guidance_interval=(0.3, 1.0))
+    assert [len(c["y"]) for c in model.calls].index(2) == first_guided  # (a float32 grid guides from the next step)
+
+    noise, labels = label_noise()
+    ours = euler_ode_sample(LabelField(), noise, labels, num_steps=num_steps, cfg_scale=3.0, guidance_interval=(0.3, 1.0))
+    repa = repa_euler_sampler(LabelField(), noise, labels, num_steps=num_steps, heun=False, cfg_scale=3.0, guidance_high=0.7)
+    torch.testing.assert_close(ours.double(), repa, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+def test_heun_corrector_is_guided_as_repas(num_steps: int) -> None:
+    """With REPA's interval [0.25, 0.7] the edge steps have one end inside and one outside: REPA guides by the start."""
+    noise, labels = label_noise()
+    interval = GuidanceInterval(0.25, 0.7, time="repa")
+    ours = heun_ode_sample(LabelField(), noise, labels, num_steps=num_steps, cfg_scale=3.0, guidance_interval=interval)
+    repa = repa_euler_sampler(LabelField(), noise, labels, num_steps=num_steps, heun=True, cfg_scale=3.0, guidance_low=0.25, guidance_high=0.7)
+    torch.testing.assert_close(ours.double(), repa, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("num_steps", "low", "high"), [(20, 0.0, 0.3), (50, 0.0, 0.7), (100, 0.3, 0.9), (250, 0.1, 0.5)])
+def test_repa_interval_guides_repas_steps(num_steps: int, low: float, high: float) -> None:
+    """Compared on REPA's own grid, so exact even where mapping to SiT time would move an edge (N = 20, guidance_high 0.3)."""
+    repa_times = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)[:-1]
+    expected = [4 if low <= t <= high else 2 for t in repa_times.tolist()]
+    model = Recorder(num_classes=10)
+    settings = {"num_steps": num_steps, "cfg_scale": 3.0, "guidance_interval": GuidanceInterval(low, high, time="repa")}
+    euler_ode_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), **settings)
+    assert [len(c["y"]) for c in model.calls] == expected
+
+    # Euler–Maruyama: REPA's grid is linspace(1, 0.04, N), each point guided by the same rule.
+    sde_times = torch.linspace(1, 0.04, num_steps, dtype=torch.float64)
+    model.calls.clear()
+    euler_maruyama_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), **settings)
+    assert [len(c["y"]) for c in model.calls] == [4 if low <= t <= high else 2 for t in sde_times.tolist()]
+
+
+def test_repa_and_sit_conventions_give_equal_samples(demo) -> None:
+    model, config, _ = demo
+    labels = torch.tensor([2, 7])
+    settings = {"sampler": "heun", "num_steps": 10, "cfg_scale": 2.0, "seed": 3}
+    sit = generate(model, config, labels, guidance_interval=(0.3, 1.0), **settings)
+    assert torch.equal(generate(model, config, labels, guidance_interval=GuidanceInterval(0.0, 0.7, time="repa"), **settings), sit)
+    assert not torch.equal(generate(model, config, labels, guidance_interval=(0.0, 0.7), **settings), sit)
+    with pytest.raises(UserError, match="REPA time, 1 = noise"):
+        generate_batches(model, config, labels, guidance_interval=GuidanceInterval(0.7, 0.2, time="repa"))
 
 
 def test_npz_has_the_adm_evaluator_layout(tmp_path: Path, demo) -> None:

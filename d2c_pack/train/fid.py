@@ -42,6 +42,7 @@ from d2c_pack.score import default_work_dir
 from d2c_pack.sources import ImageSource, open_source
 from d2c_pack.train.encoder import SourceCrops, classifier_inputs
 from d2c_pack.train.sample import generate_batches, load_for_sampling, to_uint8
+from d2c_pack.train.transport import Interval, as_interval
 
 INCEPTION = "inception"
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -281,7 +282,7 @@ def evaluate(
     sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,
@@ -297,12 +298,13 @@ def evaluate(
     """
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 for FID, got {num_samples}")
+    interval = as_interval(guidance_interval)
     model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
     resolution = config.image_size
     labels = torch.arange(num_samples) % config.num_classes
     batches = generate_batches(
         model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
+        guidance_interval=interval, seed=seed, batch_size=batch_size,
     )  # fmt: skip
     extractor = load_features(features, resolution, inception_weights=inception_weights, device=device)
     statistics = load_reference(reference, extractor, resolution, work_dir=work_dir, device=device, batch_size=batch_size, workers=workers)
@@ -344,7 +346,8 @@ def evaluate(
         "sampler": sampler,
         "num_steps": num_steps,
         "cfg_scale": cfg_scale,
-        "guidance_interval": list(guidance_interval),
+        "guidance_interval": [interval.low, interval.high],
+        "guidance_time": interval.time,
         "seed": seed,
     }
 

@@ -19,7 +19,7 @@ from d2c_pack.latents import load_latent_space
 from d2c_pack.models import BackboneConfig, ClassText, DiT, load_backbone, load_class_text
 from d2c_pack.models.checkpoint import CONFIG_NAME, resolve_backbone_path
 from d2c_pack.progress import progress_bar
-from d2c_pack.train.transport import SAMPLERS, Condition, integrate
+from d2c_pack.train.transport import SAMPLERS, Condition, Interval, as_interval, integrate
 
 
 def load_for_sampling(
@@ -76,7 +76,7 @@ def generate_batches(
     sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     seed: int = 0,
     batch_size: int = 256,
 ) -> Iterator[torch.Tensor]:
@@ -113,14 +113,16 @@ def generate(
     sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     seed: int = 0,
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Images in [-1, 1], (N, 3, R, R) on the CPU, one per label, decoded through the config's VAE.
 
-    ``sampler`` is one of ``SAMPLERS``; ``guidance_interval`` is in SiT time (0 = noise, 1 = data).
-    The same seed gives the same images whatever ``batch_size``.
+    ``sampler`` is one of ``SAMPLERS``; ``guidance_interval`` is a ``GuidanceInterval`` or a
+    (low, high) pair in SiT time (0 = noise, 1 = data). The same seed gives the same images whatever
+    ``batch_size``, except with ``dopri5``, whose steps are chosen for the whole batch (SiT's
+    behaviour), so that a sample depends on the batch it is drawn in.
     """
     batches = generate_batches(
         model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
@@ -137,7 +139,7 @@ def check_sampling(
     sampler: str,
     num_steps: int,
     cfg_scale: float,
-    guidance_interval: tuple[float, float],
+    guidance_interval: Interval,
 ) -> None:
     """Raises a ``UserError`` for settings the model or the samplers cannot honour."""
     if config.prediction != "velocity":
@@ -150,9 +152,12 @@ def check_sampling(
         raise UserError(f"--num-steps must be at least {2 if sampler == 'euler-maruyama' else 1} for {sampler}, got {num_steps}")
     if cfg_scale < 1:
         raise UserError(f"--cfg-scale must be at least 1 (1 = no guidance), got {cfg_scale}")
-    low, high = guidance_interval
-    if not 0 <= low <= high <= 1:
-        raise UserError(f"the guidance interval must satisfy 0 ≤ low ≤ high ≤ 1 (SiT time, 0 = noise), got {low}, {high}")
+    interval = as_interval(guidance_interval)
+    if not 0 <= interval.low <= interval.high <= 1:
+        noise_end = 1 if interval.time == "repa" else 0
+        raise UserError(
+            f"the guidance interval must satisfy 0 ≤ low ≤ high ≤ 1 ({interval.time.upper()} time, {noise_end} = noise), got {interval.low}, {interval.high}"
+        )
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < config.num_classes:
         raise UserError(f"labels must be class indices 0..{config.num_classes - 1}")
 
@@ -172,7 +177,7 @@ def sample_grid(
     sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,
@@ -202,7 +207,7 @@ def sample_npz(
     sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 256,

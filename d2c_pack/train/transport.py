@@ -6,7 +6,10 @@ u = x₁ − x₀, with t ~ U[0, 1]. The network's first ``C`` output channels a
 (when σ is learned the remaining channels are ignored, as SiT does).
 
 Samplers integrate from t = 0 (noise) to t = 1 (data): Euler and Heun on the probability-flow
-ODE dx/dt = v(x, t), and Euler–Maruyama on SiT's SDE (see :func:`euler_maruyama_sample`).
+ODE dx/dt = v(x, t) (REPA's ``euler_sampler``), SiT's default adaptive ODE solver (torchdiffeq's
+``dopri5``), and Euler–Maruyama on SiT's SDE (see :func:`euler_maruyama_sample`). The fixed-step
+samplers build their time grids in float64, as REPA does: a float32 grid moves grid points by
+~1e-8, enough to carry one across a guidance interval's edge.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from torchdiffeq import odeint
 
 from d2c_pack.models import DiT
 
-SAMPLERS = ("euler", "heun", "euler-maruyama")
+SAMPLERS = ("euler", "heun", "euler-maruyama", "dopri5")
+# SiT's defaults for its ODE sampler (--atol, --rtol in train_utils.parse_ode_args).
+DOPRI5_ATOL = 1e-6
+DOPRI5_RTOL = 1e-3
 # SiT's default for its SDE sampler (--last-step-size): the SDE stops at t = 1 − 0.04, where the
 # score's variance 1 − t is still away from 0, and one noise-free step covers the rest.
 LAST_STEP_SIZE = 0.04
@@ -61,6 +69,54 @@ def as_condition(cond: Condition | torch.Tensor) -> Condition:
     return cond if isinstance(cond, Condition) else Condition(cond)
 
 
+@dataclasses.dataclass(frozen=True)
+class GuidanceInterval:
+    """The closed interval of times where classifier-free guidance applies.
+
+    ``time="sit"``: ``low``/``high`` are SiT times (0 = noise, 1 = data). ``time="repa"``: they are
+    REPA's ``guidance_low``/``guidance_high``, in its time t_repa = 1 − t_sit (1 = noise, 0 = data),
+    so REPA's ``guidance_high=0.7`` is SiT's interval [0.3, 1]. A REPA interval is compared with
+    REPA's own float64 grid rather than mapped to SiT time: 1 − x rounds, and the rounding can
+    carry a grid point across an edge (N = 50 with guidance_high 0.7 would start guidance a step late).
+    """
+
+    low: float = 0.0
+    high: float = 1.0
+    time: Literal["sit", "repa"] = "sit"
+
+    def contains(self, t: float) -> bool:
+        """Whether SiT time ``t`` is inside."""
+        return self.low <= (1.0 - t if self.time == "repa" else t) <= self.high
+
+    def grid_mask(self, num_points: int, last_step_size: float = 0.0) -> list[bool]:
+        """Whether each point of :func:`time_grid` is inside, compared in this interval's own time."""
+        times = time_grid(num_points, last_step_size, repa=self.time == "repa").tolist()
+        return [self.low <= t <= self.high for t in times]
+
+
+Interval = GuidanceInterval | tuple[float, float]
+
+
+def as_interval(interval: Interval) -> GuidanceInterval:
+    """A bare (low, high) pair is an interval in SiT time."""
+    return interval if isinstance(interval, GuidanceInterval) else GuidanceInterval(*interval)
+
+
+def time_grid(num_points: int, last_step_size: float = 0.0, *, repa: bool = False) -> torch.Tensor:
+    """``num_points`` evenly spaced float64 SiT times from 0 (noise) to 1 − ``last_step_size``.
+
+    With ``repa=True`` the same grid as REPA builds it, in its time: linspace(1, last_step_size).
+    """
+    if repa:
+        return torch.linspace(1.0, last_step_size, num_points, dtype=torch.float64)  # (num_points,)
+    return torch.linspace(0.0, 1.0 - last_step_size, num_points, dtype=torch.float64)  # (num_points,)
+
+
+def guidance_scales(cfg_scale: float, interval: Interval, num_points: int, last_step_size: float = 0.0) -> list[float]:
+    """The guidance scale at each point of :func:`time_grid`: ``cfg_scale`` inside the interval, 1 (none) elsewhere."""
+    return [cfg_scale if inside else 1.0 for inside in as_interval(interval).grid_mask(num_points, last_step_size)]
+
+
 def interpolate(x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Point x_t on the straight path from noise x₀ to data x₁ at times t (N,), and its velocity u."""
     t = t.view(-1, *([1] * (x1.dim() - 1)))  # (N, 1, 1, 1)
@@ -94,18 +150,17 @@ def velocity(
     t: float,
     cond: Condition,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval | None = None,
 ) -> torch.Tensor:
     """The model's velocity at SiT time ``t`` (0 = noise, 1 = data), guided where asked.
 
-    With ``cfg_scale > 1`` and ``t`` inside the closed ``guidance_interval``, classifier-free
+    With ``cfg_scale > 1`` and ``t`` inside the closed ``guidance_interval`` (None: any t), classifier-free
     guidance v_u + s·(v_c − v_u) from one doubled batch: the conditional half, then the null class
     with the null text. Unlike the official ``forward_with_cfg`` (which guides only the first three
     channels, a DiT reproducibility quirk) every channel is guided. Elsewhere one conditional pass.
     """
     times = torch.full((x.shape[0],), float(t), device=x.device)  # (N,)
-    low, high = guidance_interval
-    if cfg_scale <= 1.0 or not low <= t <= high:
+    if cfg_scale <= 1.0 or (guidance_interval is not None and not as_interval(guidance_interval).contains(t)):
         return _forward(model, x, times, cond)
     both = cond.cat(cond.null(model.y_embedder.num_classes))
     v_cond, v_null = _forward(model, torch.cat([x, x]), torch.cat([times, times]), both).chunk(2)  # (N, C, H, W) each
@@ -120,14 +175,19 @@ def euler_ode_sample(
     *,
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Integrates dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 with ``num_steps`` Euler steps."""
+    """Integrates dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 with ``num_steps`` Euler steps.
+
+    ``num_steps`` counts intervals: the grid has num_steps + 1 points, as REPA's. A step is guided
+    when its start is inside ``guidance_interval``.
+    """
     cond = as_condition(cond)
-    times = torch.linspace(0.0, 1.0, num_steps + 1).tolist()
+    times = time_grid(num_steps + 1).tolist()
+    scales = guidance_scales(cfg_scale, guidance_interval, num_steps + 1)
     x = noise.float()  # (N, C, H, W)
-    for t0, t1 in itertools.pairwise(times):
-        x = x + (t1 - t0) * velocity(model, x, t0, cond, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
+    for (t0, t1), scale in zip(itertools.pairwise(times), scales):
+        x = x + (t1 - t0) * velocity(model, x, t0, cond, cfg_scale=scale)
     return x
 
 
@@ -139,25 +199,61 @@ def heun_ode_sample(
     *,
     num_steps: int = 50,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
 ) -> torch.Tensor:
     """Heun's second-order method on dx/dt = v(x, t), t = 0 → 1: 2·num_steps − 1 network evaluations.
 
-    Each step averages the velocity at its start and at the Euler prediction of its end; the last
-    step is plain Euler (as in EDM and REPA), so the network is never evaluated at the data end t = 1.
+    ``num_steps`` counts intervals, as in :func:`euler_ode_sample`. Each step averages the velocity
+    at its start and at the Euler prediction of its end; the last step is plain Euler (as in EDM and
+    REPA), so the network is never evaluated at the data end t = 1. As in REPA's ``euler_sampler``,
+    a step is guided as a whole when its start is inside ``guidance_interval``: the corrector at the
+    step's end takes the scale of its start, even where that end lies outside the interval.
     """
     cond = as_condition(cond)
-    guide = {"cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
-    times = torch.linspace(0.0, 1.0, num_steps + 1).tolist()
+    times = time_grid(num_steps + 1).tolist()
+    scales = guidance_scales(cfg_scale, guidance_interval, num_steps + 1)
     x = noise.float()  # (N, C, H, W)
-    for step, (t0, t1) in enumerate(itertools.pairwise(times)):
-        v0 = velocity(model, x, t0, cond, **guide)  # (N, C, H, W)
+    for step, ((t0, t1), scale) in enumerate(zip(itertools.pairwise(times), scales)):
+        v0 = velocity(model, x, t0, cond, cfg_scale=scale)  # (N, C, H, W)
         euler = x + (t1 - t0) * v0
         if step == num_steps - 1:
             x = euler
         else:
-            x = x + (t1 - t0) * 0.5 * (v0 + velocity(model, euler, t1, cond, **guide))
+            x = x + (t1 - t0) * 0.5 * (v0 + velocity(model, euler, t1, cond, cfg_scale=scale))
     return x
+
+
+@torch.no_grad()
+def dopri5_ode_sample(
+    model: DiT,
+    noise: torch.Tensor,
+    cond: Condition | torch.Tensor,
+    *,
+    cfg_scale: float = 1.0,
+    guidance_interval: Interval = (0.0, 1.0),
+    atol: float = DOPRI5_ATOL,
+    rtol: float = DOPRI5_RTOL,
+) -> torch.Tensor:
+    """SiT's default ODE sampler: torchdiffeq's adaptive Dormand–Prince 5(4) on dx/dt = v(x, t), t = 0 → 1.
+
+    There is no step count: the solver picks its steps to keep the local error under
+    atol + rtol·|x| (SiT's defaults), measured over the whole batch as in SiT, so the steps and
+    hence a sample depend on the batch it is drawn in. (SiT's ``num_sampling_steps`` only sets how
+    many interpolated points are returned along the path; the last, at t = 1, does not depend on it.)
+    Guidance applies at the solver's times inside ``guidance_interval``.
+    """
+    cond = as_condition(cond)
+    interval = as_interval(guidance_interval)
+
+    def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # Like SiT, the network is evaluated where the last step overshoots t = 1 (the solver
+        # interpolates back); there guidance is what it is at t = 1.
+        scale = cfg_scale if interval.contains(min(float(t), 1.0)) else 1.0
+        return velocity(model, x, float(t), cond, cfg_scale=scale)
+
+    ends = torch.tensor([0.0, 1.0], device=noise.device)  # float32, as SiT's linspace(t0, t1, num_steps)
+    # One-element lists, as SiT passes them: the solver then does SiT's arithmetic to the bit (scalars round differently).
+    return odeint(field, noise.float(), ends, method="dopri5", atol=[atol], rtol=[rtol])[-1]
 
 
 @torch.no_grad()
@@ -168,7 +264,7 @@ def euler_maruyama_sample(
     *,
     num_steps: int = 250,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     generator: Generators = None,
     last_step_size: float = LAST_STEP_SIZE,
 ) -> torch.Tensor:
@@ -183,6 +279,9 @@ def euler_maruyama_sample(
     v + w·s − ½·2w·s = v); on this path its drift simplifies to (1 + t)·v − x. Like SiT,
     ``num_steps`` network evaluations: num_steps − 1 Euler–Maruyama steps on the grid
     linspace(0, 1 − last_step_size, num_steps), then the noise-free step x + drift·last_step_size.
+    So ``num_steps`` counts grid points here, as in SiT and in REPA's ``euler_maruyama_sampler``
+    (whose grid, in its time, is linspace(1, 0.04, num_steps) followed by 0, and whose drift and
+    noise are these in SiT time); each step is guided when its start is inside ``guidance_interval``.
 
     ``generator`` draws the Brownian increments: one for the batch, or one per sample (so a
     sample's noise does not depend on the batch it is drawn in).
@@ -190,15 +289,15 @@ def euler_maruyama_sample(
     if num_steps < 2:
         raise ValueError(f"the Euler–Maruyama sampler needs at least 2 steps, got {num_steps}")
     cond = as_condition(cond)
-    guide = {"cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
-    end = 1.0 - last_step_size
-    times = torch.linspace(0.0, end, num_steps).tolist()
+    times = time_grid(num_steps, last_step_size).tolist()
+    scales = guidance_scales(cfg_scale, guidance_interval, num_steps, last_step_size)
     x = noise.float()  # (N, C, H, W)
-    for t0, t1 in itertools.pairwise(times):
+    for (t0, t1), scale in zip(itertools.pairwise(times), scales):
         dt = t1 - t0
         dw = gaussian(x.shape, generator, x.device) * dt**0.5  # (N, C, H, W)
-        x = x + sde_drift(velocity(model, x, t0, cond, **guide), x, t0) * dt + (2 * (1 - t0)) ** 0.5 * dw
-    return x + sde_drift(velocity(model, x, end, cond, **guide), x, end) * last_step_size
+        x = x + sde_drift(velocity(model, x, t0, cond, cfg_scale=scale), x, t0) * dt + (2 * (1 - t0)) ** 0.5 * dw
+    end = times[-1]
+    return x + sde_drift(velocity(model, x, end, cond, cfg_scale=scales[-1]), x, end) * last_step_size
 
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -223,10 +322,15 @@ def integrate(
     *,
     num_steps: int,
     cfg_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: Interval = (0.0, 1.0),
     generator: Generators = None,
 ) -> torch.Tensor:
-    """Runs the sampler named ``sampler`` (one of ``SAMPLERS``) from ``noise`` at t = 0 to t = 1."""
+    """Runs the sampler named ``sampler`` (one of ``SAMPLERS``) from ``noise`` at t = 0 to t = 1.
+
+    ``dopri5`` ignores ``num_steps``: it chooses its own steps.
+    """
+    if sampler == "dopri5":
+        return dopri5_ode_sample(model, noise, cond, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
     guide = {"num_steps": num_steps, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
     if sampler == "euler":
         return euler_ode_sample(model, noise, cond, **guide)
