@@ -172,7 +172,8 @@ def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultySc
             f"the scorer {config.scorer} works at {backbone.image_size}×{backbone.image_size}; "
             f"set --resolution {backbone.image_size} (got {config.resolution})"
         )
-    space = load_latent_space((config.vae or backbone.vae) if backbone.vae else None, device)
+    # A scorer this tool trained records its VAE's hash: another VAE is refused, as when sampling.
+    space = load_latent_space((config.vae or backbone.vae) if backbone.vae else None, device, expected_sha256=backbone.vae_sha256)
     if (space.channels, space.downsample * backbone.input_size) != (backbone.in_channels, backbone.image_size):
         raise UserError(
             f"the VAE {config.vae or backbone.vae!r} gives {space.channels}-channel latents at 1/{space.downsample} of the image, "
