@@ -287,8 +287,8 @@ class ImageFolderSource(ImageSource):
         )
         if not folders:
             raise SourceError(_no_class_folders_message(spec, root))
-        self._imagenet = all(imagenet.is_synset(folder) for folder in folders)
-        labels = [imagenet.synset_index()[folder] for folder in folders] if self._imagenet else list(range(len(folders)))
+        is_imagenet = all(imagenet.is_synset(folder) for folder in folders)
+        labels = [imagenet.synset_index()[folder] for folder in folders] if is_imagenet else list(range(len(folders)))
         self._files = _list_images(root, folders, labels)
         if not self._files:
             raise SourceError(
@@ -296,20 +296,20 @@ class ImageFolderSource(ImageSource):
                 f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
                 "for a folder laid out like a Hub dataset use hf:PATH"
             )
-        sizes = np.bincount([label for _, label in self._files], minlength=imagenet.NUM_CLASSES if self._imagenet else len(folders))
+        sizes = np.bincount([label for _, label in self._files], minlength=imagenet.NUM_CLASSES if is_imagenet else len(folders))
         for folder, label in zip(folders, labels):
             if sizes[label] == 0:
                 logger.warning("class folder %s of %s has no images", folder, spec)
         self._wordnet_classes = any(imagenet.WORDNET_ID.fullmatch(folder) for folder in folders)
-        if self._imagenet:
+        if is_imagenet:
             names = list(imagenet.class_names())
         else:
             if self._wordnet_classes:
                 logger.warning("%s mixes WordNet-id folders with others: labels follow the folder order, not ImageNet-1k's index", spec)
             names = imagenet.unique_names([_printable_name(name) for name in _class_names(folders)], [_printable_name(f) for f in folders])
-        super().__init__(spec, names, sizes.tolist(), imagenet_labels=self._imagenet)
+        super().__init__(spec, names, sizes.tolist(), imagenet_labels=is_imagenet)
         self._fingerprint: str | None = None
-        self._shared_ids = _shared_imagenet_ids(self._files) if self._imagenet else set()
+        self._shared_ids = _shared_imagenet_ids(self._files) if is_imagenet else set()
 
     def __len__(self) -> int:
         return len(self._files)
@@ -334,7 +334,7 @@ class ImageFolderSource(ImageSource):
             yield _Entry(index, self._source_id(relative), label, None, str(self.root / relative))
 
     def _source_id(self, relative: str) -> str:
-        if self._imagenet and (image_id := imagenet.image_id(relative)) and image_id not in self._shared_ids:
+        if self.imagenet_labels and (image_id := imagenet.image_id(relative)) and image_id not in self._shared_ids:
             return image_id
         return _printable_name(relative)
 
