@@ -6,7 +6,9 @@ sampling, plus the same training on all the digits. Table 5 (attach): on the int
 training without the attached columns, with the text only, the visual tokens only, and both.
 Every configuration is trained with each seed; every checkpoint is evaluated by FID (demo
 encoder CLS features of the samples against all 1,797 digits) and by the accuracy with which the
-demo encoder's classifier recognises the samples as their conditioning class.
+demo encoder's classifier recognises the samples as their conditioning class. The samples are
+class-balanced (30 of each digit), not uniformly random as for FID-50K: with 300 samples, random
+class counts would add their own spread to the comparison.
 
     python benchmarks/paper_mini.py [--recipe paper-mini] [--out runs/paper-mini] [--tiny]
 
@@ -33,7 +35,7 @@ import torch
 
 from d2c_pack.build import BuildConfig, build
 from d2c_pack.recipe import read_recipe
-from d2c_pack.train.fid import evaluate, load_features, load_reference
+from d2c_pack.train.evaluation import evaluate, load_features, load_reference
 from d2c_pack.train.loop import TrainConfig, train
 
 REFERENCE, FEATURES = "demo:digits", "demo:digits-encoder"
@@ -135,8 +137,8 @@ def run_job(job: Job, settings: MiniSettings, out: Path) -> dict:
     curve = []
     for checkpoint in sorted((run / "checkpoints").glob("[0-9]" * 7)):
         metrics = evaluate(
-            checkpoint, reference=REFERENCE, features=FEATURES, num_samples=settings.num_samples, num_steps=settings.sampling_steps,
-            cfg_scale=settings.cfg_scale, seed=0, work_dir=out / "work",
+            checkpoint, reference=REFERENCE, features=FEATURES, num_samples=settings.num_samples, labels="balanced",
+            num_steps=settings.sampling_steps, cfg_scale=settings.cfg_scale, seed=0, work_dir=out / "work",
         )  # fmt: skip
         curve.append({"step": int(checkpoint.name), "fid": metrics["fid"], "accuracy": metrics["accuracy"]})
     result = dataclasses.asdict(job) | {"curve": curve, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - tic}

@@ -31,9 +31,9 @@ from d2c_pack.hub import PushConfig, push
 from d2c_pack.recipe import merge_recipe, read_recipe
 from d2c_pack.score import ScoreConfig, read_scores, score_source, summarize
 from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
-from d2c_pack.train.fid import evaluate, subset_defaults
+from d2c_pack.train.evaluation import evaluate, evaluate_npz, subset_defaults
 from d2c_pack.train.loop import TrainConfig, train
-from d2c_pack.train.sample import sample_grid, sample_npz
+from d2c_pack.train.sample import LABEL_MODES, sample_grid, sample_npz
 from d2c_pack.train.transport import SAMPLERS, GuidanceInterval
 from d2c_pack.verify import describe, locate, print_tables, verify
 
@@ -180,6 +180,10 @@ GuidanceHighOption = Annotated[
         show_default=False,
     ),
 ]
+LabelsOption = Annotated[
+    str,
+    typer.Option(help=f"Classes of the samples: {' or '.join(LABEL_MODES)} (uniform random as DiT/SiT/REPA's FID-50K; balanced: sample i is of class i mod C)."),
+]
 VaeOption = Annotated[str | None, typer.Option(help="A local copy of the VAE the model was trained with (checked against the weights hash it recorded); default: the VAE it names.")]
 
 
@@ -190,7 +194,8 @@ def sample(
     out: Annotated[str, typer.Option(help="A .png grid (one row per class), or an .npz of --num-samples samples for the ADM evaluator.")] = "samples.png",
     per_class: Annotated[int, typer.Option(help="Grid: samples per class.")] = 8,
     classes: Annotated[str | None, typer.Option(help="Grid: comma-separated class indices (default: all classes).")] = None,
-    num_samples: Annotated[int, typer.Option(help=".npz: number of samples (class i mod C).")] = 50_000,
+    num_samples: Annotated[int, typer.Option(help=".npz: number of samples.")] = 50_000,
+    labels: LabelsOption = "random",
     sampler: SamplerOption = "euler",
     steps: StepsOption = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = no guidance).")] = 1.0,
@@ -206,7 +211,7 @@ def sample(
     interval = _guidance_interval(guidance_interval, guidance_low, guidance_high)
     settings = dict(sampler=sampler, num_steps=steps, cfg_scale=cfg_scale, guidance_interval=interval, seed=seed, device=device, vae=vae)
     if out.endswith(".npz"):
-        path = sample_npz(model, out, num_samples=num_samples, **settings)
+        path = sample_npz(model, out, num_samples=num_samples, labels=labels, **settings)
     else:
         class_list = _parse_int_list(classes, "--classes") if classes else None
         path = sample_grid(model, out, per_class=per_class, classes=class_list, **settings)
@@ -216,36 +221,48 @@ def sample(
 @app.command("eval")
 def eval_command(
     ckpt: CheckpointOption = None,
+    samples: Annotated[str | None, typer.Option(help="Score an existing ADM sample .npz (arr_0 uint8 N×H×W×3, arr_1 labels) instead of sampling a model.")] = None,
     data: Annotated[str | None, typer.Option(help="The condensed dataset the model was trained on: sets the default reference and features.")] = None,
-    reference: Annotated[str | None, typer.Option(help="Reference images (any source: demo:digits, hf:NAME, a folder) or an .npz of mu/sigma (default: the subset's source).")] = None,
-    features: Annotated[str | None, typer.Option(help="'inception', or a visual encoder (e.g. demo:digits-encoder) whose CLS features FID uses (default: see --data).")] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="An ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz), or reference images (any source: demo:digits, hf:NAME, a folder; default: the subset's source)."),
+    ] = None,
+    features: Annotated[str | None, typer.Option(help="'inception' (the ADM evaluator's network: FID, sFID, IS, precision, recall), or a visual encoder (e.g. demo:digits-encoder) whose CLS features FID and precision/recall use (default: see --data).")] = None,
     inception_weights: Annotated[str | None, typer.Option(help="Local file of torch-fidelity's Inception weights (default: the library's download).")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples generated (FID-50K: 50000).")] = 1000,
+    num_samples: Annotated[int, typer.Option(help="Samples generated (the paper protocol: 50000).")] = 1000,
+    labels: LabelsOption = "random",
     sampler: SamplerOption = "euler",
     steps: StepsOption = 50,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 1.0,
     guidance_interval: IntervalOption = None,
     guidance_low: GuidanceLowOption = None,
     guidance_high: GuidanceHighOption = None,
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Noise (and random label) seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch, for sampling and for the feature network.")] = 256,
     device: Annotated[str, typer.Option(help="'cpu', 'cuda', …")] = "cpu",
     json_out: Annotated[str | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
     vae: VaeOption = None,
 ) -> None:
-    """FID (and IS with Inception, accuracy with a classifier encoder) of a model's samples against reference images."""
-    if ckpt is None:
-        raise UserError("--ckpt is required")
+    """The ADM suite (FID, sFID, IS, precision, recall; accuracy with a classifier encoder) of a model's samples or of an ADM .npz."""
+    if (ckpt is None) == (samples is None):
+        raise UserError("give the samples to score: --ckpt MODEL to sample a model, or --samples FILE.npz")
     default_reference, default_features = subset_defaults(data) if data else (None, "inception")
     if (reference or default_reference) is None:
-        raise UserError("give --reference (images or statistics to compare with) or --data (the subset the model was trained on)")
-    results = evaluate(
-        ckpt, reference=reference or default_reference, features=features or default_features, num_samples=num_samples, sampler=sampler,
-        num_steps=steps, cfg_scale=cfg_scale, guidance_interval=_guidance_interval(guidance_interval, guidance_low, guidance_high), seed=seed, device=device,
-        inception_weights=inception_weights, vae=vae,
+        raise UserError("give --reference (an ADM reference batch or images to compare with) or --data (the subset the model was trained on)")
+    common = dict(
+        reference=reference or default_reference, features=features or default_features, device=device, batch_size=batch_size,
+        inception_weights=inception_weights,
     )  # fmt: skip
-    print(f"{ckpt}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
+    if samples is not None:
+        results = evaluate_npz(samples, **common)
+    else:
+        results = evaluate(
+            ckpt, num_samples=num_samples, labels=labels, sampler=sampler, num_steps=steps, cfg_scale=cfg_scale,
+            guidance_interval=_guidance_interval(guidance_interval, guidance_low, guidance_high), seed=seed, vae=vae, **common,
+        )  # fmt: skip
+    print(f"{results['samples']}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
     table = Table("metric", "value")
-    for key in ("fid", "inception_score", "accuracy"):
+    for key in ("fid", "sfid", "inception_score", "precision", "recall", "accuracy"):
         if results.get(key) is not None:
             table.add_row(key, f"{results[key]:.4f}")
     Console().print(table)

@@ -68,6 +68,9 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
         (["sample", "{tmp}/nowhere"], "no backbone"),
         (["sample", "demo:digits", "--guidance-interval", "0.3,1", "--guidance-high", "0.7"], "not both"),
         (["sample", "demo:digits", "--guidance-interval", "0.3"], "takes 'low,high'"),
+        (["eval", "--ckpt", "demo:digits", "--samples", "{tmp}/s.npz", "--reference", "demo:digits"], "--ckpt MODEL to sample a model, or --samples"),
+        (["eval", "--samples", "{tmp}/s.npz"], "give --reference"),
+        (["eval", "--samples", "{tmp}/s.npz", "--reference", "demo:digits"], "s.npz as an .npz file: [Errno 2]"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
@@ -151,3 +154,13 @@ def test_demo_acceptance_flow(tmp_path: Path, monkeypatch, capsys) -> None:
     assert code == 0 and "demo:digits-encoder features" in capsys.readouterr().out
     results = json.loads((tmp_path / "fid.json").read_text())
     assert results["reference"] == "demo:digits" and results["fid"] > 0 and 0 <= results["accuracy"] <= 1
+    assert 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1 and results["labels"] == "random"
+
+    # The same protocol on an existing .npz, with no model: the ADM evaluator's input.
+    assert run_cli(monkeypatch, "sample", "--ckpt", str(run), "--out", str(tmp_path / "s.npz"), "--num-samples", "20", "--steps", "3") == 0
+    capsys.readouterr()
+    args = ["eval", "--samples", str(tmp_path / "s.npz"), "--reference", "demo:digits", "--features", "demo:digits-encoder", "--json", str(tmp_path / "npz.json")]
+    assert run_cli(monkeypatch, *args) == 0
+    assert "precision" in capsys.readouterr().out
+    from_file = json.loads((tmp_path / "npz.json").read_text())
+    assert from_file["fid"] == pytest.approx(results["fid"], abs=1e-6) and from_file["accuracy"] == results["accuracy"]

@@ -1,4 +1,5 @@
-"""FID, IS and classifier accuracy: exact on identical sets, sensitive to degradation, offline-safe."""
+"""The ADM suite (FID, sFID, IS, precision/recall) and classifier accuracy: formulas as the ADM
+evaluator defines them, exact on identical sets, sensitive to degradation, offline-safe."""
 
 from __future__ import annotations
 
@@ -9,23 +10,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
+import torch.nn.functional as F
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
 from PIL import Image
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from d2c_pack.errors import UserError
 from d2c_pack.sources import open_source
-from d2c_pack.train import fid
-from d2c_pack.train.fid import (
+from d2c_pack.train import evaluation
+from d2c_pack.train.adm_npz import ImageBatches
+from d2c_pack.train.evaluation import (
+    FeatureAccumulator,
+    Reference,
     classifier_predictions,
     evaluate,
-    frechet_distance,
+    evaluate_npz,
     inception_network,
     load_classifier,
     load_features,
-    reference_statistics,
+    load_reference,
+    reference_from_source,
+    score_samples,
     source_batches,
 )
+from d2c_pack.train.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
+from d2c_pack.train.sample import sample_labels, sample_npz
 
 ENCODER = "demo:digits-encoder"
 
@@ -47,49 +58,235 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for module in network.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight)
-    path = tmp_path_factory.mktemp("inception") / fid.INCEPTION_WEIGHTS_NAME
+    path = tmp_path_factory.mktemp("inception") / evaluation.INCEPTION_WEIGHTS_NAME
     torch.save(network.state_dict(), path)
     return path
 
 
+def fid_of(batches, network, reference: Reference) -> float:
+    return score_samples(((crops, None) for crops in batches), 0, network, reference)["fid"]
+
+
+# --- the formulas, against transcriptions of openai/guided-diffusion's evaluations/evaluator.py ---
+
+
+def adm_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))  # ADM passes disp=False, which newer scipy deprecates
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def adm_inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
+    preds = np.exp(logits - logits.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores))
+
+
+def adm_precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3) -> tuple[float, float]:
+    def squared_distances(u, v):
+        return np.maximum((u**2).sum(1)[:, None] - 2 * u @ v.T + (v**2).sum(1)[None, :], 0)
+
+    def radii(features):
+        return np.partition(squared_distances(features, features), np.arange(k + 1), axis=1)[:, k]
+
+    distances = squared_distances(reference, samples)  # (M, N)
+    samples_in = (distances <= radii(reference)[:, None]).any(0)  # each sample inside some reference ball
+    reference_in = (distances <= radii(samples)[None, :]).any(1)
+    return float(samples_in.mean()), float(reference_in.mean())
+
+
+def test_moments_and_frechet_distance_match_numpy_and_the_adm_formula() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(1.0, 2.0, size=(300, 16)) @ rng.normal(size=(16, 16))
+    moments = Moments(16)
+    for part in np.array_split(a, 7):
+        moments.update(torch.from_numpy(part).float())
+    statistics = moments.statistics()
+    seen = a.astype(np.float32).astype(np.float64)  # the values the float32 batches hold
+    np.testing.assert_allclose(statistics.mu, seen.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(statistics.sigma, np.cov(seen, rowvar=False), rtol=1e-10, atol=1e-12)
+    other = FeatureStatistics(b.mean(0), np.cov(b, rowvar=False))
+    expected = adm_frechet_distance(statistics.mu, statistics.sigma, other.mu, other.sigma)
+    assert frechet_distance(statistics, other) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(statistics, statistics) == pytest.approx(0, abs=1e-6)
+
+
+def test_inception_score_uses_consecutive_splits_of_5000_as_adm() -> None:
+    logits = torch.randn(12_345, 1008, generator=torch.Generator().manual_seed(0)) * 3
+    logits[:5000, :10] += 8  # splits that differ: shuffling or equal splits would change the mean
+    mean, std = inception_score(logits)
+    assert mean == pytest.approx(adm_inception_score(logits.double().numpy()), rel=1e-9)
+    assert std > 0
+
+
+def test_precision_recall_match_the_adm_manifold_estimator() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(400, 8)).astype(np.float32)
+    samples = np.concatenate([rng.normal(size=(250, 8)), rng.normal(3.0, 0.5, size=(150, 8))]).astype(np.float32)  # 150 off the manifold
+    precision, recall = precision_recall(torch.from_numpy(samples), torch.from_numpy(reference))
+    expected = adm_precision_recall(reference.astype(np.float64), samples.astype(np.float64))
+    assert (precision, recall) == pytest.approx(expected, abs=1e-6)  # torch-fidelity averages in float32; one point moves 2.5e-3
+    assert 0.4 < precision < 0.7 and recall > 0.5  # the off-manifold samples are not precise
+    with pytest.raises(ValueError, match="k = 3"):
+        precision_recall(torch.from_numpy(samples[:3]), torch.from_numpy(reference))
+
+
+# --- features and references ---
+
+
 def test_fid_is_zero_on_the_reference_set_and_grows_with_noise(tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch) -> None:
-    extractor = load_features(ENCODER, 32)
-    reference = reference_statistics("demo:digits", extractor, 32, work_dir=tmp_path)
-    assert reference.count == 1797 and reference.mu.shape == (extractor.num_features,)
+    network = load_features(ENCODER, 32)
+    reference = reference_from_source("demo:digits", network, 32, work_dir=tmp_path)
+    assert reference.statistics.count == 1797 and reference.statistics.mu.shape == (network.num_features,)
+    assert reference.features.shape == (1797, network.num_features) and reference.spatial is None
     crops = [batch for batch, _ in digits]
-    assert abs(frechet_distance(crops, reference, extractor)) < 1e-6
+    metrics = score_samples(((c, l) for c, l in digits), 1797, network, reference, classifier=load_classifier(ENCODER, 10))
+    assert abs(metrics["fid"]) < 1e-6 and metrics["precision"] == metrics["recall"] == 1.0
+    assert metrics["accuracy"] > 0.95 and metrics["sfid"] is None and metrics["inception_score"] is None
 
     generator = torch.Generator().manual_seed(0)
     distances = []
     for strength in (4, 12, 36, 100):
         noisy = [(c.float() + strength * torch.randn(c.shape, generator=generator)).clamp(0, 255).round().to(torch.uint8) for c in crops]
-        distances.append(frechet_distance(noisy, reference, extractor))
+        distances.append(fid_of(noisy, network, reference))
     assert all(a < b for a, b in itertools.pairwise(distances)), distances
     assert distances[0] > 0
 
     # The second call reads the cache: no image is looked at.
-    monkeypatch.setattr(fid, "source_batches", lambda *args, **kwargs: pytest.fail("reference features recomputed"))
-    cached = reference_statistics("demo:digits", ENCODER, 32, work_dir=tmp_path)
-    np.testing.assert_array_equal(cached.sigma, reference.sigma)
+    monkeypatch.setattr(evaluation, "source_batches", lambda *args, **kwargs: pytest.fail("reference features recomputed"))
+    cached = reference_from_source("demo:digits", network, 32, work_dir=tmp_path)
+    np.testing.assert_array_equal(cached.statistics.sigma, reference.statistics.sigma)
+    assert torch.equal(cached.features, reference.features)
     assert len(list((tmp_path / "fid-references").glob("*.npz"))) == 1
 
 
-def test_demo_encoder_classifies_real_digits(digits) -> None:
-    classifier = load_classifier(ENCODER, num_classes=10)
-    correct = sum(int((classifier_predictions(classifier, crops, 32) == labels).sum()) for crops, labels in digits)
-    assert correct / 1797 >= 0.95
-    assert load_classifier(ENCODER, num_classes=7) is None  # its classes are not the model's
+def test_a_large_source_keeps_10000_evenly_spaced_images_for_precision_recall(monkeypatch: pytest.MonkeyPatch) -> None:
+    network = load_features(ENCODER, 32)
+    monkeypatch.setattr(evaluation, "PR_REFERENCE_IMAGES", 100)
+    keep = np.unique(np.linspace(0, 1796, 100).round().astype(int))
+    accumulator = FeatureAccumulator(network, keep)
+    everything = FeatureAccumulator(network)
+    for crops, _ in source_batches(open_source("demo:digits"), 32, batch_size=64):
+        accumulator.update(crops)
+        everything.update(crops)
+    assert torch.equal(accumulator.reference().features, everything.reference().features[torch.from_numpy(keep)])
+
+
+def test_inception_spatial_features_are_mixed_6_conv_first_7_channels(inception_weights: Path) -> None:
+    network = load_features("inception", 32, inception_weights=inception_weights)
+    images = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    features = network(images)
+    assert features.pool.shape == (3, 2048) and features.logits.shape == (3, 1008) and features.spatial.shape == (3, 17 * 17 * 7)
+
+    # The TensorFlow graph up to mixed_6/conv, step by step through torch-fidelity's modules.
+    inception = network.network
+    with torch.no_grad():
+        x = interpolate_bilinear_2d_like_tensorflow1x(images.float(), size=(299, 299), align_corners=False)
+        x = (x - 128) / 128
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2"):
+            x = getattr(inception, name)(x)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c"):
+            x = getattr(inception, name)(x)
+        conv = inception.Mixed_6d.branch1x1
+        mixed_6_conv = F.relu(conv.bn(conv.conv(x)))  # (N, 192, 17, 17)
+    expected = mixed_6_conv.permute(0, 2, 3, 1)[..., :7].reshape(3, -1)  # the evaluator's NHWC [..., :7]
+    torch.testing.assert_close(features.spatial, expected)
+
+
+# --- whole evaluations ---
 
 
 def test_evaluate_demo_model_with_encoder_features(tmp_path: Path) -> None:
     result = evaluate("demo:digits", reference="demo:digits", features=ENCODER, num_samples=30, num_steps=4, cfg_scale=1.5, batch_size=16, work_dir=tmp_path)
     assert math.isfinite(result["fid"]) and result["fid"] > 0
     assert 0.7 <= result["accuracy"] <= 1  # the demo model draws recognisable digits, even in 4 steps
-    assert result["inception_score"] is None
-    assert result["num_samples"] == 30 and result["resolution"] == 32
+    assert 0 < result["precision"] <= 1 and 0 < result["recall"] <= 1
+    assert result["inception_score"] is None and result["sfid"] is None
+    assert result["num_samples"] == 30 and result["resolution"] == 32 and result["labels"] == "random"
 
 
-def test_inception_fid_and_is_from_local_weights(tmp_path: Path, inception_weights: Path) -> None:
+def test_sample_labels_are_uniform_random_by_default_and_balanced_on_request() -> None:
+    labels = sample_labels(50_000, 1000, "random", seed=0)
+    counts = np.bincount(labels.numpy(), minlength=1000)
+    assert counts.min() > 20 and counts.max() < 90 and len(set(counts.tolist())) > 10  # multinomial, not i mod C
+    assert torch.equal(labels[:100], sample_labels(100, 1000, "random", seed=0))  # a prefix: N does not reorder them
+    assert not torch.equal(labels[:100], sample_labels(100, 1000, "random", seed=1))
+    assert sample_labels(13, 10, "balanced", seed=5).tolist() == [i % 10 for i in range(13)]
+    with pytest.raises(UserError, match="--labels"):
+        sample_labels(3, 10, "even", seed=0)
+
+
+def test_a_sample_npz_scores_as_the_model_it_came_from(tmp_path: Path) -> None:
+    settings = dict(num_samples=24, num_steps=3, cfg_scale=1.5, seed=2, batch_size=10)
+    path = sample_npz("demo:digits", tmp_path / "samples.npz", **settings)
+    from_model = evaluate("demo:digits", reference="demo:digits", features=ENCODER, work_dir=tmp_path, **settings)
+    from_file = evaluate_npz(path, reference="demo:digits", features=ENCODER, batch_size=7, work_dir=tmp_path)
+    for key in ("fid", "precision", "recall", "accuracy", "num_samples"):
+        assert from_file[key] == pytest.approx(from_model[key], abs=1e-6), key
+    assert from_file["samples"] == str(path) and from_file["resolution"] == 32
+
+
+def write_reference_batch(path: Path, images: np.ndarray, **statistics: np.ndarray) -> Path:
+    np.savez(path, arr_0=images, **statistics)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 12 samples: a singular covariance, as ADM would warn
+def test_adm_reference_batch_gives_fid_from_its_statistics_and_precision_recall_from_its_images(tmp_path: Path, inception_weights: Path) -> None:
+    rng = np.random.default_rng(0)
+    reference_images = rng.integers(0, 256, (12, 24, 24, 3), dtype=np.uint8)
+    sample_images = np.clip(reference_images.astype(int) + rng.integers(-40, 40, reference_images.shape), 0, 255).astype(np.uint8)
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, arr_0=sample_images)
+    network = load_features("inception", 24, inception_weights=inception_weights)
+    with torch.no_grad():
+        real = network(torch.from_numpy(reference_images).permute(0, 3, 1, 2))
+        fake = network(torch.from_numpy(sample_images).permute(0, 3, 1, 2))
+
+    # Statistics of a "whole training set" that are not the images': FID and sFID must use them.
+    mu, sigma = rng.normal(size=2048) * 0.1, np.cov(rng.normal(size=(3000, 2048)), rowvar=False) * 0.01
+    mu_s, sigma_s = rng.normal(size=2023) * 0.1, np.eye(2023) * 0.02
+    batch = write_reference_batch(tmp_path / "VIRTUAL_ref.npz", reference_images, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+    result = evaluate_npz(samples, reference=str(batch), features="inception", inception_weights=inception_weights, batch_size=5, work_dir=tmp_path)
+    fake_pool, fake_spatial = fake.pool.double().numpy(), fake.spatial.double().numpy()
+    assert result["fid"] == pytest.approx(adm_frechet_distance(fake_pool.mean(0), np.cov(fake_pool, rowvar=False), mu, sigma), rel=1e-5)
+    assert result["sfid"] == pytest.approx(adm_frechet_distance(fake_spatial.mean(0), np.cov(fake_spatial, rowvar=False), mu_s, sigma_s), rel=1e-5)
+    expected_pr = adm_precision_recall(real.pool.double().numpy(), fake_pool)
+    assert (result["precision"], result["recall"]) == pytest.approx(expected_pr, abs=1e-6)
+    assert result["inception_score"] == pytest.approx(adm_inception_score(fake.logits.double().numpy()), rel=1e-6)
+    assert result["reference_pr_images"] == 12 and result["accuracy"] is None
+
+    # Without statistics the images stand for the reference, as the ADM evaluator does.
+    bare = write_reference_batch(tmp_path / "images_only.npz", reference_images)
+    result = evaluate_npz(samples, reference=str(bare), features="inception", inception_weights=inception_weights, work_dir=tmp_path)
+    real_pool = real.pool.double().numpy()
+    expected = adm_frechet_distance(fake_pool.mean(0), np.cov(fake_pool, rowvar=False), real_pool.mean(0), np.cov(real_pool, rowvar=False))
+    assert result["fid"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_reference_npz_without_usable_contents_is_a_user_error(tmp_path: Path) -> None:
+    network = load_features(ENCODER, 32)
+    np.savez(tmp_path / "inception_stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))  # Inception's, no images
+    with pytest.raises(UserError, match="neither images .* nor statistics of 64 features.*its mu has 2048"):
+        load_reference(str(tmp_path / "inception_stats.npz"), network, 32, work_dir=tmp_path)
+    with pytest.raises(UserError, match="no reference file"):
+        load_reference(str(tmp_path / "missing.npz"), network, 32)
+    np.savez(tmp_path / "floats.npz", arr_0=np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(UserError, match="must be uint8 images"):
+        ImageBatches(tmp_path / "floats.npz")
+
+
+def test_inception_suite_from_local_weights_on_an_image_folder(tmp_path: Path, inception_weights: Path) -> None:
     folder = tmp_path / "reference"
     for label in ("a", "b"):
         (folder / label).mkdir(parents=True)
@@ -100,9 +297,17 @@ def test_inception_fid_and_is_from_local_weights(tmp_path: Path, inception_weigh
         "demo:digits", reference=str(folder), features="inception", inception_weights=inception_weights,
         num_samples=10, num_steps=2, work_dir=tmp_path / "work",
     )  # fmt: skip
-    assert math.isfinite(result["fid"]) and result["fid"] > 0
+    assert math.isfinite(result["fid"]) and result["fid"] > 0 and math.isfinite(result["sfid"]) and result["sfid"] > 0
     assert math.isfinite(result["inception_score"]) and result["inception_score"] >= 1
+    assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert result["accuracy"] is None and result["reference_images"] == 10
+
+
+def test_demo_encoder_classifies_real_digits(digits) -> None:
+    classifier = load_classifier(ENCODER, num_classes=10)
+    correct = sum(int((classifier_predictions(classifier, crops, 32) == labels).sum()) for crops, labels in digits)
+    assert correct / 1797 >= 0.95
+    assert load_classifier(ENCODER, num_classes=7) is None  # its classes are not the model's
 
 
 def test_missing_inception_weights_offline_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

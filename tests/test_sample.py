@@ -15,7 +15,7 @@ from torchdiffeq import odeint
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import ClassText, backbone_config, save_backbone
-from d2c_pack.train.sample import generate, generate_batches, load_for_sampling, sample_grid, sample_npz, to_uint8
+from d2c_pack.train.sample import generate, generate_batches, load_for_sampling, sample_grid, sample_labels, sample_npz, to_uint8
 from d2c_pack.train.transport import (
     Condition,
     GuidanceInterval,
@@ -315,7 +315,10 @@ def test_npz_has_the_adm_evaluator_layout(tmp_path: Path, demo) -> None:
         images, labels = data["arr_0"], data["arr_1"]
     assert images.dtype == np.uint8 and images.shape == (13, 32, 32, 3)
     assert images.min() < 64 and images.max() > 192  # dark background, bright strokes: a real [0, 255] range
-    assert labels.tolist() == [i % 10 for i in range(13)]
+    assert labels.tolist() == sample_labels(13, 10, "random", seed=0).tolist()  # uniform random, as DiT/SiT/REPA
+    balanced = sample_npz("demo:digits", tmp_path / "balanced.npz", num_samples=13, labels="balanced", num_steps=1, batch_size=5)
+    with np.load(balanced) as data:
+        assert data["arr_1"].tolist() == [i % 10 for i in range(13)]
     model, config, _ = demo
     expected = to_uint8(generate(model, config, torch.tensor(labels), num_steps=2, cfg_scale=1.5)).permute(0, 2, 3, 1)
     assert np.abs(images.astype(int) - expected.numpy().astype(int)).max() <= 1

@@ -21,7 +21,7 @@ from d2c_pack.build import BuildConfig, build
 from d2c_pack.errors import UserError
 from d2c_pack.hub import PushConfig, push
 from d2c_pack.recipe import flag, read_recipe
-from d2c_pack.train.fid import evaluate
+from d2c_pack.train.evaluation import evaluate
 from d2c_pack.train.loop import TrainConfig, train
 from d2c_pack.train.sample import sample_grid
 from d2c_pack.verify import LocalFolder, verify

@@ -6,7 +6,6 @@ on the seed and on their position only, never on the batch size.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from d2c_pack.latents import load_latent_space
 from d2c_pack.models import BackboneConfig, ClassText, DiT, load_backbone, load_class_text
 from d2c_pack.models.checkpoint import CONFIG_NAME, resolve_backbone_path
 from d2c_pack.progress import progress_bar
+from d2c_pack.train.adm_npz import write_samples
 from d2c_pack.train.transport import SAMPLERS, Condition, Interval, as_interval, integrate
 
 
@@ -59,6 +59,24 @@ def class_conditions(labels: torch.Tensor, class_text: ClassText | None) -> Cond
     if class_text is None:
         return Condition(labels)
     return Condition(labels, class_text.embedding[labels], class_text.mask[labels])  # (N,), (N, L, D), (N, L)
+
+
+LABEL_MODES = ("random", "balanced")
+
+
+def sample_labels(num_samples: int, num_classes: int, mode: str, seed: int) -> torch.Tensor:
+    """The class of each of ``num_samples`` samples (N,).
+
+    ``random``: uniform and independent, as DiT, SiT and REPA sample for FID-50K (from ``seed``,
+    on a stream of its own, so the same seed gives the same labels whatever the batch size);
+    ``balanced``: sample i is of class i mod C, every class (nearly) equally often.
+    """
+    if mode == "balanced":
+        return torch.arange(num_samples) % num_classes
+    if mode != "random":
+        raise UserError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    generator = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))  # not any sample's (seed, i) stream
+    return torch.from_numpy(generator.integers(0, num_classes, num_samples))
 
 
 def sample_generators(seed: int, indices: range) -> list[torch.Generator]:
@@ -204,6 +222,7 @@ def sample_npz(
     out: str | Path,
     *,
     num_samples: int = 50_000,
+    labels: str = "random",
     sampler: str = "euler",
     num_steps: int = 50,
     cfg_scale: float = 1.0,
@@ -215,29 +234,23 @@ def sample_npz(
 ) -> Path:
     """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
 
-    ``arr_0`` holds the images, uint8 (N, R, R, 3); ``arr_1`` their labels, int64 (N,), sample i
-    being of class i mod C so the classes are evenly spread. The images are streamed into the
-    archive batch by batch (memory stays one batch), into a temporary file renamed when complete.
+    ``arr_0`` holds the images, uint8 (N, R, R, 3); ``arr_1`` their labels, int64 (N,), drawn as
+    ``sample_labels`` does. The images are streamed into the archive batch by batch (memory stays
+    one batch), into a temporary file renamed when complete.
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be positive, got {num_samples}")
     model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
-    labels = torch.arange(num_samples) % config.num_classes
+    targets = sample_labels(num_samples, config.num_classes, labels, seed)
     batches = generate_batches(
-        model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
+        model, config, targets, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
         guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
     )  # fmt: skip
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    shape = (num_samples, config.image_size, config.image_size, 3)
-    with zipfile.ZipFile(partial, "w", allowZip64=True) as archive, progress_bar("sample", total=num_samples) as advance:
-        with archive.open("arr_0.npy", "w", force_zip64=True) as file:
-            np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})
-            for images in batches:
-                file.write(to_uint8(images).permute(0, 2, 3, 1).contiguous().numpy().tobytes())  # (B, R, R, 3)
-                advance(len(images))
-        with archive.open("arr_1.npy", "w") as file:
-            np.lib.format.write_array(file, labels.numpy())
-    partial.replace(out)
-    return out
+    with progress_bar("sample", total=num_samples) as advance:
+
+        def images() -> Iterator[np.ndarray]:
+            for batch in batches:
+                yield to_uint8(batch).permute(0, 2, 3, 1).numpy()  # (B, R, R, 3)
+                advance(len(batch))
+
+        return write_samples(out, images(), targets.numpy(), (config.image_size, config.image_size, 3))

@@ -1,0 +1,510 @@
+"""``d2c-pack eval``: the ADM suite (FID, sFID, IS, precision, recall) and classifier accuracy of samples.
+
+Samples are generated from a model, or read from an ADM ``.npz`` (``arr_0`` uint8 N×H×W×3,
+``arr_1`` labels). Features (``--features``) are either
+
+- ``inception``: torch-fidelity's port of the TensorFlow Inception v3 graph the ADM evaluator
+  runs (same weights, same bilinear resize to 299): pool features (2048, FID, precision,
+  recall), the first 7 channels of ``mixed_6/conv`` (= ``Mixed_6d.branch1x1``, 17×17×7 = 2023,
+  sFID) and the 1008 logits without bias (IS). Its weights are a local file
+  (``--inception-weights``, torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``) or
+  torch-fidelity's download;
+- a DINOv2-architecture visual encoder as the visual attach step loads it (a transformers name
+  or folder, timm name, ``demo:digits-encoder``): its CLS token is the feature (FID, precision,
+  recall). An encoder saved with one classification output per class of the model also gives
+  the share of samples it assigns their conditioning class (``accuracy``).
+
+The reference is an ADM reference batch (``VIRTUAL_imagenet256_labeled.npz``: its ``mu``/``sigma``
+and ``mu_s``/``sigma_s`` for FID/sFID, its 10,000 images for precision/recall) or any image
+source, whose statistics and the features of 10,000 evenly spaced images are computed once
+and cached. Real and generated images enter alike: uint8 R×R ADM crops.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from d2c_pack.attach.visual import VisualEncoder
+from d2c_pack.demo import resolve_model_path
+from d2c_pack.errors import UserError, first_line
+from d2c_pack.fingerprint import module_sha256, sha256_file, sha256_json
+from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.progress import progress_bar
+from d2c_pack.score import default_work_dir
+from d2c_pack.sources import ImageSource, open_source
+from d2c_pack.train.adm_npz import IMAGES, LABELS, ImageBatches, array_names, read_arrays
+from d2c_pack.train.encoder import SourceCrops, classifier_inputs
+from d2c_pack.train.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
+from d2c_pack.train.sample import generate_batches, load_for_sampling, sample_labels, to_uint8
+from d2c_pack.train.transport import Interval, as_interval
+
+INCEPTION = "inception"
+INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_OUTPUTS = ("2048", "logits_unbiased")  # pool features, IS logits
+SPATIAL_CHANNELS = 7  # of mixed_6/conv, as the ADM evaluator's sFID
+PR_REFERENCE_IMAGES = 10_000  # reference images for precision/recall: the size of ADM's reference batches
+CACHE_VERSION = 2  # of the cached reference files (2: spatial statistics and precision/recall features)
+
+
+@dataclasses.dataclass
+class ImageFeatures:
+    """A batch's features: ``pool`` (B, D) for FID and precision/recall; ``spatial`` (B, 2023) for sFID; ``logits`` (B, 1008) for IS."""
+
+    pool: torch.Tensor
+    spatial: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class FeatureNetwork(nn.Module, abc.ABC):
+    """uint8 images (N, 3, H, W) → ``ImageFeatures``."""
+
+    num_features: int
+
+    @abc.abstractmethod
+    def forward(self, images: torch.Tensor) -> ImageFeatures: ...
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """SHA-256 of what the features depend on (network weights and input handling)."""
+
+
+class InceptionFeatures(FeatureNetwork):
+    """torch-fidelity's Inception v3 with the ADM evaluator's three outputs."""
+
+    num_features = 2048
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+        self._spatial: torch.Tensor | None = None
+        # mixed_6/conv of the TensorFlow graph: the 1×1 branch of the fourth 17×17 block.
+        network.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+        self._fingerprint: str | None = None
+
+    def _keep_spatial(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        # The evaluator flattens NHWC; the order does not change sFID but keeps the features comparable.
+        self._spatial = output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1).float()  # (N, 17·17·7)
+
+    def forward(self, images: torch.Tensor) -> ImageFeatures:
+        pool, logits = self.network(images)  # (N, 2048), (N, 1008)
+        spatial, self._spatial = self._spatial, None
+        return ImageFeatures(pool.float(), spatial, logits.float())
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = sha256_json({"features": INCEPTION, "weights": module_sha256(self.network), "spatial": SPATIAL_CHANNELS})
+        return self._fingerprint
+
+
+class EncoderFeatures(FeatureNetwork):
+    """The CLS token of a DINOv2 visual encoder on the images' R×R crops, as the visual attach step computes it."""
+
+    def __init__(self, name: str, resolution: int, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.encoder = VisualEncoder(name, resolution, device)
+        self.num_features = self.encoder.dim
+
+    def forward(self, images: torch.Tensor) -> ImageFeatures:
+        _, cls = self.encoder(images)  # (N, D) on the CPU
+        return ImageFeatures(cls.to(images.device))
+
+    def fingerprint(self) -> str:
+        return sha256_json({"features": "dinov2-cls", "encoder": self.encoder.fingerprint()})
+
+
+def inception_network(weights: str | Path | None) -> nn.Module:
+    """torch-fidelity's Inception v3 giving pool features and unbiased logits, from a local file or its download."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    if weights is not None:
+        weights = str(weights)
+        _check_inception_file(Path(weights))
+    try:
+        return FeatureExtractorInceptionV3("inception-v3-compat", list(INCEPTION_OUTPUTS), feature_extractor_weights_path=weights)
+    except OSError as err:  # urllib's errors (offline, proxy, HTTP) are OSErrors
+        raise UserError(
+            f"cannot download torch-fidelity's Inception weights ({first_line(err)}): "
+            f"pass --inception-weights PATH to a local {INCEPTION_WEIGHTS_NAME}"
+        ) from None
+    except RuntimeError as err:  # load_state_dict: another network's weights
+        raise UserError(f"{weights or 'the downloaded file'} does not hold torch-fidelity's Inception v3 weights: {first_line(err)}") from None
+
+
+def _check_inception_file(path: Path) -> None:
+    """Refuses a missing file and any pickle beyond plain tensors before torch-fidelity unpickles it freely."""
+    if not path.is_file():
+        raise UserError(f"no Inception weights at {path} (--inception-weights expects torch-fidelity's {INCEPTION_WEIGHTS_NAME})")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors have no common base class
+        raise UserError(f"cannot read {path} as a weights-only state dict: {first_line(err)}") from None
+
+
+def load_features(
+    features: str, resolution: int, *, inception_weights: str | Path | None = None, device: torch.device | str = "cpu"
+) -> FeatureNetwork:
+    """``"inception"`` → the ADM evaluator's Inception features; any other name → that visual encoder's CLS token."""
+    if features == INCEPTION:
+        return InceptionFeatures(inception_network(inception_weights)).to(device)
+    return EncoderFeatures(features, resolution, device)
+
+
+@dataclasses.dataclass
+class Reference:
+    """What samples are compared with: statistics of the pool features (FID) and of the spatial ones (sFID,
+    None without), and the pool features of up to 10,000 reference images (precision/recall, None without)."""
+
+    statistics: FeatureStatistics
+    spatial: FeatureStatistics | None = None
+    features: torch.Tensor | None = None  # (M, D) float32
+
+    def save(self, path: Path) -> None:
+        arrays = {"mu": self.statistics.mu, "sigma": self.statistics.sigma, "count": np.int64(self.statistics.count or 0)}
+        if self.spatial is not None:
+            arrays |= {"mu_s": self.spatial.mu, "sigma_s": self.spatial.sigma}
+        if self.features is not None:
+            arrays["features"] = self.features.numpy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as file:  # a file object: np.savez would append ".npz" to the name
+            np.savez(file, **arrays)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        arrays = read_arrays(path, ("mu", "sigma", "count", "mu_s", "sigma_s", "features"))
+        spatial = FeatureStatistics(arrays["mu_s"], arrays["sigma_s"]) if "mu_s" in arrays else None
+        features = torch.from_numpy(arrays["features"]) if "features" in arrays else None
+        return cls(FeatureStatistics(arrays["mu"], arrays["sigma"], int(arrays["count"]) or None), spatial, features)
+
+
+class FeatureAccumulator:
+    """Statistics of the features of a stream of image batches, and the pool features of chosen positions."""
+
+    def __init__(self, network: FeatureNetwork, keep: Iterable[int] | None = None):
+        self.network = network
+        self.pool = Moments(network.num_features)
+        self.spatial: Moments | None = None
+        self.kept: list[torch.Tensor] = []
+        self.keep = None if keep is None else np.asarray(sorted(keep))  # None: keep every pool feature
+        self.logits: list[torch.Tensor] = []
+        self.seen = 0
+
+    @torch.no_grad()
+    def update(self, crops: torch.Tensor) -> ImageFeatures:
+        """Adds a batch of uint8 crops (B, 3, R, R); returns its features."""
+        features = self.network(crops)
+        self.pool.update(features.pool)
+        if features.spatial is not None:
+            self.spatial = self.spatial or Moments(features.spatial.shape[1])
+            self.spatial.update(features.spatial)
+        if features.logits is not None:
+            self.logits.append(features.logits.cpu())
+        positions = np.arange(self.seen, self.seen + len(crops))
+        chosen = positions if self.keep is None else positions[np.isin(positions, self.keep)]
+        self.kept.append(features.pool[torch.from_numpy(chosen - self.seen)].float().cpu())
+        self.seen += len(crops)
+        return features
+
+    def reference(self) -> Reference:
+        return Reference(self.pool.statistics(), self.spatial and self.spatial.statistics(), torch.cat(self.kept))
+
+
+def source_batches(
+    source: ImageSource, resolution: int, *, batch_size: int = 256, workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The source's readable images as uint8 ADM crops (B, 3, R, R) with their labels (B,), in index order."""
+    if source.random_access:
+        dataset = SourceCrops(source, resolution, list(range(len(source))))
+        items: Iterable = (item for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list) for item in batch)
+    else:
+        items = ((torch.from_numpy(np.array(center_crop_adm(r.image, resolution))).permute(2, 0, 1), r.label) for r in source.iter_records())
+    batch: list[tuple[torch.Tensor, int]] = []
+    for item in items:
+        if item is not None:  # a corrupt image (recorded in source.skipped)
+            batch.append(item)
+        if len(batch) == batch_size:
+            yield _stack(batch)
+            batch = []
+    if batch:
+        yield _stack(batch)
+
+
+def _stack(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([crop for crop, _ in items]), torch.tensor([label for _, label in items])  # (B, 3, R, R), (B,)
+
+
+def _cached(key: dict, work_dir: str | Path | None) -> Path:
+    return Path(work_dir or default_work_dir()) / "fid-references" / f"{sha256_json(key | {'version': CACHE_VERSION})}.npz"
+
+
+def reference_from_source(
+    source: str | ImageSource,
+    network: FeatureNetwork,
+    resolution: int,
+    *,
+    work_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    workers: int = 0,
+) -> Reference:
+    """Statistics of a source's ADM crops at R, and the pool features of 10,000 evenly spaced images (all if fewer).
+
+    Cached under ``work_dir/fid-references/`` by (source fingerprint, feature network, R).
+    """
+    source = open_source(source) if isinstance(source, str) else source
+    cached = _cached({"source": source.fingerprint(), "features": network.fingerprint(), "resolution": resolution}, work_dir)
+    if cached.exists():
+        return Reference.load(cached)
+    keep = np.unique(np.linspace(0, len(source) - 1, min(len(source), PR_REFERENCE_IMAGES)).round().astype(int))
+    accumulator = FeatureAccumulator(network, keep)
+    with progress_bar(f"reference features {source.spec}", total=len(source)) as advance:
+        for crops, _ in source_batches(source, resolution, batch_size=batch_size, workers=workers):
+            accumulator.update(crops.to(device))
+            advance(len(crops))
+    if accumulator.seen < 2:
+        raise UserError(f"{source.spec} has {accumulator.seen} readable image(s): reference statistics need at least 2")
+    reference = accumulator.reference()
+    reference.save(cached)
+    return reference
+
+
+def reference_from_npz(
+    path: str | Path, network: FeatureNetwork, *, work_dir: str | Path | None = None, device: torch.device | str = "cpu", batch_size: int = 256
+) -> Reference:
+    """An ADM reference batch: its ``mu``/``sigma`` (and ``mu_s``/``sigma_s``) where they fit the features, its images' features for the rest.
+
+    The statistics in ADM's files are Inception's: with another feature network they do not fit
+    and the file's images (``arr_0``) stand for the reference. The images' features are cached by
+    (file sha256, feature network).
+    """
+    names = array_names(path)
+    arrays = read_arrays(path, ("mu", "sigma", "mu_s", "sigma_s"))
+    fits = "mu" in arrays and arrays["mu"].shape == (network.num_features,)
+    if IMAGES not in names and not fits:
+        raise UserError(
+            f"{path} holds neither images ({IMAGES}) nor statistics of {network.num_features} features (mu, sigma)"
+            + (f": its mu has {arrays['mu'].shape[0]}" if "mu" in arrays else "")
+        )
+    images = _npz_reference_images(Path(path), network, work_dir=work_dir, device=device, batch_size=batch_size) if IMAGES in names else None
+    statistics = FeatureStatistics(arrays["mu"], arrays["sigma"]) if fits else images.statistics
+    spatial = FeatureStatistics(arrays["mu_s"], arrays["sigma_s"]) if fits and "mu_s" in arrays else images and images.spatial
+    return Reference(statistics, spatial, images and images.features)
+
+
+def _npz_reference_images(path: Path, network: FeatureNetwork, *, work_dir: str | Path | None, device: torch.device | str, batch_size: int) -> Reference:
+    cached = _cached({"npz": sha256_file(path), "features": network.fingerprint()}, work_dir)
+    if cached.exists():
+        return Reference.load(cached)
+    images, accumulator = ImageBatches(path), FeatureAccumulator(network)
+    with progress_bar(f"reference features {path.name}", total=len(images)) as advance:
+        for batch in images.batches(batch_size):
+            accumulator.update(torch.from_numpy(batch).permute(0, 3, 1, 2).to(device))  # (B, 3, H, W)
+            advance(len(batch))
+    reference = accumulator.reference()
+    reference.save(cached)
+    return reference
+
+
+def load_reference(reference: str | ImageSource, network: FeatureNetwork, resolution: int, **options) -> Reference:
+    """An ADM ``.npz`` reference batch, or the cached features of an image source (``options`` as ``reference_from_source``)."""
+    if isinstance(reference, str) and reference.endswith(".npz"):
+        if not Path(reference).is_file():
+            raise UserError(f"no reference file {reference}")
+        options.pop("workers", None)
+        return reference_from_npz(reference, network, **options)
+    return reference_from_source(reference, network, resolution, **options)
+
+
+def load_classifier(features: str, num_classes: int, device: torch.device | str = "cpu") -> nn.Module | None:
+    """The encoder's transformers image classifier when it has one output per class, else None."""
+    if features == INCEPTION:
+        return None
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    path = resolve_model_path(features)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):  # a timm encoder: no transformers head
+        return None
+    if not any(name.endswith("ForImageClassification") for name in config.architectures or ()) or config.num_labels != num_classes:
+        return None
+    return AutoModelForImageClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
+
+
+@torch.no_grad()
+def classifier_predictions(classifier: nn.Module, crops: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The class the classifier gives each uint8 crop (B, 3, R, R), seen as the encoder trainer shows images: (B,)."""
+    return classifier(pixel_values=classifier_inputs(crops, resolution)).logits.argmax(-1)  # (B,)
+
+
+def score_samples(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    total: int,
+    network: FeatureNetwork,
+    reference: Reference,
+    *,
+    classifier: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """The metrics of uint8 sample batches (B, 3, R, R) with their labels (B,) (None: unknown) against ``reference``.
+
+    Only one batch of images is held; the pool features (N × D floats) and logits are kept for
+    precision/recall and IS.
+    """
+    if reference.statistics.mu.shape != (network.num_features,):
+        raise UserError(f"the reference statistics have {reference.statistics.mu.shape[0]} features, the feature network gives {network.num_features}")
+    accumulator = FeatureAccumulator(network)
+    correct = labelled = 0
+    with progress_bar("eval", total=total) as advance:
+        for crops, labels in batches:
+            crops = crops.to(device)
+            accumulator.update(crops)
+            if classifier is not None and labels is not None:
+                correct += int((classifier_predictions(classifier, crops, crops.shape[-1]).cpu() == labels).sum())
+                labelled += len(labels)
+            advance(len(crops))
+    if accumulator.seen < 2:
+        raise UserError(f"FID needs at least 2 samples, got {accumulator.seen}")
+    samples = accumulator.reference()
+    is_mean, is_std = inception_score(torch.cat(accumulator.logits)) if accumulator.logits else (None, None)
+    pr = reference.features is not None and min(len(samples.features), len(reference.features)) > 3
+    precision, recall = precision_recall(samples.features.to(device), reference.features.to(device)) if pr else (None, None)
+    return {
+        "fid": frechet_distance(samples.statistics, reference.statistics),
+        "sfid": frechet_distance(samples.spatial, reference.spatial) if samples.spatial and reference.spatial else None,
+        "inception_score": is_mean,
+        "inception_score_std": is_std,
+        "precision": precision,
+        "recall": recall,
+        "accuracy": correct / labelled if labelled else None,
+        "num_samples": accumulator.seen,
+        "reference_images": reference.statistics.count,
+        "reference_pr_images": None if reference.features is None else len(reference.features),
+    }
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    reference: str | ImageSource,
+    features: str = INCEPTION,
+    num_samples: int = 50_000,
+    labels: str = "random",
+    sampler: str = "euler",
+    num_steps: int = 50,
+    cfg_scale: float = 1.0,
+    guidance_interval: Interval = (0.0, 1.0),
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 256,
+    inception_weights: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    workers: int = 0,
+    vae: str | None = None,
+) -> dict:
+    """The metrics of ``num_samples`` samples of a model against ``reference`` (see ``score_samples``).
+
+    Labels are drawn uniformly at random (DiT/SiT/REPA's sampling) or ``balanced`` (i mod C);
+    sample i has the noise of (seed, i), as in ``sample_npz``.
+    """
+    if num_samples < 2:
+        raise UserError(f"--num-samples must be at least 2 for FID, got {num_samples}")
+    interval = as_interval(guidance_interval)
+    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
+    resolution = config.image_size
+    targets = sample_labels(num_samples, config.num_classes, labels, seed)
+    images = generate_batches(
+        model, config, targets, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
+        guidance_interval=interval, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    network = load_features(features, resolution, inception_weights=inception_weights, device=device)
+    statistics = load_reference(reference, network, resolution, work_dir=work_dir, device=device, batch_size=batch_size, workers=workers)
+    batches = ((to_uint8(batch), targets[start : start + len(batch)]) for start, batch in _with_offsets(images))
+    metrics = score_samples(batches, num_samples, network, statistics, classifier=load_classifier(features, config.num_classes, device), device=device)
+    return metrics | {
+        "samples": str(checkpoint),
+        "checkpoint": str(checkpoint),
+        "reference": _spec(reference),
+        "features": features,
+        "resolution": resolution,
+        "labels": labels,
+        "sampler": sampler,
+        "num_steps": num_steps,
+        "cfg_scale": cfg_scale,
+        "guidance_interval": [interval.low, interval.high],
+        "guidance_time": interval.time,
+        "seed": seed,
+    }
+
+
+def evaluate_npz(
+    samples: str | Path,
+    *,
+    reference: str | ImageSource,
+    features: str = INCEPTION,
+    num_classes: int | None = None,
+    device: str = "cpu",
+    batch_size: int = 256,
+    inception_weights: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    workers: int = 0,
+) -> dict:
+    """The metrics of the images of an ADM sample ``.npz`` (no model needed).
+
+    With encoder features whose classifier has ``num_classes`` outputs (default: the file's
+    largest label + 1) and labels in ``arr_1``, also the classifier accuracy.
+    """
+    images = ImageBatches(samples)
+    resolution = images.shape[1]
+    targets = read_arrays(samples, (LABELS,)).get(LABELS)
+    if targets is not None and len(targets) != len(images):
+        raise UserError(f"{samples}: {len(targets)} labels ({LABELS}) for {len(images)} images ({IMAGES})")
+    targets = None if targets is None else torch.from_numpy(targets.astype(np.int64))
+    network = load_features(features, resolution, inception_weights=inception_weights, device=device)
+    statistics = load_reference(reference, network, resolution, work_dir=work_dir, device=device, batch_size=batch_size, workers=workers)
+    classes = num_classes or (int(targets.max()) + 1 if targets is not None and len(targets) else 0)
+    classifier = load_classifier(features, classes, device) if targets is not None else None
+    batches = (
+        (torch.from_numpy(batch).permute(0, 3, 1, 2), None if targets is None else targets[start : start + len(batch)])
+        for start, batch in _with_offsets(images.batches(batch_size))
+    )  # (B, 3, H, W) uint8
+    metrics = score_samples(batches, len(images), network, statistics, classifier=classifier, device=device)
+    return metrics | {"samples": str(samples), "reference": _spec(reference), "features": features, "resolution": resolution}
+
+
+def _with_offsets(batches: Iterable) -> Iterator[tuple[int, object]]:
+    """(index of the batch's first item, batch)."""
+    start = 0
+    for batch in batches:
+        yield start, batch
+        start += len(batch)
+
+
+def _spec(reference: str | ImageSource) -> str:
+    return reference if isinstance(reference, str) else reference.spec
+
+
+def subset_defaults(data: str) -> tuple[str, str]:
+    """The reference and features ``eval --data DATA`` uses unless told otherwise.
+
+    Reference: the source the subset was condensed from (its manifest), so FID says how close the
+    samples come to the full data; else the subset itself. Features: the subset's own visual
+    encoder when it is a demo model (Inception means nothing on 32-pixel digits), else Inception.
+    """
+    from d2c_pack.verify import locate, read_manifest
+
+    try:
+        manifest = read_manifest(locate(data))
+    except UserError:
+        return f"hf:{data}", INCEPTION
+    encoder = manifest["inputs"].get("visual_encoder") or ""
+    return manifest["source"]["spec"], encoder if encoder.startswith("demo:") else INCEPTION

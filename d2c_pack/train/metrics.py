@@ -1,0 +1,89 @@
+"""The ADM suite's metrics on features: FID and sFID, Inception Score, precision and recall.
+
+Defined as openai/guided-diffusion's ``evaluations/evaluator.py`` defines them (the evaluator of
+ADM, DiT, SiT and REPA tables), on features computed elsewhere:
+
+- FID / sFID: the Fréchet distance between Gaussians fitted to two feature sets (mean, unbiased
+  covariance), through torch-fidelity's formula (the trace of the square root from eigenvalues;
+  ADM takes scipy's ``sqrtm``: equal to float64 rounding);
+- Inception Score: exp of the mean KL divergence between each sample's class distribution and
+  the split's marginal, averaged over consecutive splits of 5,000 samples (not shuffled);
+- precision / recall (Kynkäänniemi et al. 2019, k = 3): the share of samples inside some
+  reference image's ball reaching its 3rd nearest reference neighbour, and conversely, through
+  torch-fidelity's implementation. ADM computes the distances in float16 where they are finite;
+  here they are float32, which can flip a point on a ball's edge (a change of ~1e-4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+from torch_fidelity.metric_prc import calculate_precision_recall_part
+
+IS_SPLIT_SIZE = 5_000  # samples per Inception Score split, as the ADM evaluator
+PR_NEIGHBOURHOOD = 3  # k of precision/recall, as the ADM evaluator
+PR_BATCH = 10_000  # rows of distances at once: memory only, the result does not depend on it
+
+
+@dataclasses.dataclass
+class FeatureStatistics:
+    """Mean (D,) and unbiased covariance (D, D), float64, of the features of ``count`` images (None: unknown)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int | None = None
+
+
+class Moments:
+    """Running float64 sums of features and of their outer products: the statistics of any number of batches."""
+
+    def __init__(self, dim: int):
+        self.total = torch.zeros(dim, dtype=torch.float64)  # (D,)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)  # (D, D)
+        self.count = 0
+
+    def update(self, features: torch.Tensor) -> None:
+        features = features.detach().to("cpu", torch.float64)  # (B, D)
+        self.total += features.sum(0)
+        self.outer += features.T @ features
+        self.count += len(features)
+
+    def statistics(self) -> FeatureStatistics:
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 feature vectors, got {self.count}")
+        mu = self.total / self.count  # (D,)
+        sigma = (self.outer - self.count * torch.outer(mu, mu)) / (self.count - 1)  # (D, D), as np.cov
+        return FeatureStatistics(mu.numpy(), sigma.numpy(), self.count)
+
+
+def frechet_distance(samples: FeatureStatistics, reference: FeatureStatistics) -> float:
+    """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^½."""
+    if samples.mu.shape != reference.mu.shape:
+        raise ValueError(f"feature sizes differ: {samples.mu.shape[0]} and {reference.mu.shape[0]}")
+    stats = [{"mu": s.mu.astype(np.float64), "sigma": s.sigma.astype(np.float64)} for s in (samples, reference)]
+    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
+
+
+def inception_score(logits: torch.Tensor, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+    """Mean and standard deviation over consecutive splits of ``split_size`` samples (the last may be shorter).
+
+    ``logits`` (N, C) are the classifier's unnormalised log-probabilities (for Inception v3, its
+    1008 logits without bias, as the ADM evaluator's softmax graph); ADM reports the mean.
+    """
+    log_p = torch.log_softmax(logits.double(), dim=1)  # (N, C)
+    scores = []
+    for part in log_p.split(split_size):
+        log_marginal = torch.logsumexp(part, dim=0) - np.log(len(part))  # (C,) log of the split's mean p
+        kl = (part.exp() * (part - log_marginal)).sum(1)  # (n,)
+        scores.append(float(kl.mean().exp()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def precision_recall(samples: torch.Tensor, reference: torch.Tensor, k: int = PR_NEIGHBOURHOOD) -> tuple[float, float]:
+    """Improved precision and recall of sample features (N, D) against reference features (M, D)."""
+    if min(len(samples), len(reference)) <= k:
+        raise ValueError(f"precision/recall with k = {k} need more than {k} samples and reference images, got {len(samples)} and {len(reference)}")
+    return calculate_precision_recall_part(samples.float(), reference.float(), neighborhood=k, batch_size=PR_BATCH)
