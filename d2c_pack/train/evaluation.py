@@ -187,32 +187,32 @@ class Reference:
 
 
 class FeatureAccumulator:
-    """Statistics of the features of a stream of image batches, and the pool features of chosen positions."""
+    """Statistics of the features of a stream of image batches, the pool features of chosen positions
+    (``keep``; None: all) and, with ``logits``, every logit (for IS: a sample set, never a reference)."""
 
-    def __init__(self, network: FeatureNetwork, keep: Iterable[int] | None = None):
+    def __init__(self, network: FeatureNetwork, keep: Iterable[int] | None = None, *, logits: bool = False):
         self.network = network
         self.pool = Moments(network.num_features)
         self.spatial: Moments | None = None
+        self.keep = None if keep is None else np.asarray(sorted(keep))
         self.kept: list[torch.Tensor] = []
-        self.keep = None if keep is None else np.asarray(sorted(keep))  # None: keep every pool feature
-        self.logits: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] | None = [] if logits else None
         self.seen = 0
 
     @torch.no_grad()
-    def update(self, crops: torch.Tensor) -> ImageFeatures:
-        """Adds a batch of uint8 crops (B, 3, R, R); returns its features."""
+    def update(self, crops: torch.Tensor) -> None:
+        """Adds a batch of uint8 crops (B, 3, R, R)."""
         features = self.network(crops)
         self.pool.update(features.pool)
         if features.spatial is not None:
             self.spatial = self.spatial or Moments(features.spatial.shape[1])
             self.spatial.update(features.spatial)
-        if features.logits is not None:
+        if self.logits is not None and features.logits is not None:
             self.logits.append(features.logits.cpu())
         positions = np.arange(self.seen, self.seen + len(crops))
         chosen = positions if self.keep is None else positions[np.isin(positions, self.keep)]
-        self.kept.append(features.pool[torch.from_numpy(chosen - self.seen)].float().cpu())
+        self.kept.append(features.pool[torch.from_numpy(chosen - self.seen).to(features.pool.device)].float().cpu())
         self.seen += len(crops)
-        return features
 
     def reference(self) -> Reference:
         return Reference(self.pool.statistics(), self.spatial and self.spatial.statistics(), torch.cat(self.kept))
@@ -362,7 +362,7 @@ def score_samples(
     """
     if reference.statistics.mu.shape != (network.num_features,):
         raise UserError(f"the reference statistics have {reference.statistics.mu.shape[0]} features, the feature network gives {network.num_features}")
-    accumulator = FeatureAccumulator(network)
+    accumulator = FeatureAccumulator(network, logits=True)
     correct = labelled = 0
     with progress_bar("eval", total=total) as advance:
         for crops, labels in batches:
