@@ -31,6 +31,7 @@ from d2c_pack.train.evaluation import (
     load_classifier,
     load_features,
     load_reference,
+    reference_from_npz,
     reference_from_source,
     score_samples,
     source_batches,
@@ -170,16 +171,16 @@ def test_fid_is_zero_on_the_reference_set_and_grows_with_noise(tmp_path: Path, d
     assert len(list((tmp_path / "fid-references").glob("*.npz"))) == 1
 
 
-def test_a_large_source_keeps_10000_evenly_spaced_images_for_precision_recall(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_large_source_keeps_10000_evenly_spaced_images_for_precision_recall() -> None:
     network = load_features(ENCODER, 32)
-    monkeypatch.setattr(evaluation, "PR_REFERENCE_IMAGES", 100)
-    keep = np.unique(np.linspace(0, 1796, 100).round().astype(int))
+    crops = [batch for batch, _ in itertools.islice(source_batches(open_source("demo:digits"), 32, batch_size=64), 4)]
+    keep = np.unique(np.linspace(0, 255, 100).round().astype(int))  # as reference_from_source picks 10,000 of more
     accumulator = FeatureAccumulator(network, keep)
-    everything = FeatureAccumulator(network)
-    for crops, _ in source_batches(open_source("demo:digits"), 32, batch_size=64):
-        accumulator.update(crops)
-        everything.update(crops)
-    assert torch.equal(accumulator.reference().features, everything.reference().features[torch.from_numpy(keep)])
+    for batch in crops:
+        accumulator.update(batch)
+    with torch.no_grad():
+        everything = torch.cat([network(batch).pool for batch in crops])
+    assert torch.equal(accumulator.reference().features, everything[torch.from_numpy(keep)])
 
 
 def test_inception_spatial_features_are_mixed_6_conv_first_7_channels(inception_weights: Path) -> None:
@@ -241,8 +242,9 @@ def write_reference_batch(path: Path, images: np.ndarray, **statistics: np.ndarr
     return path
 
 
-@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 12 samples: a singular covariance, as ADM would warn
-def test_adm_reference_batch_gives_fid_from_its_statistics_and_precision_recall_from_its_images(tmp_path: Path, inception_weights: Path) -> None:
+def test_adm_reference_batch_gives_fid_from_its_statistics_and_precision_recall_from_its_images(
+    tmp_path: Path, inception_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(0)
     reference_images = rng.integers(0, 256, (12, 24, 24, 3), dtype=np.uint8)
     sample_images = np.clip(reference_images.astype(int) + rng.integers(-40, 40, reference_images.shape), 0, 255).astype(np.uint8)
@@ -252,26 +254,30 @@ def test_adm_reference_batch_gives_fid_from_its_statistics_and_precision_recall_
     with torch.no_grad():
         real = network(torch.from_numpy(reference_images).permute(0, 3, 1, 2))
         fake = network(torch.from_numpy(sample_images).permute(0, 3, 1, 2))
+    compared = []  # (samples, reference) statistics of each Fréchet distance (its formula is tested above)
+    monkeypatch.setattr(evaluation, "frechet_distance", lambda a, b: compared.append((a, b)) or frechet_distance(a, b))
 
     # Statistics of a "whole training set" that are not the images': FID and sFID must use them.
-    mu, sigma = rng.normal(size=2048) * 0.1, np.cov(rng.normal(size=(3000, 2048)), rowvar=False) * 0.01
-    mu_s, sigma_s = rng.normal(size=2023) * 0.1, np.eye(2023) * 0.02
+    mu, sigma, mu_s, sigma_s = rng.normal(size=2048), np.eye(2048) * 0.01, rng.normal(size=2023), np.eye(2023) * 0.02
     batch = write_reference_batch(tmp_path / "VIRTUAL_ref.npz", reference_images, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
     result = evaluate_npz(samples, reference=str(batch), features="inception", inception_weights=inception_weights, batch_size=5, work_dir=tmp_path)
-    fake_pool, fake_spatial = fake.pool.double().numpy(), fake.spatial.double().numpy()
-    assert result["fid"] == pytest.approx(adm_frechet_distance(fake_pool.mean(0), np.cov(fake_pool, rowvar=False), mu, sigma), rel=1e-5)
-    assert result["sfid"] == pytest.approx(adm_frechet_distance(fake_spatial.mean(0), np.cov(fake_spatial, rowvar=False), mu_s, sigma_s), rel=1e-5)
-    expected_pr = adm_precision_recall(real.pool.double().numpy(), fake_pool)
+    (pool_samples, pool_reference), (spatial_samples, spatial_reference) = compared
+    assert np.array_equal(pool_reference.mu, mu) and np.array_equal(pool_reference.sigma, sigma)
+    assert np.array_equal(spatial_reference.mu, mu_s) and np.array_equal(spatial_reference.sigma, sigma_s)
+    for statistics, features in ((pool_samples, fake.pool), (spatial_samples, fake.spatial)):
+        np.testing.assert_allclose(statistics.mu, features.double().mean(0).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(statistics.sigma, np.cov(features.double().numpy(), rowvar=False), rtol=1e-5, atol=1e-9)
+    assert result["fid"] > 0 and result["sfid"] > 0
+    expected_pr = adm_precision_recall(real.pool.double().numpy(), fake.pool.double().numpy())
     assert (result["precision"], result["recall"]) == pytest.approx(expected_pr, abs=1e-6)
     assert result["inception_score"] == pytest.approx(adm_inception_score(fake.logits.double().numpy()), rel=1e-6)
     assert result["reference_pr_images"] == 12 and result["accuracy"] is None
 
     # Without statistics the images stand for the reference, as the ADM evaluator does.
-    bare = write_reference_batch(tmp_path / "images_only.npz", reference_images)
-    result = evaluate_npz(samples, reference=str(bare), features="inception", inception_weights=inception_weights, work_dir=tmp_path)
-    real_pool = real.pool.double().numpy()
-    expected = adm_frechet_distance(fake_pool.mean(0), np.cov(fake_pool, rowvar=False), real_pool.mean(0), np.cov(real_pool, rowvar=False))
-    assert result["fid"] == pytest.approx(expected, rel=1e-4)
+    bare = reference_from_npz(write_reference_batch(tmp_path / "images_only.npz", reference_images), network, work_dir=tmp_path)
+    np.testing.assert_allclose(bare.statistics.mu, real.pool.double().mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(bare.spatial.sigma, np.cov(real.spatial.double().numpy(), rowvar=False), rtol=1e-5, atol=1e-9)
+    assert torch.equal(bare.features, real.pool)
 
 
 def test_reference_npz_without_usable_contents_is_a_user_error(tmp_path: Path) -> None:
