@@ -28,6 +28,7 @@ from d2c_pack.build import BuildConfig, build, describe_build
 from d2c_pack.demo.flow import DemoConfig, run_demo
 from d2c_pack.errors import UserError
 from d2c_pack.hub import PushConfig, push
+from d2c_pack.hub_retry import hub_failure, hub_problem
 from d2c_pack.recipe import merge_recipe, read_recipe
 from d2c_pack.score import ScoreConfig, read_scores, score_source, summarize
 from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
@@ -296,7 +297,7 @@ def push_command(
     tag: Annotated[str | None, typer.Option(help="Version tag for the pushed commit, e.g. v1.0.")] = None,
     private: Annotated[bool | None, typer.Option("--private/--public", help="Visibility (default: private for ImageNet-derived data, else public).", show_default=False)] = None,
     gated: Annotated[bool | None, typer.Option("--gated/--not-gated", help="Gate access behind the card's terms (default: gated for ImageNet-derived data).", show_default=False)] = None,
-    create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing to the branch.")] = False,
+    create_pr: Annotated[bool, typer.Option(help="Open a pull request (all files in one commit) instead of committing to the branch (in commits of at most 5 GiB).")] = False,
     revision: Annotated[str | None, typer.Option(help="Branch to commit to (default: main).")] = None,
     message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
     force: Annotated[bool, typer.Option(help="Move the tag if it already exists.")] = False,
@@ -337,11 +338,14 @@ def _parse_int_list(text: str, flag: str) -> list[int]:
 
 
 def main() -> None:
-    """Console entry point: runs the app and turns user errors into one line and exit code 2."""
+    """Console entry point: runs the app and turns user errors, and Hub failures that retries did not
+    cure, into one line and exit code 2."""
     try:
         app()
-    except UserError as err:
-        if _show_tracebacks:
+    except Exception as err:
+        failure = None if isinstance(err, UserError) else hub_failure(err)
+        if _show_tracebacks or not (isinstance(err, UserError) or failure):
             raise
-        stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True, markup=True)
+        message = err if failure is None else f"a request to the Hub failed: {hub_problem(failure)}"
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)

@@ -1,92 +1,44 @@
 """``d2c-pack push``: publish a built dataset folder as a versioned Hub dataset repository.
 
 create_repo (dataset; ImageNet-derived data private and gated unless told otherwise) →
-upload_folder (re-running uploads only what the repository lacks) → create_tag on the exact
-commit made → verify the tagged revision against the manifest → the ``load_dataset`` line
-that reads that version. The token comes from ``HF_TOKEN`` or the stored login and is checked
-before anything is uploaded; it is never printed or written anywhere.
+upload what the revision lacks (below) → create_tag on the exact commit made → verify the tagged
+revision against the manifest → the ``load_dataset`` line that reads that version. The token comes
+from ``HF_TOKEN`` or the stored login and is checked before anything is uploaded; it is never
+printed or written anywhere.
 
-Every Hub call is retried on what passes (429, honouring ``Retry-After``; 500/502/503/504;
-dropped connections and timeouts) with exponential backoff, bounded in attempts and in time
-(:class:`RetryPolicy`); what does not pass (401, 403, 404, 409 …) fails at once with one line.
-huggingface_hub retries only its LFS transfers itself, not the commit, tag or repo calls.
-Each step is idempotent, so a retried or re-run push converges on the same repository.
+What is uploaded: the files the manifest lists, and the manifest, that the revision lacks or holds
+with other content (compared with the Hub's listing: LFS sha256, git blob ids). Each file is
+uploaded on its own, then committed in commits of at most ``commit_bytes`` (card and manifest in
+the last one, so a revision with a manifest is a complete one); with ``--create-pr`` everything
+goes in one commit, the pull request. So a push killed at any point and re-run uploads only what
+is missing: committed files are skipped, and LFS objects uploaded but not yet committed are
+skipped by the Hub's LFS batch answer. Every request (each file's upload, each commit, tag,
+listing) is retried on its own (:mod:`d2c_pack.hub_retry`), so a failure late in a long upload is
+retried like any other. Each step is idempotent, so a retried or re-run push converges on the same
+repository. Progress: one bar in bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import random
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import httpx2
-from huggingface_hub import DatasetCard, HfApi, get_token
+from huggingface_hub import CommitInfo, CommitOperationAdd, DatasetCard, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import git_blob_sha1
-from d2c_pack.verify import LocalFolder, read_manifest, verify
+from d2c_pack.hub_retry import RetryPolicy, hub_failure, hub_problem, status_of, with_retries
+from d2c_pack.progress import progress_bar
+from d2c_pack.verify import MANIFEST, LocalFolder, read_manifest, verify
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """How long a Hub call is retried: at most ``attempts`` tries within ``deadline`` seconds,
-    waiting base·2ⁿ (jittered, at most ``max_delay``) or the server's ``Retry-After``."""
-
-    attempts: int = 8
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-    deadline: float = 600.0
-
-
-def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy) -> T:
-    """``call()``, retried on transient failures as ``policy`` allows; the last failure is raised."""
-    start = time.monotonic()
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return call()
-        except Exception as err:
-            failure = hub_failure(err)
-            delay = None if failure is None else _retry_delay(failure, attempt, policy)
-            if delay is None or attempt == policy.attempts or time.monotonic() - start + delay > policy.deadline:
-                raise
-            log.warning("%s: %s; retry %d/%d in %.1f s", what, _failure(failure), attempt, policy.attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def hub_failure(err: BaseException) -> HfHubHTTPError | httpx2.TransportError | None:
-    """The HTTP or connection failure behind ``err``: itself, or what it wraps (huggingface_hub
-    re-raises a failed LFS upload as a RuntimeError ``from`` the HTTP error)."""
-    while err is not None and not isinstance(err, (HfHubHTTPError, httpx2.TransportError)):
-        err = err.__cause__
-    return err
-
-
-def _retry_delay(err: Exception, attempt: int, policy: RetryPolicy) -> float | None:
-    """Seconds to wait before the next try, or None when the failure will not pass by waiting."""
-    if isinstance(err, HfHubHTTPError):
-        status = _status(err)
-        if status not in TRANSIENT_STATUSES:
-            return None
-        retry_after = err.response.headers.get("Retry-After") if err.response is not None else None
-        if status == 429 and retry_after and retry_after.isdigit():
-            return min(float(retry_after), policy.max_delay)
-    backoff = min(policy.base_delay * 2 ** (attempt - 1), policy.max_delay)
-    return backoff * random.uniform(0.5, 1.0)  # jitter: many clients do not retry in lockstep
-
-
-def _failure(err: Exception) -> str:
-    status = _status(err) if isinstance(err, HfHubHTTPError) else None
-    return f"HTTP {status}" if status else type(err).__name__
+COMMIT_BYTES = 5 * 1024**3  # a commit records at most this much: what a re-run may have to upload again if the Hub lost uncommitted objects
+LAST = ("README.md", MANIFEST)  # committed last: a revision with the card and manifest holds every file they describe
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -102,7 +54,8 @@ class PushConfig:
     revision: str | None = None
     message: str | None = None
     force: bool = False
-    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    commit_bytes: int = COMMIT_BYTES
+    retry: RetryPolicy | None = None  # None: hub_retry.DEFAULT_POLICY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +85,7 @@ def push(config: PushConfig, api: HfApi | None = None) -> PushResult:
     restricted = _imagenet(folder)  # ImageNet's terms do not allow public redistribution
     private = restricted if config.private is None else config.private
     gated = restricted if config.gated is None else config.gated
+    target = "main" if config.create_pr or not config.revision else config.revision  # a pull request is opened against main
     try:
         token = _write_token(api, retry)
         if restricted and config.private is None:
@@ -143,47 +97,106 @@ def push(config: PushConfig, api: HfApi | None = None) -> PushResult:
         hub("create_repo", lambda: api.create_repo(config.repo_id, repo_type="dataset", private=private, exist_ok=True, token=token))
         if gated:
             hub("gate", lambda: api.update_repo_settings(config.repo_id, repo_type="dataset", gated="auto", token=token))
-        commit = hub("upload", lambda: api.upload_folder(
-            repo_id=config.repo_id, repo_type="dataset", folder_path=str(folder.folder), revision=config.revision,
-            commit_message=config.message or f"d2c-pack: {manifest['recipe']['selector']} subset, {manifest['selection']['rows']} rows",
-            create_pr=config.create_pr, token=token,
-        ))  # fmt: skip
+        missing = hub("compare", lambda: list(_remote_differences(api, config.repo_id, target, folder, manifest, token)))
+        message = config.message or f"d2c-pack: {manifest['recipe']['selector']} subset, {manifest['selection']['rows']} rows"
+        commit = _upload(api, config, folder, missing, message, token, hub) or hub(
+            "head", lambda: api.repo_info(config.repo_id, repo_type="dataset", revision=target, token=token).sha
+        )  # nothing was missing: the revision's head holds this folder already
         if config.tag:
             if config.force:
                 hub("delete tag", lambda: _delete_tag(api, config, token))
-            hub("tag", lambda: _create_tag(api, config, commit.oid, token))
-        revision = config.tag or commit.oid
+            hub("tag", lambda: _create_tag(api, config, commit, token))
+        revision = config.tag or commit
         problems = hub("check", lambda: remote_problems(api, config.repo_id, revision, folder, manifest, token))
     except Exception as err:
         failure = hub_failure(err)
         if isinstance(failure, HfHubHTTPError):
             raise UserError(_http_problem(config.repo_id, failure)) from None
         if failure is not None:
-            raise UserError(f"push to {config.repo_id} failed: the Hub could not be reached ({first_line(failure)}); re-run to continue") from None
+            raise UserError(f"push to {config.repo_id} failed: {hub_problem(failure)}") from None
         raise
     if problems:
         raise UserError(f"{config.repo_id}@{revision} does not match the manifest after the push: {problems[0]}")
-    return PushResult(config.repo_id, commit.oid, revision)
+    return PushResult(config.repo_id, commit, revision)
 
 
 def remote_problems(api: HfApi, repo_id: str, revision: str, folder: LocalFolder, manifest: dict, token: str) -> list[str]:
-    """What differs between the pushed revision and the manifest, from the Hub's file listing alone:
-    LFS files by the sha256 the Hub computed, regular files by their git blob id."""
+    """What differs between the pushed revision and the manifest, from the Hub's file listing alone."""
+    return list(_remote_differences(api, repo_id, revision, folder, manifest, token).values())
+
+
+def _remote_differences(api: HfApi, repo_id: str, revision: str, folder: LocalFolder, manifest: dict, token: str) -> dict[str, str]:
+    """Each file of the manifest, and the manifest, that ``revision`` lacks or holds with other content
+    (LFS files by the sha256 the Hub computed, regular files by their git blob id): path -> problem."""
     entries = api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True, expand=True, token=token)
     remote = {e.path: e for e in entries if hasattr(e, "size")}
-    problems = []
-    for path, expected in manifest["files"].items():
+    expected = {path: file["sha256"] for path, file in manifest["files"].items()} | {MANIFEST: None}
+    problems = {}
+    for path, sha256 in expected.items():
         entry = remote.get(path)
         if entry is None:
-            problems.append(f"{path}: missing on the Hub")
-        elif entry.lfs is not None and entry.lfs.sha256 != expected["sha256"]:
-            problems.append(f"{path}: the Hub's sha256 differs from the manifest")
+            problems[path] = f"{path}: missing on the Hub"
+        elif entry.lfs is not None and entry.lfs.sha256 != (sha256 or folder.sha256(path)):
+            problems[path] = f"{path}: the Hub's sha256 differs from the manifest"
         elif entry.lfs is None and entry.blob_id != git_blob_sha1(folder.folder / path):
-            problems.append(f"{path}: the Hub's copy differs from the local file")
+            problems[path] = f"{path}: the Hub's copy differs from the local file"
     return problems
 
 
-def _write_token(api: HfApi, retry: RetryPolicy) -> str:
+def _upload(api: HfApi, config: PushConfig, folder: LocalFolder, paths: list[str], message: str, token: str,
+            hub: Callable[[str, Callable[[], T]], T]) -> str | None:  # fmt: skip
+    """Uploads ``paths`` file by file and commits them in bounded commits (one with --create-pr);
+    the oid of the last commit, None if there was nothing to upload."""
+    sizes = {path: (folder.folder / path).stat().st_size for path in paths}
+    batches = _batches(sizes, None if config.create_pr else config.commit_bytes)
+    where = {"repo_type": "dataset", "revision": config.revision, "create_pr": config.create_pr, "token": token}
+
+    def upload(operation: CommitOperationAdd) -> None:
+        hub(f"upload {operation.path_in_repo}", lambda: api.preupload_lfs_files(config.repo_id, additions=[operation], **where))
+
+    def commit(operations: list[CommitOperationAdd], title: str) -> CommitInfo:
+        return hub("commit", lambda: api.create_commit(config.repo_id, operations, commit_message=title, **where))
+
+    oid = None
+    with _hub_bars_off(), progress_bar(f"push {config.repo_id}", sum(sizes.values()), in_bytes=True) as advance:
+        for number, batch in enumerate(batches, 1):
+            operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder.folder / path)) for path in batch]
+            for operation in operations:
+                upload(operation)  # regular (small) files travel inside the commit itself
+                advance(sizes[operation.path_in_repo])
+            oid = commit(operations, message if len(batches) == 1 else f"{message} ({number}/{len(batches)})").oid
+    return oid
+
+
+def _batches(sizes: dict[str, int], limit: int | None) -> list[list[str]]:
+    """The paths in commits of at most ``limit`` bytes (at least one file each; one commit if None),
+    the card and manifest in the last one."""
+    batches: list[list[str]] = []
+    held = 0
+    for path in sorted(set(sizes) - set(LAST)):
+        if not batches or (limit is not None and held + sizes[path] > limit):
+            batches.append([])
+            held = 0
+        batches[-1].append(path)
+        held += sizes[path]
+    if last := [path for path in LAST if path in sizes]:
+        batches[-1:] = [(batches[-1] if batches else []) + last]
+    return batches
+
+
+@contextmanager
+def _hub_bars_off() -> Iterator[None]:
+    """huggingface_hub's own tqdm bars off while push shows its one bar in bytes."""
+    was_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            enable_progress_bars()
+
+
+def _write_token(api: HfApi, retry: RetryPolicy | None) -> str:
     """The token, checked to allow writes, before anything is uploaded."""
     token = get_token()
     if not token:
@@ -191,16 +204,16 @@ def _write_token(api: HfApi, retry: RetryPolicy) -> str:
     try:
         whoami = with_retries(lambda: api.whoami(token=token), "push: check the token", retry)
     except HfHubHTTPError as err:
-        if _status(err) not in (401, 403):
+        if status_of(err) not in (401, 403):
             raise
-        raise UserError(f"the Hub refused the token ({_status(err)}): use a valid write token") from None
+        raise UserError(f"the Hub refused the token ({status_of(err)}): use a valid write token") from None
     role = whoami.get("auth", {}).get("accessToken", {}).get("role")
     if role == "read":
         raise UserError("the token is read-only: push needs a write token (HF_TOKEN or `hf auth login`)")
     return token
 
 
-def _refuse_public_repo(api: HfApi, repo_id: str, token: str, retry: RetryPolicy) -> None:
+def _refuse_public_repo(api: HfApi, repo_id: str, token: str, retry: RetryPolicy | None) -> None:
     """Data whose licence restricts redistribution goes to an existing public repository only with an explicit --public."""
     try:
         info = with_retries(lambda: api.repo_info(repo_id, repo_type="dataset", token=token), f"push {repo_id}: visibility", retry)
@@ -213,7 +226,7 @@ def _refuse_public_repo(api: HfApi, repo_id: str, token: str, retry: RetryPolicy
         )
 
 
-def _existing_tag(api: HfApi, config: PushConfig, token: str, retry: RetryPolicy) -> str | None:
+def _existing_tag(api: HfApi, config: PushConfig, token: str, retry: RetryPolicy | None) -> str | None:
     """The commit that ``config.tag`` already names (None if it names none, or --force moves it anyway)."""
     if not config.tag or config.force:
         return None
@@ -229,7 +242,7 @@ def _create_tag(api: HfApi, config: PushConfig, commit: str, token: str) -> None
     try:
         api.create_tag(config.repo_id, tag=config.tag, revision=commit, repo_type="dataset", token=token)
     except HfHubHTTPError as err:
-        if _status(err) != 409:
+        if status_of(err) != 409:
             raise
         refs = api.list_repo_refs(config.repo_id, repo_type="dataset", token=token)
         if not any(ref.name == config.tag and ref.target_commit == commit for ref in refs.tags):
@@ -240,7 +253,7 @@ def _delete_tag(api: HfApi, config: PushConfig, token: str) -> None:
     try:
         api.delete_tag(config.repo_id, tag=config.tag, repo_type="dataset", token=token)
     except HfHubHTTPError as err:
-        if _status(err) != 404:
+        if status_of(err) != 404:
             raise
 
 
@@ -248,12 +261,8 @@ def _imagenet(folder: LocalFolder) -> bool:
     return DatasetCard(folder.read_text("README.md")).data.get("license_name") == "imagenet"
 
 
-def _status(err: HfHubHTTPError) -> int | None:
-    return err.response.status_code if err.response is not None else None
-
-
 def _http_problem(repo_id: str, err: HfHubHTTPError) -> str:
-    status = _status(err)
+    status = status_of(err)
     cause = {
         401: "the token was refused",
         403: f"the token may not write to {repo_id}",

@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from d2c_pack import imagenet
 from d2c_pack.errors import SourceError, UserError
 from d2c_pack.fingerprint import sha256_json
+from d2c_pack.hub_retry import with_retries
 from d2c_pack.recipe import flag
 
 logger = logging.getLogger("d2c_pack.sources")
@@ -601,7 +602,7 @@ def _open_with_builder(
 ) -> DatasetsSource:
     """Open a split the way ``datasets.load_dataset`` does, keeping the builder for the fingerprint."""
     try:
-        builder = datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision)
+        builder = with_retries(lambda: datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision), f"open {spec}")
         files = builder.config.data_files or {}
         _check_split(spec, split, list(files))
         label_dataset = None
@@ -611,7 +612,7 @@ def _open_with_builder(
                 dataset = dataset._resolve_features()
             label_dataset = _projected(builder, dataset.features, path, config, data_files, revision, split, columns)
         else:
-            builder.download_and_prepare()
+            with_retries(builder.download_and_prepare, f"download {spec}")
             dataset = builder.as_dataset(split=split)
     except (OSError, ValueError, DatasetsError) as error:
         raise SourceError(f"cannot open {spec}: {_one_line(error)}") from error

@@ -11,9 +11,9 @@ import abc
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import datasets
 import numpy as np
@@ -21,16 +21,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, HfApi, HfFileSystem
-from huggingface_hub.errors import HfHubHTTPError
 from rich.console import Console
 from rich.table import Table
 
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import sha256_file
+from d2c_pack.hub_retry import hub_errors, with_retries
 from d2c_pack.package import MANIFEST_FILE
 
 MANIFEST = MANIFEST_FILE.as_posix()
 READ_BLOCK = 1 << 18
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,13 @@ class Location(abc.ABC):
     def sha256(self, path: str) -> str:
         """The file's sha256, from metadata where the location has it."""
 
-    def read_text(self, path: str) -> str:
+    def read(self, path: str, reader: Callable[[IO[bytes]], T]) -> T:
+        """``reader(file)`` on the opened file: what is read from a file goes through here (the Hub retries it)."""
         with self.open(path) as file:
-            return file.read().decode("utf-8")
+            return reader(file)
+
+    def read_text(self, path: str) -> str:
+        return self.read(path, lambda file: file.read().decode("utf-8"))
 
 
 class LocalFolder(Location):
@@ -77,7 +82,10 @@ class LocalFolder(Location):
 
 
 class HubRepo(Location):
-    """A dataset repository at one revision, read through ``huggingface_hub`` (token from HF_TOKEN or the login)."""
+    """A dataset repository at one revision, read through ``huggingface_hub`` (token from HF_TOKEN or the login).
+
+    Every read is retried on transient failures (:func:`d2c_pack.hub_retry.with_retries`); what still fails
+    is a one-line :class:`UserError`."""
 
     def __init__(self, repo_id: str, revision: str | None):
         self.repo_id, self.revision = repo_id, revision or "main"
@@ -87,25 +95,24 @@ class HubRepo(Location):
 
     def files(self) -> dict[str, RemoteFile]:
         if self._files is None:
-            try:
-                entries = self.api.list_repo_tree(self.repo_id, repo_type="dataset", revision=self.revision, recursive=True, expand=True)
-                self._files = {
-                    e.path: RemoteFile(e.size, e.lfs.sha256 if e.lfs else None) for e in entries if hasattr(e, "size")
-                }
-            except HfHubHTTPError as err:
-                raise UserError(f"cannot list {self.name} on the Hub: {first_line(err)}") from None
+            with hub_errors(f"listing {self.name} on the Hub"):
+                entries = with_retries(lambda: list(self.api.list_repo_tree(
+                    self.repo_id, repo_type="dataset", revision=self.revision, recursive=True, expand=True,
+                )), f"list {self.name}")  # fmt: skip
+            self._files = {e.path: RemoteFile(e.size, e.lfs.sha256 if e.lfs else None) for e in entries if hasattr(e, "size")}
         return self._files
 
     def open(self, path: str) -> IO[bytes]:
         # Small blocks: reading a parquet footer then fetches little more than the footer.
         return self.fs.open(f"datasets/{self.repo_id}@{self.revision.replace('/', '%2F')}/{path}", "rb", block_size=READ_BLOCK)
 
+    def read(self, path: str, reader: Callable[[IO[bytes]], T]) -> T:
+        with hub_errors(f"reading {path} of {self.name}"):
+            return with_retries(lambda: Location.read(self, path, reader), f"read {self.name}/{path}")
+
     def sha256(self, path: str) -> str:
         known = self.files()[path].sha256
-        if known is not None:
-            return known
-        with self.open(path) as file:
-            return hashlib.sha256(file.read()).hexdigest()
+        return known if known is not None else self.read(path, lambda file: hashlib.sha256(file.read()).hexdigest())
 
 
 def locate(name: str) -> Location:
@@ -153,19 +160,23 @@ def _schema_problems(location: Location, present: dict[str, RemoteFile]) -> list
         rows = 0
         for shard in shards:
             try:
-                with location.open(shard) as file:
-                    parquet = pq.ParquetFile(file)
-                    rows += parquet.metadata.num_rows
-                    features = datasets.Features.from_arrow_schema(parquet.schema_arrow)
+                num_rows, schema = location.read(shard, _footer)
             except (pa.ArrowInvalid, OSError) as err:
                 problems.append(f"{shard}: not a readable parquet file ({first_line(err)})")
                 continue
-            if features != info.features:
+            rows += num_rows
+            if datasets.Features.from_arrow_schema(schema) != info.features:
                 problems.append(f"{shard}: columns differ from the card's dataset_info for config {config!r}")
         expected = info.splits["train"].num_examples if info.splits else None
         if expected is not None and rows != expected:
             problems.append(f"config {config!r}: {rows} rows in {len(shards)} shard(s), the card declares {expected}")
     return problems
+
+
+def _footer(file: IO[bytes]) -> tuple[int, pa.Schema]:
+    """A parquet file's row count and schema, from its footer alone."""
+    parquet = pq.ParquetFile(file)
+    return parquet.metadata.num_rows, parquet.schema_arrow
 
 
 def _interval_text(selection: dict) -> str:
@@ -209,8 +220,7 @@ def describe(location: Location) -> list[Table]:
 
 def _column(location: Location, present: dict[str, RemoteFile], folder: str, name: str) -> Iterator[np.ndarray]:
     for shard in sorted(path for path in present if path.startswith(f"{folder}/") and path.endswith(".parquet")):
-        with location.open(shard) as file:
-            yield pq.ParquetFile(file).read(columns=[name])[name].to_numpy()
+        yield location.read(shard, lambda file: pq.ParquetFile(file).read(columns=[name])[name].to_numpy())
 
 
 def print_tables(tables: list[Table]) -> None:

@@ -37,7 +37,8 @@ revision ``RevisionNotFound``; missing file ``EntryNotFound`` (with ``X-Repo-Com
 a gated repo: 401 ``GatedRepo``. ``tokens=None`` turns auth off (everyone may write).
 
 ``requests`` logs ``(method, raw URL path without the query)`` of every request, faulted ones included;
-``faults`` logs ``(method, path, kind)`` of injected faults.
+``faults`` logs ``(method, path, kind)`` of injected faults; ``served`` counts the file bytes sent by downloads
+and ``received`` the content bytes uploaded (LFS objects stored, regular files committed).
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []
         self.faults: list[tuple[str, str, str]] = []
         self.served: dict[str, int] = {}  # file path in repo -> content bytes sent by resolve GETs
+        self.received = 0  # content bytes uploaded: LFS objects stored and regular files committed
         self.url = ""
         self._blobs: dict[str, bytes] = {}
         self._tickets: dict[str, tuple[tuple[str, str], str, int]] = {}  # upload ticket -> (repo key, sha256, size)
@@ -565,6 +567,7 @@ class HubServer:
             raise HubError(400, "Uploaded content does not match the announced sha256/size")
         self._store(req.body)
         self.repos[key].lfs.add(sha256)
+        self.received += len(req.body)
         return 200, {"ETag": f'"{hashlib.md5(req.body).hexdigest()}"'}, b""
 
     def _h_lfs_verify(self, req: Request, repo: str, type: str | None = None):
@@ -592,6 +595,7 @@ class HubServer:
             if key == "file":
                 data = base64.b64decode(value["content"])
                 self._store(data)
+                self.received += len(data)
                 files[path] = Entry.of(data, False)
             elif key == "lfsFile":
                 if value["oid"] not in found.lfs:

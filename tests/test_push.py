@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import hub_server
 import pytest
 from conftest import encode, make_image_folder, make_official_scorer, noise_image
 from hub_server import READ_TOKEN, WRITE_TOKEN, HubServer
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, _commit_api
 from huggingface_hub.errors import HfHubHTTPError
 from typer.testing import CliRunner
 
@@ -95,6 +97,34 @@ def test_rerunning_a_push_uploads_nothing_new(hub: HubServer, builds) -> None:
     assert not [path for method, path in hub.requests if method == "PUT"]
 
 
+@pytest.mark.parametrize(("commit_bytes", "killed_at"), [(1, 3), (None, 3), (None, 1)])
+def test_a_killed_push_rerun_uploads_only_what_is_missing(hub: HubServer, builds, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, commit_bytes: int | None, killed_at: int) -> None:  # fmt: skip
+    """Killed (as by Ctrl-C) when its n-th LFS upload starts, in commits of one file each (two files committed) or in one
+    commit (two LFS objects uploaded, none committed): the re-run sends every byte the first run did not, and no more."""
+    real_upload, started = _commit_api.lfs_upload, []
+
+    def killed_upload(**kwargs) -> None:
+        started.append(kwargs["operation"].path_in_repo)
+        if len(started) == killed_at:
+            raise KeyboardInterrupt
+        real_upload(**kwargs)
+
+    monkeypatch.setattr(_commit_api, "lfs_upload", killed_upload)
+    config = PushConfig(repo_id=REPO, source_dir=str(builds["v1.0"]), tag="v1.0", **({"commit_bytes": commit_bytes} if commit_bytes else {}))
+    with pytest.raises(KeyboardInterrupt):
+        push(config)
+    first = hub.received
+    monkeypatch.setattr(_commit_api, "lfs_upload", real_upload)
+    assert push(config).revision == "v1.0"
+    manifest = json.loads((builds["v1.0"] / "d2c" / "manifest.json").read_text())
+    total = sum(f["size"] for f in manifest["files"].values()) + (builds["v1.0"] / "d2c" / "manifest.json").stat().st_size
+    assert (first > 0) == (killed_at > 1) and hub.received == total  # over both runs, every byte was sent once
+    assert not set(started[: killed_at - 1]) & set(started[killed_at:])  # no LFS file uploaded by both runs
+    assert cli("verify", f"{REPO}@v1.0")[0] == 0
+    assert "B/s" in capsys.readouterr().err  # one bar in bytes, with the rate
+
+
 def test_an_existing_tag_is_refused_unless_forced(hub: HubServer, builds) -> None:
     assert cli("push", REPO, "--from", str(builds["v1.0"]), "--tag", "v1.0")[0] == 0
     code, output = cli("push", REPO, "--from", str(builds["v1.1"]), "--tag", "v1.0")
@@ -151,7 +181,7 @@ def test_a_corrupted_local_folder_is_not_pushed(hub: HubServer, builds, tmp_path
     assert code == 2 and "fails verification" in output
 
 
-FAST_RETRIES = RetryPolicy(attempts=10, base_delay=0.05, max_delay=2.0, deadline=120.0)
+FAST_RETRIES = RetryPolicy(attempts=10, base_delay=0.05, max_delay=2.0, max_wait=120.0)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -179,6 +209,22 @@ def test_retries_are_bounded_in_count_and_honour_retry_after(hub: HubServer, bui
     with pytest.raises(UserError, match=r"\(429\)"):
         push(PushConfig(repo_id=REPO, source_dir=str(builds["v1.0"]), retry=RetryPolicy(attempts=3, base_delay=0.01)))
     assert len(hub.requests) == 3 and time.monotonic() - tic >= 2  # waited Retry-After: 1 s twice
+
+
+def test_a_failure_late_in_a_long_upload_is_retried(hub: HubServer, builds, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries are bounded per request, not over the whole push: the commit failing after uploads that took longer
+    than the whole retry budget (max_wait) is still retried."""
+    real_upload = _commit_api.lfs_upload
+
+    def slow_upload(**kwargs) -> None:
+        time.sleep(0.4)
+        real_upload(**kwargs)
+
+    monkeypatch.setattr(_commit_api, "lfs_upload", slow_upload)  # 4 LFS files: 1.6 s of uploading
+    commits = []
+    hub.inject_faults(1.0, ("503",), only=lambda method, path: "/commit/" in path and len(commits.append(path) or commits) == 1)
+    result = push(PushConfig(repo_id=REPO, source_dir=str(builds["v1.0"]), tag="v1.0", retry=RetryPolicy(attempts=3, base_delay=0.05, max_wait=1.0)))
+    assert result.revision == "v1.0" and [(path, kind) for _, path, kind in hub.faults] == [(commits[0], "503")]
 
 
 @pytest.mark.parametrize(
@@ -213,3 +259,14 @@ def test_a_wrapped_transient_failure_is_retried_and_a_foreign_error_is_not() -> 
     with pytest.raises(KeyError):
         with_retries(lambda: attempts.append(1) or {}["missing"], "lookup", FAST_RETRIES)
     assert len(attempts) == 4  # a bug is not retried
+
+
+def test_the_push_benchmark_at_its_tiny_size(tmp_path: Path) -> None:
+    """benchmarks/push_resume.py --tiny: a push killed half-way and re-run sends each byte once over both runs."""
+    out = tmp_path / "push.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/push_resume.py", "--tiny", "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["commits"] >= 3 and result["sent_whole_mb"] == pytest.approx(result["folder_mb"])
+    assert result["sent_before_kill_mb"] >= 2 and result["sent_twice_mb"] == 0 and result["push_mb_per_s"] > 0

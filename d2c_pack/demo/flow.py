@@ -20,6 +20,7 @@ import datasets
 from d2c_pack.build import BuildConfig, build
 from d2c_pack.errors import UserError
 from d2c_pack.hub import PushConfig, push
+from d2c_pack.hub_retry import with_retries
 from d2c_pack.recipe import flag, read_recipe
 from d2c_pack.train.evaluation import evaluate
 from d2c_pack.train.loop import TrainConfig, train
@@ -66,7 +67,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
         lambda: build(BuildConfig(**recipe | {"out": str(out / "data"), "work": str(out / "work"), "device": config.device})),
     )
     _, where, revision = report.timed("publish", lambda: _publish(data, config.push_to), lambda published: published[0])
-    report.timed("load_dataset", lambda: datasets.load_dataset(where, revision=revision, split="train"), lambda d: f"{d.num_rows} rows, columns {', '.join(d.column_names)}")
+    report.timed("load_dataset", lambda: _load(where, revision), lambda d: f"{d.num_rows} rows, columns {', '.join(d.column_names)}")
     settings = training | {"data": str(data), "out": str(out / "run"), "steps": config.steps, "device": config.device}
     settings["ckpt_every"] = min(settings["ckpt_every"], config.steps)
     run = report.timed("model (train)", lambda: train(TrainConfig(**settings)))
@@ -93,3 +94,7 @@ def _publish(data: Path, repo_id: str | None) -> tuple[str, str, str | None]:
     result = push(PushConfig(repo_id=repo_id, source_dir=str(data), tag=DEMO_TAG, force=True))
     return f"pushed: {result.load_line()}", repo_id, DEMO_TAG
 
+
+def _load(where: str, revision: str | None) -> datasets.Dataset:
+    """The published subset read back as users will (``load_dataset``), retried on Hub failures that pass."""
+    return with_retries(lambda: datasets.load_dataset(where, revision=revision, split="train"), f"load {where}")

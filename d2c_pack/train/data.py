@@ -12,6 +12,7 @@ from datasets.exceptions import DatasetsError
 from torch.utils.data import Dataset, Sampler
 
 from d2c_pack.errors import UserError, first_line
+from d2c_pack.hub_retry import with_retries
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
 from d2c_pack.sources import ImageSource, is_saved_dataset
 
@@ -77,7 +78,7 @@ def open_subset(data: str) -> tuple[datasets.Dataset, dict | None]:
             subset = datasets.load_dataset(data, split="train")
         else:
             repo_id, _, revision = data.partition("@")
-            subset = datasets.load_dataset(repo_id, revision=revision or None, split="train")
+            subset = with_retries(lambda: datasets.load_dataset(repo_id, revision=revision or None, split="train"), f"load {data}")
     except (OSError, ValueError, DatasetsError) as err:
         raise UserError(f"cannot load the dataset {data}: {first_line(err)}") from None
     try:
