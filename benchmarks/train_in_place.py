@@ -61,8 +61,8 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int, flags: dict) -> float:
-    """Rows/s of the training DataLoader alone, over the batches of ``steps`` steps."""
+def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int, flags: dict, cache: Path) -> float:
+    """Rows/s of the training DataLoader alone, over the batches of ``steps`` steps (``datasets`` caching in ``cache``)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -70,7 +70,11 @@ def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int,
     from d2c_pack.train.loop import TrainConfig, prepare_data
 
     config = TrainConfig(data=data, out="unused", batch_size=batch_size, workers=workers, **flags)
-    rows = prepare_data(config, torch.device("cpu")).dataset
+    cached, datasets.config.HF_DATASETS_CACHE = datasets.config.HF_DATASETS_CACHE, str(cache)
+    try:
+        rows = prepare_data(config, torch.device("cpu")).dataset
+    finally:
+        datasets.config.HF_DATASETS_CACHE = cached
     batches = EpochPermutationBatches(len(rows), batch_size, seed=0, start_step=0, num_steps=steps)
     tic = time.perf_counter()
     for _ in DataLoader(rows, batch_sampler=batches, num_workers=workers, collate_fn=collate_rows):
@@ -92,7 +96,9 @@ def train_in_place_benchmark(
             "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--vae", "none", "--log-every", "1",
             "--ckpt-every", str(steps), "--text" if text else "--no-text", "--align" if align else "--no-align",
         ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ | {"HF_DATASETS_CACHE": str(cache)})
+        log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the run
+        with log.open("w") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ | {"HF_DATASETS_CACHE": str(cache)})
         peak_disk, status, usage = 0, None, None
         while status is None:
             pid, wait_status, wait_usage = os.wait4(process.pid, os.WNOHANG)
@@ -102,13 +108,14 @@ def train_in_place_benchmark(
             else:
                 time.sleep(0.2)
         if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read()}")
+            raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        reader = reader_rows_per_second(data, steps, batch_size, workers, flags, Path(scratch) / "reader-cache")
     steady = lines[len(lines) // 2 :]
     return {
         "data": data, "model": model, "steps": steps, "batch_size": batch_size, "workers": workers,
         "train_rows_per_second": sum(line["images_per_second"] for line in steady) / len(steady),
-        "reader_rows_per_second": reader_rows_per_second(data, steps, batch_size, workers, flags),
+        "reader_rows_per_second": reader,
         "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_extra_disk_bytes": peak_disk,
     }  # fmt: skip
 

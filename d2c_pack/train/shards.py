@@ -3,7 +3,8 @@
 A built folder, or the Hub snapshot of one (the Hub download is then the only copy), is read
 shard by shard through memory-mapped ``pyarrow.parquet.ParquetFile`` handles. A global row index
 maps to (shard, row group, offset); a batch decodes each row group it touches once, only the
-columns it needs, and a few decoded row groups stay cached per process. Array columns become
+columns it needs, and a few decoded row groups stay cached per process (so a random row costs
+the decoding of its row group: the shards' row group size sets the price). Array columns become
 tensors from their Arrow value buffers, reshaped by the ``datasets`` features the shards carry in
 their schema metadata, with the dtypes ``datasets``' torch format gives (so both paths train alike).
 """
