@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
+import hub_server
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
+from hub_server import HubServer
 from safetensors.torch import load_file
 
 from d2c_pack.build import BuildConfig, build
@@ -19,7 +24,11 @@ from d2c_pack.errors import UserError
 from d2c_pack.latents import VaeSpace
 from d2c_pack.models import BACKBONES, load_backbone, load_class_text
 from d2c_pack.models.d2c import D2CSiT, DCEmbedding
+from d2c_pack.train.data import SubsetRows, collate_rows
 from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, step_randomness, train
+from d2c_pack.train.shards import ParquetShards, ShardRows
+
+hub = hub_server.hub
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +231,59 @@ def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
     assert any(not torch.equal(one[k], v) for k, v in load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "ema.safetensors")).items())
+
+
+def assert_same_weights(run_a: Path, run_b: Path, step: int) -> None:
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = (load_file(str(run / "checkpoints" / f"{step:07d}" / name)) for run in (run_a, run_b))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_build_trains_in_place_like_through_datasets(tmp_path: Path, subsets) -> None:
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    train(config(tmp_path / "in-place", subsets["pixels"], steps=3, ckpt_every=3, workers=2))
+    assert not cache.exists() or not any(cache.rglob("*"))  # no Arrow copy of the shards anywhere
+    copy = tmp_path / "saved"  # the same rows as a save_to_disk folder: the datasets path
+    datasets.load_dataset(str(subsets["pixels"]), split="train").save_to_disk(str(copy))
+    train(config(tmp_path / "datasets", copy, steps=3, ckpt_every=3))
+    assert_same_weights(tmp_path / "in-place/run", tmp_path / "datasets/run", 3)
+    class_text = [load_class_text(tmp_path / run / "run/model") for run in ("in-place", "datasets")]
+    assert torch.equal(class_text[0].embedding, class_text[1].embedding) and torch.equal(class_text[0].mask, class_text[1].mask)
+
+
+def test_shards_read_both_array_encodings_by_row_group(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    values = {"label": rng.integers(0, 3, 11), "tokens": rng.standard_normal((11, 5, 4)).astype(np.float16), "mask": rng.integers(0, 2, (11, 4)).astype(np.int8)}
+    encodings = {
+        "extension": datasets.Features({"label": datasets.ClassLabel(names=["a", "b", "c"]), "tokens": datasets.Array2D((5, 4), "float16"), "mask": datasets.List(datasets.Value("int8"), length=4)}),
+        "nested": datasets.Features({"label": datasets.ClassLabel(names=["a", "b", "c"]), "tokens": datasets.List(datasets.List(datasets.Value("float16"), length=4), length=5), "mask": datasets.List(datasets.Value("int8"), length=4)}),
+    }  # fmt: skip
+    order = [10, 0, 3, 3, 7, 1, 9]  # across shards and row groups, one row twice
+    for name, features in encodings.items():
+        dataset = datasets.Dataset.from_dict(values, features=features)
+        paths = []
+        for index, (start, stop) in enumerate([(0, 6), (6, 11)]):  # two shards of row groups of 4 rows
+            paths.append(tmp_path / f"{name}-{index}.parquet")
+            pq.write_table(dataset.select(range(start, stop)).data.table, paths[-1], row_group_size=4)
+        shards = ParquetShards(paths)
+        assert len(shards) == 11 and pq.ParquetFile(paths[0]).num_row_groups == 2
+        in_place = collate_rows(ShardRows(shards, ["tokens", "mask"], 16).__getitems__(order))
+        reference = collate_rows([SubsetRows(dataset, ["tokens", "mask"], 16)[i] for i in order])
+        assert in_place["tokens"].shape == (7, 5, 4)
+        for key, tensor in reference.items():
+            assert in_place[key].dtype == tensor.dtype and torch.equal(in_place[key], tensor), (name, key)
+        assert (shards.column("label") == values["label"]).all()
+
+
+def test_a_hub_build_trains_from_its_snapshot_in_place(hub: HubServer, tmp_path: Path, subsets) -> None:
+    from huggingface_hub import HfApi, constants
+
+    HfApi().create_repo("tester/tiny", repo_type="dataset")
+    HfApi().upload_folder(repo_id="tester/tiny", repo_type="dataset", folder_path=str(subsets["latent"]))
+    train(config(tmp_path, "tester/tiny", model="SiT-T/2", steps=2, vae="stabilityai/never-downloaded"))
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    assert not cache.exists() or not any(cache.rglob("*"))
+    downloaded = [p.relative_to(p.parents[1]).as_posix() for p in Path(constants.HF_HUB_CACHE).rglob("*.parquet")]
+    assert sorted(downloaded) == sorted(p.relative_to(subsets["latent"]).as_posix() for p in (subsets["latent"] / "data").glob("*.parquet"))
+    train(config(tmp_path / "local", subsets["latent"], model="SiT-T/2", steps=2, vae="stabilityai/never-downloaded"))
+    assert_same_weights(tmp_path / "run", tmp_path / "local/run", 2)

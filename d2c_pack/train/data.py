@@ -15,6 +15,7 @@ from d2c_pack.errors import UserError, first_line
 from d2c_pack.hub_retry import with_retries
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
 from d2c_pack.sources import ImageSource, is_saved_dataset
+from d2c_pack.train.shards import ParquetShards, ShardRows, built_shards, hub_snapshot
 
 
 class SourceRows(Dataset):
@@ -46,6 +47,9 @@ class SubsetRows(Dataset):
         self.rows = dataset.select_columns(["label", *columns]).with_format("torch", columns=["label", *arrays], output_all_columns=True)
         self.resolution = resolution
 
+    def labels(self) -> np.ndarray:
+        return self.rows.with_format("arrow")["label"].to_numpy()
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -64,28 +68,43 @@ def collate_rows(items: list[dict | None]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def open_subset(data: str) -> tuple[datasets.Dataset, dict | None]:
-    """A condensed dataset (a built folder, a ``save_to_disk`` folder, or Hub ``ORG/NAME[@REV]``) as a
-    memory-mapped ``datasets.Dataset``, and its manifest (None for a dataset d2c-pack did not build)."""
-    from d2c_pack.verify import locate, read_manifest
+def open_subset(data: str) -> tuple[datasets.Dataset | ParquetShards, dict | None]:
+    """A condensed dataset and its manifest (None for a dataset d2c-pack did not build).
+
+    A d2c-pack build — a folder, or a Hub ``ORG/NAME[@REV]`` (its snapshot in the HF hub cache) —
+    is read in place as :class:`ParquetShards`; anything else (a ``save_to_disk`` folder, another
+    Hub dataset) as a memory-mapped ``datasets.Dataset``, which ``datasets`` first converts to Arrow.
+    """
+    from d2c_pack.verify import LocalFolder, locate, read_manifest
 
     location = locate(data)
     try:
+        manifest = read_manifest(location)
+    except UserError:  # a dataset not built by d2c-pack trains as well
+        manifest = None
+    repo_id, _, revision = data.partition("@")
+    try:
+        if manifest is not None:
+            folder = location.folder if isinstance(location, LocalFolder) else with_retries(lambda: hub_snapshot(repo_id, revision or None), f"download {data}")
+            if shards := built_shards(folder):
+                return ParquetShards(shards), read_manifest(LocalFolder(folder))
         if Path(data).is_dir() and is_saved_dataset(Path(data)):
             saved = datasets.load_from_disk(data)
             subset = saved["train"] if isinstance(saved, datasets.DatasetDict) else saved
         elif Path(data).is_dir():
             subset = datasets.load_dataset(data, split="train")
         else:
-            repo_id, _, revision = data.partition("@")
             subset = with_retries(lambda: datasets.load_dataset(repo_id, revision=revision or None, split="train"), f"load {data}")
     except (OSError, ValueError, DatasetsError) as err:
         raise UserError(f"cannot load the dataset {data}: {first_line(err)}") from None
-    try:
-        manifest = read_manifest(location)
-    except UserError:  # a dataset not built by d2c-pack trains as well
-        manifest = None
     return subset, manifest
+
+
+def subset_rows(subset: datasets.Dataset | ParquetShards, columns: list[str], resolution: int) -> SubsetRows | ShardRows:
+    """The training rows of ``subset`` with ``columns`` (besides the label), read in place when it is a build."""
+    if isinstance(subset, ParquetShards):
+        return ShardRows(subset, columns, resolution)
+    return SubsetRows(subset, columns, resolution)
 
 
 class EpochPermutationBatches(Sampler[list[int]]):

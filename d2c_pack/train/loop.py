@@ -54,9 +54,9 @@ from d2c_pack.sources import SourceArgs
 from d2c_pack.train.data import (
     EpochPermutationBatches,
     SourceRows,
-    SubsetRows,
     collate_rows,
     open_subset,
+    subset_rows,
 )
 from d2c_pack.train.transport import interpolate
 
@@ -181,12 +181,12 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         _require(features, ("text_embedding", "text_mask"), "--no-text")
         columns += ["text_embedding", "text_mask"]
         data.text_dim = features["text_embedding"].shape[1]
-        data.class_text = first_caption_per_class(subset, len(names))
+        data.class_text = first_caption_per_class(subset_rows(subset, ["text_embedding", "text_mask"], data.image_size), len(names))
     if config.align:
         _require(features, ("visual_tokens",), "--no-align")
         columns.append("visual_tokens")
         data.visual_dim = features["visual_tokens"].shape[1]
-    data.dataset = SubsetRows(subset, columns, data.image_size)
+    data.dataset = subset_rows(subset, columns, data.image_size)
     return data
 
 
@@ -195,15 +195,17 @@ def _require(features, columns: tuple[str, ...], switch: str) -> None:
         raise UserError(f"the dataset has no {', '.join(missing)} column; build it with that column or pass {switch}")
 
 
-def first_caption_per_class(subset, num_classes: int) -> ClassText:
-    """Each class's first caption embedding: the text a class is sampled with (zeros for an empty class)."""
-    labels = subset.with_format("arrow")["label"].to_numpy()
-    classes, first = np.unique(labels, return_index=True)
-    rows = subset.select(first.tolist()).with_format("torch", columns=["text_embedding", "text_mask"])
-    embedding = torch.zeros(num_classes, *rows[0]["text_embedding"].shape, dtype=torch.float16)
-    mask = torch.zeros(num_classes, rows[0]["text_mask"].shape[0], dtype=torch.int8)
-    embedding[classes] = rows[:]["text_embedding"].half()
-    mask[classes] = rows[:]["text_mask"].to(torch.int8)
+def first_caption_per_class(rows, num_classes: int) -> ClassText:
+    """Each class's first caption embedding: the text a class is sampled with (zeros for an empty class).
+
+    ``rows``: the subset's rows with the text columns (``SubsetRows`` or ``ShardRows``).
+    """
+    classes, first = np.unique(rows.labels(), return_index=True)
+    captions = collate_rows([rows[int(i)] for i in first])
+    embedding = torch.zeros(num_classes, *captions["text_embedding"].shape[1:], dtype=torch.float16)
+    mask = torch.zeros(num_classes, captions["text_mask"].shape[1], dtype=torch.int8)
+    embedding[classes] = captions["text_embedding"].half()
+    mask[classes] = captions["text_mask"].to(torch.int8)
     return ClassText(embedding, mask)
 
 

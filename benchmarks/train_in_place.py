@@ -1,0 +1,161 @@
+"""Training from a build read in place: rows/s, peak RSS and peak extra disk of `d2c-pack train --data BUILD`.
+
+`d2c-pack train` runs in its own process with HF_DATASETS_CACHE pointed at an empty folder, whose
+size is polled while it runs (the Arrow copy the `datasets` path writes there); train rows/s is
+the mean of the metrics of the second half of the run (after warm-up). On a CPU the model
+dominates, so the reader is also timed alone: the DataLoader over the same batches, no model.
+`--data` is a built folder or a Hub ORG/NAME[@REV]; without it a synthetic latent build is written
+first (label, latent, text and visual columns of `--resolution`'s shapes, `--rows-per-group` rows
+per parquet row group: 100 is what a build with an image column gets from `datasets`).
+
+    python benchmarks/train_in_place.py [--data BUILD] [--steps 50] [--model SiT-S/2] [--batch-size 256]
+    python benchmarks/train_in_place.py --tiny      # a 96-row synthetic build and SiT-T/2, as the test runs it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from d2c_pack.verify import MANIFEST
+
+
+def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16, 2048), visual_dim=768, rows_per_group=100, shards=2) -> Path:
+    """A folder shaped like a latent build (data/ shards + d2c/manifest.json) with random rows; no image column."""
+    side, grid = resolution // 8, resolution // 16  # SD-VAE latent side; DINOv2-B/14 token grid at 224 → 16 px per token
+    features = datasets.Features({
+        "label": datasets.ClassLabel(num_classes=10),
+        "latent": datasets.Array3D((8, side, side), "float16"),
+        "text_embedding": datasets.Array2D(text_shape, "float16"),
+        "text_mask": datasets.List(datasets.Value("int8"), length=text_shape[0]),
+        "visual_tokens": datasets.Array2D((grid * grid, visual_dim), "float16"),
+    })  # fmt: skip
+    rng = np.random.default_rng(0)
+    noise = lambda *shape: rng.random((rows, *shape), dtype=np.float32).astype(np.float16)  # noqa: E731  (incompressible, like real values)
+    table = datasets.Dataset.from_dict({
+        "label": rng.integers(0, 10, rows), "latent": noise(8, side, side), "text_embedding": noise(*text_shape),
+        "text_mask": np.ones((rows, text_shape[0]), np.int8), "visual_tokens": noise(grid * grid, visual_dim),
+    }, features=features)  # fmt: skip
+    (folder / "data").mkdir(parents=True)
+    for index in range(shards):
+        table.shard(shards, index, contiguous=True).to_parquet(str(folder / "data" / f"train-{index:05d}-of-{shards:05d}.parquet"), batch_size=rows_per_group)
+    (folder / MANIFEST).parent.mkdir()
+    (folder / MANIFEST).write_text(json.dumps({"recipe": {"resolution": resolution}, "inputs": {}, "files": {}}) + "\n")
+    return folder
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int, flags: dict, cache: Path) -> float:
+    """Rows/s of the training DataLoader alone, over the batches of ``steps`` steps (``datasets`` caching in ``cache``)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from d2c_pack.train.data import EpochPermutationBatches, collate_rows
+    from d2c_pack.train.loop import TrainConfig, prepare_data
+
+    config = TrainConfig(data=data, out="unused", batch_size=batch_size, workers=workers, **flags)
+    cached, datasets.config.HF_DATASETS_CACHE = datasets.config.HF_DATASETS_CACHE, str(cache)
+    try:
+        rows = prepare_data(config, torch.device("cpu")).dataset
+    finally:
+        datasets.config.HF_DATASETS_CACHE = cached
+    batches = EpochPermutationBatches(len(rows), batch_size, seed=0, start_step=0, num_steps=steps)
+    tic = time.perf_counter()
+    for _ in DataLoader(rows, batch_sampler=batches, num_workers=workers, collate_fn=collate_rows):
+        pass
+    return steps * batch_size / (time.perf_counter() - tic)
+
+
+def train_in_place_benchmark(
+    data: str, steps: int, *, model: str = "SiT-S/2", batch_size: int = 256, workers: int = 4, device: str = "auto", text: bool = True, align: bool = True
+) -> dict:
+    """Trains ``steps`` steps of ``model`` from ``data`` in its own process; rows/s (training and reader alone),
+    peak RSS of its largest process, and the peak bytes it wrote to an empty HF_DATASETS_CACHE."""
+    flags = {"model": model, "device": device, "text": text, "align": align, "vae": "none"}
+    with tempfile.TemporaryDirectory() as scratch:
+        cache, out = Path(scratch) / "hf-datasets-cache", Path(scratch) / "run"
+        cache.mkdir()
+        command = [
+            sys.executable, "-m", "d2c_pack", "train", "--data", data, "--out", str(out), "--model", model, "--steps", str(steps),
+            "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--vae", "none", "--log-every", "1",
+            "--ckpt-every", str(steps), "--text" if text else "--no-text", "--align" if align else "--no-align",
+        ]  # fmt: skip
+        log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the run
+        with log.open("w") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ | {"HF_DATASETS_CACHE": str(cache)})
+        peak_disk, status, usage = 0, None, None
+        while status is None:
+            pid, wait_status, wait_usage = os.wait4(process.pid, os.WNOHANG)
+            peak_disk = max(peak_disk, folder_bytes(cache))
+            if pid:
+                status, usage = wait_status, wait_usage
+            else:
+                time.sleep(0.2)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        reader = reader_rows_per_second(data, steps, batch_size, workers, flags, Path(scratch) / "reader-cache")
+    steady = lines[len(lines) // 2 :]
+    return {
+        "data": data, "model": model, "steps": steps, "batch_size": batch_size, "workers": workers,
+        "train_rows_per_second": sum(line["images_per_second"] for line in steady) / len(steady),
+        "reader_rows_per_second": reader,
+        "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_extra_disk_bytes": peak_disk,
+    }  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="a built folder or Hub ORG/NAME[@REV]; default: a synthetic build")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--model", default="SiT-S/2")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rows", type=int, default=2048, help="rows of the synthetic build")
+    parser.add_argument("--resolution", type=int, default=256, help="resolution of the synthetic build")
+    parser.add_argument("--rows-per-group", type=int, default=100, help="parquet row group size of the synthetic build")
+    parser.add_argument("--tiny", action="store_true", help="96 synthetic rows at R = 32, SiT-T/2, 4 steps of 8 rows")
+    parser.add_argument("--json", default="benchmarks/results/train_in_place.json")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.rows, args.resolution, args.rows_per_group, args.model, args.steps, args.batch_size, args.workers = 96, 32, 10, "SiT-T/2", 4, 8, 2
+    with tempfile.TemporaryDirectory() as scratch:
+        data = args.data
+        if data is None:
+            shapes = {"text_shape": (16, 8), "visual_dim": 8} if args.tiny else {}
+            data = str(synthetic_build(Path(scratch) / "build", args.rows, args.resolution, rows_per_group=args.rows_per_group, **shapes))
+        result = train_in_place_benchmark(data, args.steps, model=args.model, batch_size=args.batch_size, workers=args.workers, device=args.device)
+    result |= {"synthetic": None if args.data else {"rows": args.rows, "resolution": args.resolution, "rows_per_group": args.rows_per_group}}
+
+    table = Table(title=f"train {args.model} {args.steps} steps reading {args.data or 'a synthetic build'} in place, batch {args.batch_size}")
+    for column in ("train rows/s", "reader rows/s", "peak RSS", "peak extra disk"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{result['train_rows_per_second']:.1f}", f"{result['reader_rows_per_second']:.1f}",
+        f"{result['peak_rss_bytes'] / 2**20:.0f} MiB", f"{result['peak_extra_disk_bytes'] / 2**20:.1f} MiB",
+    )  # fmt: skip
+    Console().print(table)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": platform.platform(), "cpus": os.cpu_count(), "results": [result]}
+    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
