@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, DatasetCard, HfApi, get_token
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -38,6 +38,7 @@ from d2c_pack.verify import MANIFEST, LocalFolder, read_manifest, verify
 
 T = TypeVar("T")
 COMMIT_BYTES = 5 * 1024**3  # a commit records at most this much: what a re-run may have to upload again if the Hub lost uncommitted objects
+CONFIG_FOLDERS = ("data/", "scores/")  # what load_dataset reads of the repository: nothing else may be there
 LAST = ("README.md", MANIFEST)  # committed last: a revision with the card and manifest holds every file they describe
 
 
@@ -97,9 +98,11 @@ def push(config: PushConfig, api: HfApi | None = None) -> PushResult:
         hub("create_repo", lambda: api.create_repo(config.repo_id, repo_type="dataset", private=private, exist_ok=True, token=token))
         if gated:
             hub("gate", lambda: api.update_repo_settings(config.repo_id, repo_type="dataset", gated="auto", token=token))
-        missing = hub("compare", lambda: list(_remote_differences(api, config.repo_id, target, folder, manifest, token)))
+        differences = hub("compare", lambda: list(_remote_differences(api, config.repo_id, target, folder, manifest, token)))
+        stale = [path for path in differences if path != MANIFEST and path not in manifest["files"]]
+        missing = [path for path in differences if path not in stale]
         message = config.message or f"d2c-pack: {manifest['recipe']['selector']} subset, {manifest['selection']['rows']} rows"
-        commit = _upload(api, config, folder, missing, message, token, hub) or hub(
+        commit = _upload(api, config, folder, missing, stale, message, token, hub) or hub(
             "head", lambda: api.repo_info(config.repo_id, repo_type="dataset", revision=target, token=token).sha
         )  # nothing was missing: the revision's head holds this folder already
         if config.tag:
@@ -127,7 +130,9 @@ def remote_problems(api: HfApi, repo_id: str, revision: str, folder: LocalFolder
 
 def _remote_differences(api: HfApi, repo_id: str, revision: str, folder: LocalFolder, manifest: dict, token: str) -> dict[str, str]:
     """Each file of the manifest, and the manifest, that ``revision`` lacks or holds with other content
-    (LFS files by the sha256 the Hub computed, regular files by their git blob id): path -> problem."""
+    (LFS files by the sha256 the Hub computed, regular files by their git blob id), and each file in the
+    configs' folders that the manifest does not list (an older version's shard, which ``load_dataset``
+    would read too): path -> problem."""
     entries = api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True, expand=True, token=token)
     remote = {e.path: e for e in entries if hasattr(e, "size")}
     expected = {path: file["sha256"] for path, file in manifest["files"].items()} | {MANIFEST: None}
@@ -140,21 +145,24 @@ def _remote_differences(api: HfApi, repo_id: str, revision: str, folder: LocalFo
             problems[path] = f"{path}: the Hub's sha256 differs from the manifest"
         elif entry.lfs is None and entry.blob_id != git_blob_sha1(folder.folder / path):
             problems[path] = f"{path}: the Hub's copy differs from the local file"
+    for path in sorted(remote.keys() - expected.keys()):
+        if path.startswith(CONFIG_FOLDERS):
+            problems[path] = f"{path}: on the Hub but not in the manifest (a file of another version)"
     return problems
 
 
-def _upload(api: HfApi, config: PushConfig, folder: LocalFolder, paths: list[str], message: str, token: str,
+def _upload(api: HfApi, config: PushConfig, folder: LocalFolder, paths: list[str], stale: list[str], message: str, token: str,
             hub: Callable[[str, Callable[[], T]], T]) -> str | None:  # fmt: skip
-    """Uploads ``paths`` file by file and commits them in bounded commits (one with --create-pr);
-    the oid of the last commit, None if there was nothing to upload."""
+    """Uploads ``paths`` file by file and commits them in bounded commits (one with --create-pr),
+    deleting the ``stale`` files in the last; the oid of the last commit, None if there was nothing to do."""
     sizes = {path: (folder.folder / path).stat().st_size for path in paths}
-    batches = _batches(sizes, None if config.create_pr else config.commit_bytes)
+    batches = _batches(sizes, None if config.create_pr else config.commit_bytes) or ([[]] if stale else [])
     where = {"repo_type": "dataset", "revision": config.revision, "create_pr": config.create_pr, "token": token}
 
     def upload(operation: CommitOperationAdd) -> None:
         hub(f"upload {operation.path_in_repo}", lambda: api.preupload_lfs_files(config.repo_id, additions=[operation], **where))
 
-    def commit(operations: list[CommitOperationAdd], title: str) -> CommitInfo:
+    def commit(operations: list[CommitOperationAdd | CommitOperationDelete], title: str) -> CommitInfo:
         return hub("commit", lambda: api.create_commit(config.repo_id, operations, commit_message=title, **where))
 
     oid = None
@@ -164,7 +172,8 @@ def _upload(api: HfApi, config: PushConfig, folder: LocalFolder, paths: list[str
             for operation in operations:
                 upload(operation)  # regular (small) files travel inside the commit itself
                 advance(sizes[operation.path_in_repo])
-            oid = commit(operations, message if len(batches) == 1 else f"{message} ({number}/{len(batches)})").oid
+            deletions = [CommitOperationDelete(path_in_repo=path) for path in stale] if number == len(batches) else []
+            oid = commit(operations + deletions, message if len(batches) == 1 else f"{message} ({number}/{len(batches)})").oid
     return oid
 
 

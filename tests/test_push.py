@@ -125,6 +125,19 @@ def test_a_killed_push_rerun_uploads_only_what_is_missing(hub: HubServer, builds
     assert "B/s" in capsys.readouterr().err  # one bar in bytes, with the rate
 
 
+def test_a_new_version_drops_shards_the_manifest_no_longer_lists(hub: HubServer, builds) -> None:
+    """A shard left by an older version (other shard count or names) is deleted: load_dataset reads every data/ file."""
+    assert cli("push", REPO, "--from", str(builds["v1.0"]), "--tag", "v1.0")[0] == 0
+    api = HfApi()
+    shard = next(p for p in api.list_repo_files(REPO, repo_type="dataset", revision="v1.0") if p.startswith("data/"))
+    api.upload_file(path_or_fileobj=str(builds["v1.0"] / shard), path_in_repo="data/train-00001-of-00002.parquet", repo_id=REPO, repo_type="dataset")
+    code, output = cli("push", REPO, "--from", str(builds["v1.1"]), "--tag", "v1.1")
+    assert code == 0, output
+    assert "data/train-00001-of-00002.parquet" not in api.list_repo_files(REPO, repo_type="dataset", revision="v1.1")
+    assert datasets.load_dataset(REPO, revision="v1.1", split="train").num_rows == 12  # not 12 + 6 from the stale shard
+    assert cli("verify", f"{REPO}@v1.1")[0] == 0
+
+
 def test_an_existing_tag_is_refused_unless_forced(hub: HubServer, builds) -> None:
     assert cli("push", REPO, "--from", str(builds["v1.0"]), "--tag", "v1.0")[0] == 0
     code, output = cli("push", REPO, "--from", str(builds["v1.1"]), "--tag", "v1.0")
