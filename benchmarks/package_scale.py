@@ -9,8 +9,9 @@ that synthesis costs little next to packaging. Each stage runs in a process of i
 reports its seconds and its peak RSS (VmHWM); a thread polls the size of everything under the work
 folder meanwhile, so "peak extra disk" is the most the stage held on disk beyond its final output.
 
-Stages are functions ``(Setup) -> dict`` in ``STAGES``; ``package`` is the first, and later ones
-(push to a local Hub server, training that reads the folder in place) read ``setup.out``.
+Stages are functions ``(Setup) -> dict`` in ``STAGES``: ``package`` writes ``setup.out``, ``verify``
+hashes it against its manifest; later ones (push to a local Hub server, training that reads the
+folder in place) read ``setup.out`` too.
 
     python benchmarks/package_scale.py [--rows 1000,5000] [--tiny] [--work DIR] [--out benchmarks/results/package_scale.json]
 
@@ -49,6 +50,7 @@ from d2c_pack.fingerprint import sha256_json
 from d2c_pack.package import Package, Selection, write_package
 from d2c_pack.score import Scores
 from d2c_pack.sources import ImageSource, _Entry
+from d2c_pack.verify import LocalFolder, verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from row_size import features as attach_features  # noqa: E402  (the declared ImageNet-256 Attach features)
@@ -165,7 +167,16 @@ def timed(run: Callable[[], object]) -> dict:
     return {"seconds": seconds, "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime}
 
 
-STAGES: dict[str, Callable[[Setup], dict]] = {"package": run_package}
+def run_verify(setup: Setup) -> dict:
+    """``verify`` of the folder ``package`` wrote: every file hashed against the manifest, shards in parallel."""
+    problems: list[str] = []
+    figures = timed(lambda: problems.extend(verify(LocalFolder(setup.out))))
+    if problems:
+        raise RuntimeError(f"verify found problems: {problems[:3]}")
+    return figures | {"bytes_per_second": folder_bytes(setup.out) / figures["seconds"]}
+
+
+STAGES: dict[str, Callable[[Setup], dict]] = {"package": run_package, "verify": run_verify}
 
 
 def folder_bytes(root: Path) -> int:
@@ -239,19 +250,19 @@ def measure(rows: int, root: str | None, stages: Sequence[str]) -> dict:
 
 
 def _git_commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(d2c_pack.__file__).parent, capture_output=True, text=True)
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(d2c_pack.__file__).parent, capture_output=True, text=True)
     return done.stdout.strip() or None
 
 
 def table(results: list[dict]) -> Table:
-    out = Table(title="write_package at ImageNet row size")
-    for heading in ("rows", "stage", "seconds", "rows/s", "CPU s", "output", "peak extra disk", "peak RSS"):
+    out = Table(title="packaging at ImageNet row size")
+    for heading in ("rows", "stage", "seconds", "rate", "CPU s", "output", "peak extra disk", "peak RSS"):
         out.add_column(heading, justify="right")
     for result in results:
         for stage, f in result["stages"].items():
-            rate = f.get("rows_per_second")
+            rate = f"{f['rows_per_second']:.1f} rows/s" if "rows_per_second" in f else f"{f['bytes_per_second'] / 1e6:.0f} MB/s"
             out.add_row(
-                f"{result['rows']:,}", stage, f"{f['seconds']:.1f}", f"{rate:.1f}" if rate else "—", f"{f['cpu_seconds']:.1f}", f"{f['output_bytes'] / 1e9:.2f} GB",
+                f"{result['rows']:,}", stage, f"{f['seconds']:.1f}", rate, f"{f['cpu_seconds']:.1f}", f"{f['output_bytes'] / 1e9:.2f} GB",
                 f"{f['peak_extra_disk_bytes'] / 1e9:.2f} GB ({f['peak_extra_disk_bytes'] / max(f['output_bytes'], 1):.2f}×)",
                 f"{f['peak_rss_bytes'] / 2**30:.2f} GiB",
             )  # fmt: skip
