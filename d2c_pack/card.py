@@ -142,16 +142,39 @@ def plotted_classes(num_classes: int) -> list[int]:
     return sorted({round(i * (num_classes - 1) / max(count - 1, 1)) for i in range(count)})
 
 
-def write_assets(package: Package, subset: datasets.Dataset, folder: Path) -> None:
-    """Writes the card's two figures into ``folder/assets/`` (PNG bytes depend on nothing but the data)."""
+def write_assets(package: Package, images: dict[int, bytes], folder: Path) -> None:
+    """Writes the card's two figures into ``folder/assets/`` (PNG bytes depend on nothing but the data).
+
+    ``images``: the bytes of the subset's rows numbered in :func:`sample_positions`, kept while the rows were written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display; also makes the output independent of the machine's backend
     (folder / "assets").mkdir(exist_ok=True)
+    _save(_difficulty_figure(package, _figure_classes(package)), folder / HISTOGRAM_FILE)
+    _save(_samples_figure(package, images), folder / SAMPLES_FILE)
+
+
+def sample_positions(package: Package) -> set[int]:
+    """The rows of the subset (numbered in selection order) whose images the sample grid shows."""
+    return {row for rows in _sample_grid(package).values() for row in rows}
+
+
+def _figure_classes(package: Package) -> list[int]:
     present = _present_classes(package)
-    classes = [present[i] for i in plotted_classes(len(present))]
-    _save(_difficulty_figure(package, classes), folder / HISTOGRAM_FILE)
-    _save(_samples_figure(package, subset, classes), folder / SAMPLES_FILE)
+    return [present[i] for i in plotted_classes(len(present))]
+
+
+def _sample_grid(package: Package) -> dict[int, list[int]]:
+    """Class → up to ``SAMPLES_PER_CLASS`` subset rows of it, evenly spread from its easiest to its hardest."""
+    positions = package.selection.positions
+    labels, ranks = package.scores.labels[positions], package.selection.ranks[positions]
+    grid = {}
+    for label in _figure_classes(package):
+        members = np.flatnonzero(labels == label)
+        members = members[np.argsort(ranks[members], kind="stable")]
+        grid[label] = members[np.linspace(0, len(members) - 1, min(len(members), SAMPLES_PER_CLASS)).round().astype(int)].tolist() if len(members) else []
+    return grid
 
 
 def _difficulty_figure(package: Package, classes: list[int]):
@@ -179,21 +202,17 @@ def _difficulty_figure(package: Package, classes: list[int]):
     return figure
 
 
-def _samples_figure(package: Package, subset: datasets.Dataset, classes: list[int]):
+def _samples_figure(package: Package, images: dict[int, bytes]):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    table = subset.select_columns(["label", "difficulty_rank"]).with_format("numpy")[:]
-    images = subset.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
-    figure, axes = plt.subplots(len(classes), SAMPLES_PER_CLASS, figsize=(SAMPLES_PER_CLASS, len(classes) * 1.05), squeeze=False)
-    for row, label in zip(axes, classes):
-        members = np.flatnonzero(table["label"] == label)
-        members = members[np.argsort(table["difficulty_rank"][members], kind="stable")]
-        shown = members[np.linspace(0, len(members) - 1, min(len(members), SAMPLES_PER_CLASS)).round().astype(int)] if len(members) else []
+    grid = _sample_grid(package)
+    figure, axes = plt.subplots(len(grid), SAMPLES_PER_CLASS, figsize=(SAMPLES_PER_CLASS, len(grid) * 1.05), squeeze=False)
+    for row, (label, shown) in zip(axes, grid.items()):
         for axis in row:
             axis.axis("off")
         for axis, index in zip(row, shown):
-            image = Image.open(io.BytesIO(images[int(index)]["image"]["bytes"])).convert("RGB")
+            image = Image.open(io.BytesIO(images[index])).convert("RGB")
             axis.imshow(image.resize((64, 64), Image.BICUBIC))
         row[0].set_title(_short(package.source.class_names[label]), fontsize=7, loc="left")
     figure.suptitle("Selected images per class, easiest to hardest", fontsize=9)

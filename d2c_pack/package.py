@@ -8,16 +8,17 @@
     OUT/d2c/recipe.yaml                      the fully resolved recipe (usable as ``--recipe``)
     OUT/d2c/manifest.json                    provenance, and sha256 + size of every other file
 
-Everything is written by ``datasets`` into ``.OUT.partial`` beside OUT and renamed into place
-at the end, so a folder named OUT is always complete. Nothing written depends on the time or
-the machine: the same inputs give the same bytes.
+Everything is written into ``.OUT.partial`` beside OUT and renamed into place at the end, so a
+folder named OUT is always complete (a killed run leaves the partial folder, which the next run
+replaces). The rows stream from the source and the Attach caches straight into the parquet shards
+(:mod:`d2c_pack.shards`): one copy on disk, hashed as it is written, flat memory. Nothing written
+depends on the time, the machine or its number of cores: the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,21 +28,21 @@ import numpy as np
 import pyarrow as pa
 import yaml
 from datasets.info import DatasetInfosDict
-from datasets.utils.py_utils import convert_file_size_to_int
 
 from d2c_pack import __version__
 from d2c_pack.attach import Attached
-from d2c_pack.card import render_card, write_assets
+from d2c_pack.card import render_card, sample_positions, write_assets
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.score import Scores
+from d2c_pack.shards import WrittenFile, arrow_tables, cpu_workers, table_slices, write_split
 from d2c_pack.sources import ImageSource
 
 RECIPE_FILE = Path("d2c") / "recipe.yaml"
 MANIFEST_FILE = Path("d2c") / "manifest.json"
 DATA_DIR = "data"
 SCORES_DIR = "scores"
-SPLIT = "train"
+SCORE_ROWS = 8192  # "scores" rows handed to the shard writer at a time
 
 
 def row_features(class_names: list[str]) -> datasets.Features:
@@ -102,30 +103,32 @@ class Package:
     max_shard_size: str = "500MB"
 
 
-def write_package(package: Package, out: Path) -> Path:
-    """Writes the dataset folder ``out`` through a temporary sibling folder; returns ``out``."""
+def write_package(package: Package, out: Path, *, workers: int | None = None) -> Path:
+    """Writes the dataset folder ``out`` through a temporary sibling folder; returns ``out``.
+
+    ``workers``: threads converting rows and writing shards (default: the cores available).
+    """
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    workers = workers or cpu_workers()
     names = package.source.class_names
-    infos = DatasetInfosDict()
-    data = datasets.Dataset.from_generator(
-        _selected_rows,
-        features=datasets.Features(row_features(names) | package.attached.features),
-        gen_kwargs={"package": package},
-        cache_dir=str(partial / ".cache"),
-        fingerprint=datasets.fingerprint.Hasher.hash(build_identity(package)),
-    )
-    infos["default"] = _write_split(data, partial, DATA_DIR, package.max_shard_size)
-    write_assets(package, data, partial)
+    features = datasets.Features(row_features(names) | package.attached.features)
+    shown = sample_positions(package)  # the card's sample grid: their bytes are kept as the rows stream by
+    images: dict[int, bytes] = {}
+    rows = arrow_tables(_selected_rows(package, shown, images), features, workers)
+    data = write_split(rows, features, partial, DATA_DIR, package.max_shard_size, total=len(package.selection.positions), workers=workers)
+    infos, written = DatasetInfosDict(default=data.info), dict(data.files)
+    write_assets(package, images, partial)
     if package.with_scores:
-        infos[SCORES_DIR] = _write_split(_score_rows(package), partial, SCORES_DIR, package.max_shard_size)
-    del data  # releases the memory-mapped cache before it is removed
-    shutil.rmtree(partial / ".cache")
+        scores = score_features(names, package.scores.losses.shape[1])
+        tables = table_slices(_score_rows(package, scores), SCORE_ROWS)
+        split = write_split(tables, scores, partial, SCORES_DIR, package.max_shard_size, total=len(package.scores), workers=workers)
+        infos[SCORES_DIR], written = split.info, written | split.files
     (partial / "README.md").write_text(render_card(package, infos))
     (partial / RECIPE_FILE).parent.mkdir()
     (partial / RECIPE_FILE).write_text(yaml.safe_dump(package.recipe, sort_keys=False, allow_unicode=True))
-    (partial / MANIFEST_FILE).write_text(json.dumps(_manifest(package, partial), indent=2) + "\n")
+    (partial / MANIFEST_FILE).write_text(json.dumps(_manifest(package, partial, written), indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
@@ -146,7 +149,8 @@ def read_build_identity(out: Path) -> dict | None:
     return {"recipe": manifest["recipe"], "inputs": manifest["inputs"]}
 
 
-def _manifest(package: Package, folder: Path) -> dict:
+def _manifest(package: Package, folder: Path, written: dict[str, WrittenFile]) -> dict:
+    """Provenance and every file's sha256 and size: the shards' as they were written, the small files' read back."""
     selection, scores = package.selection, package.scores
     chosen_labels = scores.labels[selection.positions]
     source = package.source
@@ -170,22 +174,25 @@ def _manifest(package: Package, folder: Path) -> dict:
         },
         "unreadable": [{"source_id": source_id, "reason": reason} for _, source_id, reason in scores.errors],
         "files": {
-            path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
+            name: dataclasses.asdict(written.get(name) or WrittenFile(sha256_file(path), path.stat().st_size))
             for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.relative_to(folder) != MANIFEST_FILE
+            if path.is_file() and (name := path.relative_to(folder).as_posix()) != MANIFEST_FILE.as_posix()
         },
     }
 
 
-def _selected_rows(package: Package) -> Iterator[dict]:
+def _selected_rows(package: Package, keep: set[int], images: dict[int, bytes]) -> Iterator[dict]:
+    """The rows of the default config in selection order; the image bytes of the rows numbered in ``keep`` go to ``images``."""
     scores, selection = package.scores, package.selection
     indices = scores.indices[selection.positions]
     attached = package.attached.rows(indices, scores.labels[selection.positions])
     records = package.source.iter_records(indices)
-    for position in selection.positions:
+    for row, position in enumerate(selection.positions):
         record = next(records, None)
         if record is None or record.index != scores.indices[position]:
             raise UserError(f"the selected image {scores.source_ids[position]} could no longer be read from the source")
+        if row in keep:
+            images[row] = record.data
         yield {
             "image": {"bytes": record.data, "path": None},
             "label": record.label,
@@ -196,13 +203,13 @@ def _selected_rows(package: Package) -> Iterator[dict]:
         }
 
 
-def _score_rows(package: Package) -> datasets.Dataset:
+def _score_rows(package: Package, features: datasets.Features) -> pa.Table:
+    """The "scores" config: every scored image, in memory (a few numbers a row)."""
     scores, selection = package.scores, package.selection
     selected = np.zeros(len(scores), dtype=bool)
     selected[selection.positions] = True
     timesteps = scores.losses.shape[1]
-    features = score_features(package.source.class_names, timesteps)
-    table = pa.table(
+    return pa.table(
         {
             "source_id": scores.source_ids,
             "label": scores.labels,
@@ -212,26 +219,6 @@ def _score_rows(package: Package) -> datasets.Dataset:
             "selected": selected,
         },
         schema=features.arrow_schema,
-    )
-    return datasets.Dataset(table)
-
-
-def _write_split(dataset: datasets.Dataset, root: Path, folder: str, max_shard_size: str) -> datasets.DatasetInfo:
-    """Writes ``folder/train-XXXXX-of-NNNNN.parquet`` shards of at most ``max_shard_size`` (uncompressed)."""
-    num_shards = max(1, math.ceil(dataset.data.nbytes / convert_file_size_to_int(max_shard_size)))
-    num_shards = min(num_shards, max(1, len(dataset)))
-    (root / folder).mkdir()
-    download_size = 0
-    for index in range(num_shards):
-        path = root / folder / f"{SPLIT}-{index:05d}-of-{num_shards:05d}.parquet"
-        dataset.shard(num_shards, index, contiguous=True).to_parquet(str(path))
-        download_size += path.stat().st_size
-    split = datasets.SplitInfo(name=SPLIT, num_bytes=dataset.data.nbytes, num_examples=len(dataset))
-    return datasets.DatasetInfo(
-        features=dataset.features,
-        splits=datasets.SplitDict({SPLIT: split}),
-        download_size=download_size,
-        dataset_size=dataset.data.nbytes,
     )
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -28,6 +29,7 @@ from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.hub_retry import hub_errors, with_retries
 from d2c_pack.package import MANIFEST_FILE
+from d2c_pack.shards import cpu_workers
 
 MANIFEST = MANIFEST_FILE.as_posix()
 READ_BLOCK = 1 << 18
@@ -44,6 +46,7 @@ class Location(abc.ABC):
     """Where a dataset lies: the files it holds, their size and sha256, and how to read them."""
 
     name: str
+    hash_workers: int = 1  # files whose sha256 is computed at once
 
     @abc.abstractmethod
     def files(self) -> dict[str, RemoteFile]:
@@ -69,6 +72,8 @@ class Location(abc.ABC):
 class LocalFolder(Location):
     def __init__(self, folder: Path):
         self.folder, self.name = folder, str(folder)
+        # One file per core: hashlib and file reads release the GIL, so shards hash in parallel up to the disk's speed.
+        self.hash_workers = max(2, cpu_workers())
 
     def files(self) -> dict[str, RemoteFile]:
         paths = sorted(p for p in self.folder.rglob("*") if p.is_file())
@@ -136,12 +141,14 @@ def verify(location: Location) -> list[str]:
     manifest, present = read_manifest(location), location.files()
     problems = [f"{path}: listed in the manifest but missing" for path in manifest["files"] if path not in present]
     problems += [f"{path}: not listed in the manifest" for path in present if path not in manifest["files"] and path != MANIFEST and not path.startswith(".")]
-    for path, expected in manifest["files"].items():
-        if path not in present:
-            continue
-        if present[path].size != expected["size"]:
+    listed = {path: expected for path, expected in manifest["files"].items() if path in present}
+    same_size = [path for path, expected in listed.items() if present[path].size == expected["size"]]
+    with ThreadPoolExecutor(location.hash_workers, thread_name_prefix="sha256") as pool:
+        digests = dict(zip(same_size, pool.map(location.sha256, same_size)))
+    for path, expected in listed.items():
+        if path not in digests:
             problems.append(f"{path}: size {present[path].size} differs from the manifest's {expected['size']}")
-        elif location.sha256(path) != expected["sha256"]:
+        elif digests[path] != expected["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (altered or corrupted)")
     if "README.md" in present:
         problems += _schema_problems(location, present)

@@ -121,14 +121,14 @@ def test_rerun_keeps_a_finished_folder_and_refuses_other_settings(tmp_path: Path
 
 
 def test_a_crash_while_packaging_leaves_no_folder(tmp_path: Path, inputs, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = package._write_split
+    original = package.write_split
 
-    def crash_on_scores(dataset, root, folder, max_shard_size):
+    def crash_on_scores(tables, features, root, folder, max_shard_size, **kwargs):
         if folder == package.SCORES_DIR:
             raise RuntimeError("simulated crash")
-        return original(dataset, root, folder, max_shard_size)
+        return original(tables, features, root, folder, max_shard_size, **kwargs)
 
-    monkeypatch.setattr(package, "_write_split", crash_on_scores)
+    monkeypatch.setattr(package, "write_split", crash_on_scores)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build(build_config(tmp_path, inputs))
     assert not (tmp_path / "out").exists()

@@ -31,10 +31,11 @@ BUILD_KILL_POINTS = [
     ("d2c_pack.chunks:ChunkCache.merge", 1, "after"),  # scoring done
     ("d2c_pack.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
     ("d2c_pack.chunks:ChunkCache.add", 14, "before"),  # attaching: later
-    ("datasets:Dataset.to_parquet", 1, "before"),  # packaging: rows generated, no shard written
-    ("datasets:Dataset.to_parquet", 1, "after"),  # packaging: data shard written
+    ("d2c_pack.package:write_split", 1, "before"),  # packaging: nothing written
+    ("d2c_pack.shards:HashingFile.write", 3, "after"),  # packaging: the data shard half written
+    ("d2c_pack.package:write_split", 1, "after"),  # packaging: data shard written
     ("d2c_pack.package:write_assets", 1, "after"),  # packaging: card figures written
-    ("datasets:Dataset.to_parquet", 2, "after"),  # packaging: scores shard written
+    ("d2c_pack.package:write_split", 2, "after"),  # packaging: scores shard written
     ("d2c_pack.package:_manifest", 1, "after"),  # packaging: everything but the manifest and the final rename
 ]
 
