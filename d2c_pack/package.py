@@ -11,7 +11,7 @@
 Everything is written into ``.OUT.partial`` beside OUT and renamed into place at the end, so a
 folder named OUT is always complete (a killed run leaves the partial folder, which the next run
 replaces). The rows stream from the source and the Attach caches straight into the parquet shards
-(:mod:`d2c_pack.shards`): one copy on disk, hashed as it is written, flat memory. Nothing written
+(:mod:`d2c_pack.shard_writer`): one copy on disk, hashed as it is written, flat memory. Nothing written
 depends on the time, the machine or its number of cores: the same inputs give the same bytes.
 """
 
@@ -35,7 +35,7 @@ from d2c_pack.card import render_card, sample_positions, write_assets
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.score import Scores
-from d2c_pack.shards import WrittenFile, arrow_tables, cpu_workers, table_slices, write_split
+from d2c_pack.shard_writer import WrittenFile, arrow_tables, cpu_workers, table_slices, write_split
 from d2c_pack.sources import ImageSource
 
 RECIPE_FILE = Path("d2c") / "recipe.yaml"

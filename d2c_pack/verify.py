@@ -29,7 +29,7 @@ from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.hub_retry import hub_errors, with_retries
 from d2c_pack.package import MANIFEST_FILE
-from d2c_pack.shards import cpu_workers
+from d2c_pack.shard_writer import cpu_workers
 
 MANIFEST = MANIFEST_FILE.as_posix()
 READ_BLOCK = 1 << 18

@@ -32,7 +32,7 @@ BUILD_KILL_POINTS = [
     ("d2c_pack.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
     ("d2c_pack.chunks:ChunkCache.add", 14, "before"),  # attaching: later
     ("d2c_pack.package:write_split", 1, "before"),  # packaging: nothing written
-    ("d2c_pack.shards:HashingFile.write", 3, "after"),  # packaging: the data shard half written
+    ("d2c_pack.shard_writer:HashingFile.write", 3, "after"),  # packaging: the data shard half written
     ("d2c_pack.package:write_split", 1, "after"),  # packaging: data shard written
     ("d2c_pack.package:write_assets", 1, "after"),  # packaging: card figures written
     ("d2c_pack.package:write_split", 2, "after"),  # packaging: scores shard written
