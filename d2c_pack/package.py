@@ -33,6 +33,7 @@ from d2c_pack import __version__
 from d2c_pack.attach import Attached
 from d2c_pack.card import render_card, write_assets
 from d2c_pack.errors import UserError
+from d2c_pack.explore import write_explore_page
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.score import Scores
 from d2c_pack.sources import ImageSource
@@ -118,6 +119,8 @@ def write_package(package: Package, out: Path) -> Path:
     )
     infos["default"] = _write_split(data, partial, DATA_DIR, package.max_shard_size)
     write_assets(package, data, partial)
+    if package.recipe.get("explore"):  # before the manifest, which lists the page with its sha256
+        write_explore_page(package, partial)
     if package.with_scores:
         infos[SCORES_DIR] = _write_split(_score_rows(package), partial, SCORES_DIR, package.max_shard_size)
     del data  # releases the memory-mapped cache before it is removed
