@@ -41,6 +41,7 @@ class BuildConfig(AttachArgs, ScoreConfig):
     selector: str = flag("interval", help=f"Selection rule: {', '.join(SELECTORS)} (interval = D2C).")
     interval: str = flag("auto", help="Stride k of interval sampling, or 'auto' = round(0.75 · mean class size / per-class budget).")
     with_scores: bool = flag(True, help="Also publish every source image's score as the 'scores' config.")
+    explore: bool = flag(False, help="Also write assets/explore.html (linked from the card): every class's difficulty ranking with kept and rejected images, as `d2c-pack explore` writes it.")
     max_shard_size: str = flag("500MB", help="Largest parquet shard (uncompressed Arrow size).")
     repo_id: str | None = flag(None, help="Hub repository the subset will be pushed to, for the card's usage snippets (ORG/NAME).")
     overwrite: bool = flag(False, help="Replace an existing dataset folder built with other settings.")

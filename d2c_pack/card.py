@@ -22,6 +22,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from d2c_pack import __version__
+from d2c_pack.explore import PAGE_FILE
 
 if TYPE_CHECKING:
     from d2c_pack.package import Package
@@ -130,6 +131,7 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
         with_scores=package.with_scores,
         histogram=HISTOGRAM_FILE,
         samples=SAMPLES_FILE,
+        explore=PAGE_FILE if package.recipe.get("explore") else None,
         repo_id=recipe.get("repo_id") or "ORG/NAME",
         imagenet=package.source.imagenet_derived,
     )

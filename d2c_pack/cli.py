@@ -27,6 +27,7 @@ from d2c_pack import __version__
 from d2c_pack.build import BuildConfig, build, describe_build
 from d2c_pack.demo.flow import DemoConfig, run_demo
 from d2c_pack.errors import UserError
+from d2c_pack.explore import PAGE_SIZE_NOTE, explore
 from d2c_pack.hub import PushConfig, push
 from d2c_pack.hub_retry import hub_failure, hub_problem
 from d2c_pack.recipe import merge_recipe, read_recipe
@@ -328,6 +329,19 @@ def verify_command(name: Annotated[str, typer.Argument(help="A dataset folder, o
 def inspect_command(name: Annotated[str, typer.Argument(help="A dataset folder, or a Hub dataset ORG/NAME[@REVISION].")]) -> None:
     """Summary tables of a condensed dataset: rows, classes, selection, columns and shapes, size."""
     print_tables(describe(locate(name)))
+
+
+@app.command("explore", help=(
+    "Write one self-contained HTML page (no server, nothing fetched) of a condensed dataset: per class, every source image's "
+    "difficulty along the ranking with the selected ones marked, thumbnails of selected and rejected images, class search, "
+    f"and the budget, selector, stride and scorer used. Reads the 'scores' config: no model runs. {PAGE_SIZE_NOTE}"
+))
+def explore_command(
+    name: Annotated[str, typer.Argument(help="A dataset folder, or a Hub dataset ORG/NAME[@REVISION].")],
+    out: Annotated[Path, typer.Option(help="The page to write.")] = Path("explore.html"),
+    source: Annotated[str | None, typer.Option(help="The source the subset was built from (as build's --source), for thumbnails of rejected images; without it they are shown by score only.", show_default=False)] = None,
+) -> None:
+    print(f"wrote {explore(name, out, source)}")
 
 
 def _parse_int_list(text: str, flag: str) -> list[int]:

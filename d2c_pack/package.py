@@ -33,6 +33,7 @@ from d2c_pack import __version__
 from d2c_pack.attach import Attached
 from d2c_pack.card import render_card, sample_positions, write_assets
 from d2c_pack.errors import UserError
+from d2c_pack.explore import write_explore_page
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.score import Scores
 from d2c_pack.shard_writer import WrittenFile, arrow_tables, cpu_workers, table_slices, write_split
@@ -120,6 +121,8 @@ def write_package(package: Package, out: Path, *, workers: int | None = None) ->
     data = write_split(rows, features, partial, DATA_DIR, package.max_shard_size, total=len(package.selection.positions), workers=workers)
     infos, written = DatasetInfosDict(default=data.info), dict(data.files)
     write_assets(package, images, partial)
+    if package.recipe.get("explore"):  # before the manifest, which lists the page with its sha256
+        write_explore_page(package, partial)
     if package.with_scores:
         scores = score_features(names, package.scores.losses.shape[1])
         tables = table_slices(_score_rows(package, scores), SCORE_ROWS)
