@@ -30,6 +30,7 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.py_utils import convert_file_size_to_int
 
 from d2c_pack import __version__
+from d2c_pack.arrays import array_values, feature_shape
 from d2c_pack.attach import Attached
 from d2c_pack.card import render_card, write_assets
 from d2c_pack.errors import UserError
@@ -236,17 +237,12 @@ def _write_split(dataset: datasets.Dataset, root: Path, folder: str, max_shard_s
 
 
 def column_array(dataset: datasets.Dataset, name: str) -> np.ndarray:
-    """An array column (Array2D/Array3D, or List with a length) as one NumPy array ``(rows, *shape)`` of its stored dtype.
+    """An array column (nested fixed-length lists, or a legacy Array2D/Array3D) as one NumPy array ``(rows, *shape)`` of its stored dtype.
 
     ``datasets``' NumPy and torch formats upcast float16 to float32 and int8 to int64; this reads
     the Arrow buffers as they are, without a Python object per number.
     """
-    feature = dataset.features[name]
-    shape = feature.shape if hasattr(feature, "shape") else (feature.length,)
-    parts = []
-    for chunk in dataset.with_format("arrow")[name].chunks:
-        values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
-            values = values.flatten()
-        parts.append(values.to_numpy(zero_copy_only=False))
-    return np.concatenate(parts).reshape(len(dataset), *shape)
+    shape = feature_shape(dataset.features[name])
+    if shape is None:
+        raise UserError(f"column {name!r} is not an array column: {dataset.features[name]}")
+    return array_values(dataset.with_format("arrow")[name], shape)

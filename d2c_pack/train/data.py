@@ -11,6 +11,7 @@ import torch
 from datasets.exceptions import DatasetsError
 from torch.utils.data import Dataset, Sampler
 
+from d2c_pack.arrays import array_values, feature_shape
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
 from d2c_pack.sources import ImageSource, is_saved_dataset
@@ -37,21 +38,31 @@ class SourceRows(Dataset):
 
 class SubsetRows(Dataset):
     """The rows of a condensed dataset as tensors: label, ``latent`` or the ADM-cropped ``image``, and the
-    text / visual columns asked for. Rows are read from the memory-mapped Arrow files one at a time."""
+    text / visual columns asked for. Rows are read from the memory-mapped Arrow files one at a time.
+
+    Array columns go from the Arrow buffers to tensors directly, in the dtypes datasets' torch format
+    gives (float32, int64): that format builds a NumPy object per innermost list of a nested
+    fixed-size list, several times slower for a (256, 768) column.
+    """
 
     def __init__(self, dataset: datasets.Dataset, columns: list[str], resolution: int):
-        arrays = [c for c in columns if c != "image"]
-        # Array columns as torch tensors; the image stays a PIL image (output_all_columns) for the ADM crop.
-        self.rows = dataset.select_columns(["label", *columns]).with_format("torch", columns=["label", *arrays], output_all_columns=True)
+        self.rows = dataset.select_columns(["label", *columns]).with_format("arrow")
+        self.shapes = {name: feature_shape(dataset.features[name]) for name in columns if name != "image"}
+        self.image = dataset.features["image"] if "image" in columns else None
         self.resolution = resolution
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
-        if "image" in row:
-            row["image"] = image_to_tensor(center_crop_adm(row["image"], self.resolution))  # (3, R, R)
+        table = self.rows[index]  # one row, still Arrow
+        row = {"label": torch.tensor(table["label"][0].as_py())}
+        for name, shape in self.shapes.items():
+            values = array_values(table[name], shape)[0]
+            row[name] = torch.from_numpy(values.astype(np.int64 if values.dtype.kind in "iu" else np.float32))
+        if self.image is not None:
+            image = self.image.decode_example(table["image"][0].as_py())
+            row["image"] = image_to_tensor(center_crop_adm(image, self.resolution))  # (3, R, R)
         return row
 
 
