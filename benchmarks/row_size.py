@@ -20,6 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from d2c_pack.arrays import array_feature, feature_shape
 from d2c_pack.attach.text import TEXT_LENGTH
 from d2c_pack.package import row_features
 
@@ -35,11 +36,11 @@ def features(resolution: int, text_dim: int, visual_dim: int) -> datasets.Featur
         row_features([f"class {i}" for i in range(1000)])
         | {
             "caption": datasets.Value("string"),
-            "text_embedding": datasets.Array2D((TEXT_LENGTH, text_dim), "float16"),
-            "text_mask": datasets.List(datasets.Value("int8"), length=TEXT_LENGTH),
-            "visual_tokens": datasets.Array2D((tokens, visual_dim), "float16"),
-            "visual_cls": datasets.List(datasets.Value("float32"), length=visual_dim),
-            "latent": datasets.Array3D((8, latent, latent), "float16"),
+            "text_embedding": array_feature((TEXT_LENGTH, text_dim), "float16"),
+            "text_mask": array_feature((TEXT_LENGTH,), "int8"),
+            "visual_tokens": array_feature((tokens, visual_dim), "float16"),
+            "visual_cls": array_feature((visual_dim,), "float32"),
+            "latent": array_feature((8, latent, latent), "float16"),
         }
     )
 
@@ -53,10 +54,10 @@ def random_rows(features: datasets.Features, rng: np.random.Generator) -> dict:
         "difficulty_rank": rng.integers(0, 1300, ROWS).astype(np.int32),
         "caption": ["a photo of a tench"] * ROWS,
         "text_mask": np.ones((ROWS, TEXT_LENGTH), np.int8),
-        "visual_cls": rng.standard_normal((ROWS, features["visual_cls"].length)).astype(np.float32),
+        "visual_cls": rng.standard_normal((ROWS, *feature_shape(features["visual_cls"]))).astype(np.float32),
     }
     for name in ("text_embedding", "visual_tokens", "latent"):
-        columns[name] = rng.standard_normal((ROWS, *features[name].shape)).astype(np.float16)
+        columns[name] = rng.standard_normal((ROWS, *feature_shape(features[name]))).astype(np.float16)
     return columns
 
 

@@ -138,7 +138,7 @@ def build(config: BuildConfig) -> Path | None:
     if existing == build_identity(package):
         return out  # already built from exactly these settings and inputs
     if existing is not None and not config.overwrite:
-        raise UserError(f"{out} holds a dataset built with other settings or inputs; pass --overwrite to replace it or choose another --out")
+        raise UserError(f"{out} holds a dataset built with other settings or inputs (or by an older d2c-pack); pass --overwrite to replace it or choose another --out")
     return write_package(package, out)
 
 

@@ -22,6 +22,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from d2c_pack import __version__
+from d2c_pack.arrays import feature_dtype, feature_shape
 from d2c_pack.explore import PAGE_FILE
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
         num_unreadable=len(scores.errors),
         version=__version__,
         schema=[(name, _feature_text(feature), COLUMN_NOTES.get(name, "")) for name, feature in features.items()],
-        array_columns=[name for name, feature in features.items() if hasattr(feature, "shape")],
+        array_columns=[(name, feature_shape(feature), feature_dtype(feature)) for name, feature in features.items() if feature_shape(feature) is not None],
         with_scores=package.with_scores,
         histogram=HISTOGRAM_FILE,
         samples=SAMPLES_FILE,
@@ -249,8 +250,6 @@ def _feature_text(feature: object) -> str:
         return f"ClassLabel ({feature.num_classes} classes)"
     if isinstance(feature, datasets.Value):
         return feature.dtype
-    if isinstance(feature, datasets.List):
-        return f"List({feature.feature.dtype}, length {feature.length})"
-    if hasattr(feature, "shape"):
-        return f"{type(feature).__name__}({', '.join(map(str, feature.shape))}, {feature.dtype})"
+    if (shape := feature_shape(feature)) is not None:
+        return f"{feature_dtype(feature)} {' × '.join(map(str, shape))} (fixed-size list{'s' if len(shape) > 1 else ''})"
     return type(feature).__name__

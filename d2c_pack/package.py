@@ -30,6 +30,7 @@ import yaml
 from datasets.info import DatasetInfosDict
 
 from d2c_pack import __version__
+from d2c_pack.arrays import array_values, feature_shape
 from d2c_pack.attach import Attached
 from d2c_pack.card import render_card, sample_positions, write_assets
 from d2c_pack.errors import UserError
@@ -43,6 +44,9 @@ RECIPE_FILE = Path("d2c") / "recipe.yaml"
 MANIFEST_FILE = Path("d2c") / "manifest.json"
 DATA_DIR = "data"
 SCORES_DIR = "scores"
+# How the files are laid out; part of a build's identity, so that a folder an older version wrote is
+# rebuilt rather than taken for done. 2: shards written directly, arrays as nested fixed-size lists.
+LAYOUT_VERSION = 2
 SCORE_ROWS = 8192  # "scores" rows handed to the shard writer at a time
 
 
@@ -140,7 +144,7 @@ def write_package(package: Package, out: Path, *, workers: int | None = None) ->
 
 def build_identity(package: Package) -> dict:
     """What makes two builds the same build: equal identities give equal bytes."""
-    return {"recipe": package.recipe, "inputs": package.inputs}
+    return {"recipe": package.recipe, "inputs": package.inputs, "layout": LAYOUT_VERSION}
 
 
 def read_build_identity(out: Path) -> dict | None:
@@ -149,7 +153,7 @@ def read_build_identity(out: Path) -> dict | None:
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    return {"recipe": manifest["recipe"], "inputs": manifest["inputs"]}
+    return {"recipe": manifest["recipe"], "inputs": manifest["inputs"], "layout": manifest.get("layout")}
 
 
 def _manifest(package: Package, folder: Path, written: dict[str, WrittenFile]) -> dict:
@@ -226,17 +230,12 @@ def _score_rows(package: Package, features: datasets.Features) -> pa.Table:
 
 
 def column_array(dataset: datasets.Dataset, name: str) -> np.ndarray:
-    """An array column (Array2D/Array3D, or List with a length) as one NumPy array ``(rows, *shape)`` of its stored dtype.
+    """An array column (nested fixed-length lists, or a legacy Array2D/Array3D) as one NumPy array ``(rows, *shape)`` of its stored dtype.
 
     ``datasets``' NumPy and torch formats upcast float16 to float32 and int8 to int64; this reads
     the Arrow buffers as they are, without a Python object per number.
     """
-    feature = dataset.features[name]
-    shape = feature.shape if hasattr(feature, "shape") else (feature.length,)
-    parts = []
-    for chunk in dataset.with_format("arrow")[name].chunks:
-        values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
-            values = values.flatten()
-        parts.append(values.to_numpy(zero_copy_only=False))
-    return np.concatenate(parts).reshape(len(dataset), *shape)
+    shape = feature_shape(dataset.features[name])
+    if shape is None:
+        raise UserError(f"column {name!r} is not an array column: {dataset.features[name]}")
+    return array_values(dataset.with_format("arrow")[name], shape)

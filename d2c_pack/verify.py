@@ -25,6 +25,7 @@ from huggingface_hub import DatasetCard, HfApi, HfFileSystem
 from rich.console import Console
 from rich.table import Table
 
+from d2c_pack.arrays import feature_dtype, feature_shape
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.hub_retry import hub_errors, with_retries
@@ -219,8 +220,8 @@ def describe(location: Location) -> list[Table]:
     for heading in ("column", "feature", "shape", "dtype"):
         columns.add_column(heading)
     for name, feature in default.features.items():
-        shape = getattr(feature, "shape", None) or ((feature.length,) if isinstance(feature, datasets.List) else ())
-        dtype = "original bytes" if isinstance(feature, datasets.Image) else getattr(feature, "dtype", None) or feature.feature.dtype
+        shape = feature_shape(feature) or ()
+        dtype = "original bytes" if isinstance(feature, datasets.Image) else feature_dtype(feature) or feature.dtype
         columns.add_row(name, type(feature).__name__, " × ".join(map(str, shape)) or "—", str(dtype))
     return [overview, columns]
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
 
+from d2c_pack.arrays import array_feature, feature_shape
 from d2c_pack.attach.text import TextEncoder, class_prompts, encode_class_prompts
 from d2c_pack.attach.visual import VisualEncoder
 from d2c_pack.build import BuildConfig, build
@@ -55,17 +56,17 @@ def test_columns_have_declared_shapes_and_direct_values(tmp_path: Path, models) 
     loaded = datasets.load_dataset(str(out), split="train")
     assert loaded.num_rows == 9
     declared = {
-        "text_embedding": datasets.Array2D((16, 384), "float16"), "text_mask": datasets.List(datasets.Value("int8"), length=16),
-        "visual_tokens": datasets.Array2D((49, 32), "float16"), "visual_cls": datasets.List(datasets.Value("float32"), length=32),
-        "latent": datasets.Array3D((8, 8, 8), "float16"),  # mean ‖ std at R/2 for this tiny VAE
+        "text_embedding": array_feature((16, 384), "float16"), "text_mask": array_feature((16,), "int8"),
+        "visual_tokens": array_feature((49, 32), "float16"), "visual_cls": array_feature((32,), "float32"),
+        "latent": array_feature((8, 8, 8), "float16"),  # mean ‖ std at R/2 for this tiny VAE
     }  # fmt: skip
     assert {name: loaded.features[name] for name in declared} == declared
-    stored = {name: loaded.data.schema.field(name).type for name in declared}  # what the parquet holds
+    stored = {name: loaded.data.schema.field(name).type for name in declared}  # what the parquet holds: nested fixed-size lists
     assert stored["text_mask"] == pa.list_(pa.int8(), 16) and stored["visual_cls"] == pa.list_(pa.float32(), 32)
-    assert all(stored[name].storage_type.value_type.value_type == pa.float16() for name in ("text_embedding", "visual_tokens"))
+    assert stored["text_embedding"] == pa.list_(pa.list_(pa.float16(), 384), 16) and stored["visual_tokens"] == pa.list_(pa.list_(pa.float16(), 32), 49)
     # The torch format gives the declared shapes; datasets' TorchFormatter upcasts floats to float32 and integers to int64.
     subset = loaded.with_format("torch")
-    assert {name: tuple(subset[0][name].shape) for name in declared} == {name: feature.shape if hasattr(feature, "shape") else (feature.length,) for name, feature in declared.items()}
+    assert {name: tuple(subset[0][name].shape) for name in declared} == {name: feature_shape(feature) for name, feature in declared.items()}
 
     source = open_source(str(models["images"]))
     ids = {record.source_id: record for record in source.iter_records()}

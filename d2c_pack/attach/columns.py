@@ -12,6 +12,9 @@ visual      visual_tokens (N_tok×D f16), visual_cls (D f32)       per image, DI
 latent      latent (2C×R/8×R/8 f16: posterior mean ‖ std)         per image, SD-VAE
 ==========  ====================================================  ==========================
 
+Array columns are nested fixed-size lists (:func:`~d2c_pack.arrays.array_feature`), which
+pyarrow, polars, DuckDB and ``datasets`` all read as numbers of a known shape.
+
 Per-image columns go through a :class:`~d2c_pack.chunks.ChunkCache` per group under
 ``WORK/attach/<group>/``, keyed by the source, the resolution and the models' weights, so
 attaching is resumable, runs under ``torchrun``, and a later selection from the same source
@@ -32,6 +35,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
+from d2c_pack.arrays import array_feature, array_values, feature_shape
 from d2c_pack.attach.text import DEFAULT_PROMPT_TEMPLATE, TEXT_LENGTH, Captioner, TextEncoder, class_prompts, encode_class_prompts
 from d2c_pack.attach.visual import DEFAULT_VISUAL_ENCODER, VisualEncoder
 from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
@@ -85,11 +89,10 @@ class ColumnGroup:
 
 
 def _column_array(column: pa.Array, feature: object) -> np.ndarray | list:
-    """An Arrow cache column as per-row values of the feature's shape."""
+    """An Arrow cache column (flat lists) as per-row values of the feature's shape."""
     if isinstance(feature, datasets.Value):
         return column.to_pylist()
-    shape = feature.shape if hasattr(feature, "shape") else (feature.length,)
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+    return array_values(column, feature_shape(feature))
 
 
 def _raise_on_errors(table: pa.Table) -> None:
@@ -105,8 +108,8 @@ def _cache_schema(fields: list[pa.Field]) -> pa.Schema:
 def _text_features(dim: int) -> dict:
     return {
         "caption": datasets.Value("string"),
-        "text_embedding": datasets.Array2D((TEXT_LENGTH, dim), "float16"),
-        "text_mask": datasets.List(datasets.Value("int8"), length=TEXT_LENGTH),
+        "text_embedding": array_feature((TEXT_LENGTH, dim), "float16"),
+        "text_mask": array_feature((TEXT_LENGTH,), "int8"),
     }
 
 
@@ -150,10 +153,10 @@ class VisualColumns(ColumnGroup):
 
     def __init__(self, encoder: VisualEncoder, cache_key: dict, work: Path, chunk_size: int, *, tokens: bool = True):
         self.encoder, self.tokens = encoder, tokens
-        self.features = {"visual_cls": datasets.List(datasets.Value("float32"), length=encoder.dim)}
+        self.features = {"visual_cls": array_feature((encoder.dim,), "float32")}
         fields = [pa.field("visual_cls", pa.list_(pa.float32()))]
         if tokens:
-            self.features = {"visual_tokens": datasets.Array2D((encoder.num_tokens, encoder.dim), "float16")} | self.features
+            self.features = {"visual_tokens": array_feature((encoder.num_tokens, encoder.dim), "float16")} | self.features
             fields.insert(0, pa.field("visual_tokens", pa.list_(pa.float16())))
         self.identity = {"visual_encoder": encoder.name, "visual_encoder_sha256": encoder.fingerprint()}
         self.cache = ChunkCache(work / ("visual" if tokens else "visual_cls"), cache_key | self.identity, _cache_schema(fields), chunk_size)
@@ -175,7 +178,7 @@ class LatentColumn(ColumnGroup):
             raise UserError(f"--vae {vae!r} is not an AutoencoderKL")
         size = resolution // self.space.downsample
         self.device = device
-        self.features = {"latent": datasets.Array3D((2 * self.space.channels, size, size), "float16")}
+        self.features = {"latent": array_feature((2 * self.space.channels, size, size), "float16")}
         self.identity = {
             "vae": self.space.reference, "vae_sha256": self.space.sha256,
             # How the trainer turns the stored (unscaled) posterior into model inputs: (latent − shift) · scale.

@@ -15,7 +15,7 @@ from d2c_pack.errors import UserError, first_line
 from d2c_pack.hub_retry import with_retries
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
 from d2c_pack.sources import ImageSource, is_saved_dataset
-from d2c_pack.train.shards import ParquetShards, ShardRows, built_shards, hub_snapshot
+from d2c_pack.train.shards import ParquetShards, ShardRows, built_shards, hub_snapshot, training_rows
 
 
 class SourceRows(Dataset):
@@ -39,25 +39,26 @@ class SourceRows(Dataset):
 
 class SubsetRows(Dataset):
     """The rows of a condensed dataset as tensors: label, ``latent`` or the ADM-cropped ``image``, and the
-    text / visual columns asked for. Rows are read from the memory-mapped Arrow files one at a time."""
+    text / visual columns asked for. Rows are read from the memory-mapped Arrow files one at a time.
+
+    Array columns go from the Arrow buffers to tensors directly, in the dtypes datasets' torch format
+    gives (float32, int64): that format builds a NumPy object per innermost list of a nested
+    fixed-size list, several times slower for a (256, 768) column.
+    """
 
     def __init__(self, dataset: datasets.Dataset, columns: list[str], resolution: int):
-        arrays = [c for c in columns if c != "image"]
-        # Array columns as torch tensors; the image stays a PIL image (output_all_columns) for the ADM crop.
-        self.rows = dataset.select_columns(["label", *columns]).with_format("torch", columns=["label", *arrays], output_all_columns=True)
+        self.rows = dataset.select_columns(["label", *columns]).with_format("arrow")
+        self.features = dataset.features
         self.resolution = resolution
 
     def labels(self) -> np.ndarray:
-        return self.rows.with_format("arrow")["label"].to_numpy()
+        return self.rows["label"].to_numpy()
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
-        if "image" in row:
-            row["image"] = image_to_tensor(center_crop_adm(row["image"], self.resolution))  # (3, R, R)
-        return row
+        return training_rows(self.rows[index], self.features, self.resolution)[0]  # one row, still Arrow
 
 
 def collate_rows(items: list[dict | None]) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from d2c_pack import distributed
+from d2c_pack.arrays import feature_shape
 from d2c_pack.errors import UserError
 from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space, vae_reference
 from d2c_pack.models import (
@@ -166,7 +167,7 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
     features = subset.features
     names = features["label"].names
     if "latent" in features:
-        moments = features["latent"].shape  # (2C, h, w): posterior mean ‖ std
+        moments = feature_shape(features["latent"])  # (2C, h, w): posterior mean ‖ std
         resolution = training_resolution(config, manifest, moments[1])
         inputs = (manifest or {}).get("inputs", {})
         vae = inputs.get("vae", config.vae and vae_reference(config.vae))
@@ -180,12 +181,12 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
     if config.text:
         _require(features, ("text_embedding", "text_mask"), "--no-text")
         columns += ["text_embedding", "text_mask"]
-        data.text_dim = features["text_embedding"].shape[1]
+        data.text_dim = feature_shape(features["text_embedding"])[1]
         data.class_text = first_caption_per_class(subset_rows(subset, ["text_embedding", "text_mask"], data.image_size), len(names))
     if config.align:
         _require(features, ("visual_tokens",), "--no-align")
         columns.append("visual_tokens")
-        data.visual_dim = features["visual_tokens"].shape[1]
+        data.visual_dim = feature_shape(features["visual_tokens"])[1]
     data.dataset = subset_rows(subset, columns, data.image_size)
     return data
 

@@ -4,9 +4,8 @@ A built folder, or the Hub snapshot of one (the Hub download is then the only co
 shard by shard through memory-mapped ``pyarrow.parquet.ParquetFile`` handles. A global row index
 maps to (shard, row group, offset); a batch decodes each row group it touches once, only the
 columns it needs, and a few decoded row groups stay cached per process (so a random row costs
-the decoding of its row group: the shards' row group size sets the price). Array columns become
-tensors from their Arrow value buffers, reshaped by the ``datasets`` features the shards carry in
-their schema metadata, with the dtypes ``datasets``' torch format gives (so both paths train alike).
+the decoding of its row group: the shards' row group size sets the price). Rows become tensors as
+:func:`training_rows` makes them for both paths (so both train alike).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from d2c_pack.arrays import array_values, feature_shape
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
 from d2c_pack.verify import MANIFEST
 
@@ -107,31 +107,19 @@ class ParquetShards:
         return self._files[shard]
 
 
-def feature_shape(feature) -> tuple[int, ...]:
-    """The per-row shape of an array column: Array2D/3D's ``shape``, or nested fixed-length ``List`` lengths."""
-    if hasattr(feature, "shape"):
-        return tuple(feature.shape)
-    if isinstance(feature, datasets.List | datasets.Sequence) and feature.length is not None and feature.length >= 0:
-        return (feature.length, *feature_shape(feature.feature))
-    return ()
-
-
-def column_tensor(column: pa.ChunkedArray, feature) -> torch.Tensor:
-    """A numeric column as one tensor ``(rows, *shape)``, from the Arrow value buffers (no Python object per number).
-
-    Integers become int64 and floats float32, as ``datasets``' torch format makes them.
-    """
-    parts = []
-    for chunk in column.chunks:
-        values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk  # Array2D/3D: list<list<...>> storage
-        while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(values.type):
-            values = values.flatten()
-        parts.append(values.to_numpy(zero_copy_only=False))
-    array = np.concatenate(parts).reshape(len(column), *feature_shape(feature))
-    tensor = torch.from_numpy(array)
-    if tensor.is_floating_point():
-        return tensor.float()
-    return tensor if tensor.dtype == torch.bool else tensor.long()
+def training_rows(table: pa.Table, features: datasets.Features, resolution: int) -> list[dict]:
+    """The rows of ``table`` as the trainer takes them: arrays and the label as tensors from their Arrow
+    buffers, in the dtypes ``datasets``' torch format gives (float32, int64); the image decoded as
+    ``datasets`` decodes it, then ADM-cropped to R."""
+    batch: dict[str, torch.Tensor | list] = {}
+    for name in table.column_names:
+        if name == "image":  # {bytes, path}
+            images = (features[name].decode_example(value) for value in table[name].to_pylist())
+            batch[name] = [image_to_tensor(center_crop_adm(image, resolution)) for image in images]  # (3, R, R) each
+        else:
+            values = array_values(table[name], feature_shape(features[name]) or ())  # (rows, *shape)
+            batch[name] = torch.from_numpy(values.astype(np.int64 if values.dtype.kind in "iub" else np.float32))
+    return [{name: values[row] for name, values in batch.items()} for row in range(table.num_rows)]
 
 
 class ShardRows(Dataset):
@@ -153,16 +141,7 @@ class ShardRows(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
-        table = self.shards.take(indices, self.columns)
-        features = self.shards.features
-        batch: dict[str, torch.Tensor | list] = {}
-        for name in self.columns:
-            if name == "image":  # {bytes, path}: decoded as datasets decodes it, then the ADM crop
-                images = (features[name].decode_example(value) for value in table[name].to_pylist())
-                batch[name] = [image_to_tensor(center_crop_adm(image, self.resolution)) for image in images]  # (3, R, R) each
-            else:
-                batch[name] = column_tensor(table[name], features[name])
-        return [{name: values[row] for name, values in batch.items()} for row in range(len(indices))]
+        return training_rows(self.shards.take(indices, self.columns), self.shards.features, self.resolution)
 
     def labels(self) -> np.ndarray:
         return self.shards.column("label")
