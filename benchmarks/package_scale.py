@@ -10,8 +10,9 @@ reports its seconds and its peak RSS (VmHWM); a thread polls the size of everyth
 folder meanwhile, so "peak extra disk" is the most the stage held on disk beyond its final output.
 
 Stages are functions ``(Setup) -> dict`` in ``STAGES``: ``package`` writes ``setup.out``, ``verify``
-hashes it against its manifest; later ones (push to a local Hub server, training that reads the
-folder in place) read ``setup.out`` too.
+hashes it against its manifest, ``push`` publishes it to the test suite's local Hub server. Training
+that reads the folder in place is measured by ``benchmarks/train_in_place.py`` (its
+``train_in_place_benchmark(FOLDER, steps)`` on a built folder such as this one).
 
     python benchmarks/package_scale.py [--rows 1000,5000] [--tiny] [--work DIR] [--out benchmarks/results/package_scale.json]
 
@@ -44,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 import d2c_pack
+from d2c_pack.arrays import feature_dtype, feature_shape
 from d2c_pack.attach import Attached
 from d2c_pack.attach.columns import ColumnGroup
 from d2c_pack.fingerprint import sha256_json
@@ -53,6 +55,7 @@ from d2c_pack.sources import ImageSource, _Entry
 from d2c_pack.verify import LocalFolder, verify
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parents[1] / "tests"))  # the local Hub server of the push stage
 from row_size import features as attach_features  # noqa: E402  (the declared ImageNet-256 Attach features)
 
 CLASSES = 1000
@@ -123,8 +126,7 @@ class SyntheticColumns(ColumnGroup):
 def _random_value(feature: object, rng: np.random.Generator) -> object:
     if isinstance(feature, datasets.Value):
         return "a photo of a synthetic class"
-    shape = feature.shape if hasattr(feature, "shape") else (feature.length,)
-    dtype = feature.dtype if hasattr(feature, "shape") else feature.feature.dtype
+    shape, dtype = feature_shape(feature), feature_dtype(feature)
     if dtype == "int8":
         return np.ones(shape, np.int8)
     return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -176,7 +178,25 @@ def run_verify(setup: Setup) -> dict:
     return figures | {"bytes_per_second": folder_bytes(setup.out) / figures["seconds"]}
 
 
-STAGES: dict[str, Callable[[Setup], dict]] = {"package": run_package, "verify": run_verify}
+def run_push(setup: Setup) -> dict:
+    """``push`` of the folder to a local Hub server (tests/hub_server.py, objects on disk under the work folder),
+    as a first version: every file uploaded, committed in bounded commits, tagged and checked."""
+    from hub_server import WRITE_TOKEN, HubServer, use_hub  # the test suite's Hub-protocol server
+    from pytest import MonkeyPatch
+
+    from d2c_pack.hub import PushConfig, push
+
+    # The server keeps its objects outside the polled work folder (its copy is not the client's disk);
+    # the client's HF caches are inside it, so anything the push cached would count.
+    with tempfile.TemporaryDirectory(prefix="d2c-hub-") as hub_root, MonkeyPatch.context() as patch:
+        with HubServer(tokens={WRITE_TOKEN: "write"}, root=Path(hub_root)) as server:
+            use_hub(server, patch, Path(setup.work) / "home")
+            figures = timed(lambda: push(PushConfig(repo_id="bench/imagenet-shaped", source_dir=str(setup.out), tag="v1.0")))
+            received = server.received
+    return figures | {"bytes_per_second": received / figures["seconds"], "uploaded_bytes": received}
+
+
+STAGES: dict[str, Callable[[Setup], dict]] = {"package": run_package, "verify": run_verify, "push": run_push}
 
 
 def folder_bytes(root: Path) -> int:
