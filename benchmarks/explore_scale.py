@@ -23,7 +23,6 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,11 +34,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from scale import IMAGENET_ROWS, Layout
+from scale import IMAGENET_ROWS, Layout, SyntheticSource
 
 from d2c_pack.explore import from_location, source_reader, write_page
-from d2c_pack.fingerprint import sha256_json
-from d2c_pack.sources import ImageSource, _Entry
 from d2c_pack.verify import LocalFolder
 
 TIMESTEPS = 8
@@ -63,22 +60,17 @@ def photographs() -> list[bytes]:
     return pool
 
 
-class PhotoSource(ImageSource):
-    """The synthetic source: image i is photograph i mod ``PHOTO_POOL``, with ``scale.py``'s ImageNet-like ids."""
+class PhotoSource(SyntheticSource):
+    """``scale.py``'s synthetic source, whose image i is photograph i mod ``PHOTO_POOL``."""
+
+    spec = "synthetic:explore"
 
     def __init__(self, layout: Layout, pool: list[bytes]):
-        super().__init__("synthetic:explore", layout.wnids, layout.class_sizes.tolist())
-        self.layout, self.pool = layout, pool
+        super().__init__(layout)
+        self.pool = pool
 
-    def __len__(self) -> int:
-        return len(self.layout.labels)
-
-    def fingerprint(self) -> str:
-        return sha256_json({"spec": self.spec, "rows": len(self)})
-
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
-        for index in range(len(self)) if indices is None else indices:
-            yield _Entry(index, self.layout.source_id(index), int(self.layout.labels[index]), self.pool[index % PHOTO_POOL], None)
+    def image(self, index: int) -> bytes:
+        return self.pool[index % PHOTO_POOL]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,9 +114,14 @@ def class_sizes(rows: int, rng: np.random.Generator) -> np.ndarray:
 class SyntheticSource(ImageSource):
     """The synthetic source's images: a small JPEG of one flat colour per index, rendered when read."""
 
+    spec = "synthetic:scale"
+
     def __init__(self, layout: Layout):
-        super().__init__("synthetic:scale", layout.wnids, layout.class_sizes.tolist())
+        super().__init__(self.spec, layout.wnids, layout.class_sizes.tolist())
         self.layout = layout
+
+    def image(self, index: int) -> bytes:
+        return _jpeg(index)
 
     def __len__(self) -> int:
         return len(self.layout.labels)
@@ -126,7 +131,7 @@ class SyntheticSource(ImageSource):
 
     def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
         for index in range(len(self)) if indices is None else indices:
-            yield _Entry(index, self.layout.source_id(index), int(self.layout.labels[index]), _jpeg(index), None)
+            yield _Entry(index, self.layout.source_id(index), int(self.layout.labels[index]), self.image(index), None)
 
 
 def _jpeg(index: int) -> bytes:
