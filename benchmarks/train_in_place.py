@@ -30,6 +30,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from d2c_pack.arrays import array_feature
+from d2c_pack.fingerprint import sha256_file
 from d2c_pack.verify import MANIFEST
 
 
@@ -38,10 +40,10 @@ def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16,
     side, grid = resolution // 8, resolution // 16  # SD-VAE latent side; DINOv2-B/14 token grid at 224 → 16 px per token
     features = datasets.Features({
         "label": datasets.ClassLabel(num_classes=10),
-        "latent": datasets.Array3D((8, side, side), "float16"),
-        "text_embedding": datasets.Array2D(text_shape, "float16"),
-        "text_mask": datasets.List(datasets.Value("int8"), length=text_shape[0]),
-        "visual_tokens": datasets.Array2D((grid * grid, visual_dim), "float16"),
+        "latent": array_feature((8, side, side), "float16"),
+        "text_embedding": array_feature(text_shape, "float16"),
+        "text_mask": array_feature(text_shape[:1], "int8"),
+        "visual_tokens": array_feature((grid * grid, visual_dim), "float16"),
     })  # fmt: skip
     rng = np.random.default_rng(0)
     noise = lambda *shape: rng.random((rows, *shape), dtype=np.float32).astype(np.float16)  # noqa: E731  (incompressible, like real values)
@@ -52,8 +54,10 @@ def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16,
     (folder / "data").mkdir(parents=True)
     for index in range(shards):
         table.shard(shards, index, contiguous=True).to_parquet(str(folder / "data" / f"train-{index:05d}-of-{shards:05d}.parquet"), batch_size=rows_per_group)
+    # The manifest lists the shards, as a build's does: training reads the listed shards in place.
+    files = {path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size} for path in sorted(folder.glob("data/*.parquet"))}
     (folder / MANIFEST).parent.mkdir()
-    (folder / MANIFEST).write_text(json.dumps({"recipe": {"resolution": resolution}, "inputs": {}, "files": {}}) + "\n")
+    (folder / MANIFEST).write_text(json.dumps({"recipe": {"resolution": resolution}, "inputs": {}, "files": files}) + "\n")
     return folder
 
 
