@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -103,3 +106,16 @@ def build_config(tmp_path: Path, images: Path, scorer: Path, **overrides):
         vae="none", repo_id="me/tiny-d2c",
     )  # fmt: skip
     return BuildConfig(**(settings | overrides))
+
+
+def run_tiny_benchmark(script: str, tmp_path: Path, timeout: int) -> dict:
+    """Runs ``benchmarks/SCRIPT --tiny`` with its JSON and work files under ``tmp_path``; returns its report.
+
+    The benchmark must remove its synthetic files: afterwards ``tmp_path`` holds the report alone.
+    """
+    out = tmp_path / f"{Path(script).stem}.json"
+    command = [sys.executable, f"benchmarks/{script}", "--tiny", "--out", str(out), "--work", str(tmp_path)]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == [out]  # the synthetic inputs and outputs are removed
+    return json.loads(out.read_text())

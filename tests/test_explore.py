@@ -16,7 +16,7 @@ import hub_server
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import make_image_folder, make_official_scorer
+from conftest import make_image_folder, make_official_scorer, run_tiny_benchmark
 from hub_server import HubServer
 from PIL import Image
 from typer.testing import CliRunner
@@ -197,15 +197,10 @@ def test_the_page_renders_in_headless_chromium_without_console_messages(built, t
 
 
 def test_benchmark_tiny_run_reports_size_time_and_memory(tmp_path: Path) -> None:
-    out = tmp_path / "explore_scale.json"
-    command = [sys.executable, "benchmarks/explore_scale.py", "--tiny", "--out", str(out), "--work", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (result,) = json.loads(out.read_text())["results"]
+    (result,) = run_tiny_benchmark("explore_scale.py", tmp_path, timeout=300)["results"]
     assert (result["rows"], result["classes"]) == (3000, 3)
     assert result["thumbnails"] == 3 * (10 + 3)  # every selected image (10 ≤ 12) and 3 rejected ones per class
     assert 0 < result["page_bytes"] < 3 * 13 * 4000 + 100_000
-    assert list(tmp_path.iterdir()) == [out]  # the synthetic folder is removed
 
 
 def _png() -> bytes:
