@@ -1,4 +1,4 @@
-"""Writing a condensed dataset in the Hugging Face Hub layout (DESIGN §4), atomically.
+"""Writing a condensed dataset in the Hugging Face Hub layout, atomically.
 
 ::
 

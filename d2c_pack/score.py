@@ -1,4 +1,4 @@
-"""The diffusion difficulty score of every source image (DESIGN §3.2), cached and resumable.
+"""The diffusion difficulty score of every source image, cached and resumable.
 
 For an image x of class c, with z its latent (SD-VAE posterior mean × 0.18215, or the pixels)
 and T a set of stratified timesteps, the score is the frozen backbone's mean denoising error

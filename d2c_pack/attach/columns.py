@@ -1,4 +1,4 @@
-"""The Attach columns of a condensed dataset (DESIGN §3.4) and how they are computed and cached.
+"""The Attach columns of a condensed dataset and how they are computed and cached.
 
 Three groups, each switched off by naming no model (``none``):
 

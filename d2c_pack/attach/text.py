@@ -1,4 +1,4 @@
-"""The text columns of Attach (DESIGN §3.4): a caption per image and its token embeddings.
+"""The text columns of Attach: a caption per image and its token embeddings.
 
 A caption is either the class prompt (``a photo of a {name}`` with the first synonym of the
 class name) or a per-image caption from an image-to-text model. Its embedding is the

@@ -1,4 +1,4 @@
-"""The visual column of Attach (DESIGN §3.4): DINOv2 patch tokens and CLS token of each ADM crop.
+"""The visual column of Attach: DINOv2 patch tokens and CLS token of each ADM crop.
 
 The features are REPA's targets (``preprocess_raw_image`` and ``load_encoders`` of
 github.com/sihyun-yu/REPA): each R×R uint8 crop is scaled to [0, 1], ImageNet-normalised, then

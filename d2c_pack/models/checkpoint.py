@@ -31,7 +31,7 @@ from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
 
 Prediction = Literal["velocity", "epsilon"]
 PREDICTIONS: tuple[str, ...] = ("velocity", "epsilon")
-# The latent space of the official DiT and SiT checkpoints (DESIGN §3.2).
+# The latent space of the official DiT and SiT checkpoints.
 OFFICIAL_VAE = "stabilityai/sd-vae-ft-ema"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,7 +69,7 @@ class BackboneConfig:
     image_size: int
     class_names: list[str] | None = None
     vae_sha256: str | None = None
-    # D2C additions (DESIGN §3.5); None leaves them out and the network is the official one.
+    # D2C additions; None leaves them out and the network is the official one.
     text_dim: int | None = None
     text_length: int = 16
     visual_dim: int | None = None

@@ -1,4 +1,4 @@
-"""SiT with the D2C additions (DESIGN §3.5): the DC-Embedding of text and the REPA-style projector.
+"""SiT with the D2C additions: the DC-Embedding of text and the REPA-style projector.
 
 The backbone is :class:`~d2c_pack.models.dit.DiT` unchanged, so an official DiT/SiT state dict
 loads into it; the additions live under their own keys (``text_embedder.*``, ``projector.*``).

@@ -1,4 +1,4 @@
-"""The reference trainer (DESIGN §3.5): SiT + DC-Embedding + visual alignment, AdamW, EMA, DDP, exact resume.
+"""The reference trainer: SiT + DC-Embedding + visual alignment, AdamW, EMA, DDP, exact resume.
 
 Output folder layout::
 
