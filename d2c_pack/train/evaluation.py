@@ -432,7 +432,6 @@ def evaluate(
     metrics = score_samples(batches, num_samples, network, statistics, classifier=load_classifier(features, config.num_classes, device), device=device)
     return metrics | {
         "samples": str(checkpoint),
-        "checkpoint": str(checkpoint),
         "reference": _spec(reference),
         "features": features,
         "resolution": resolution,

@@ -33,10 +33,15 @@ CACHED_ROW_GROUPS = 4  # per process: the row groups of the last few reads, for 
 
 
 def hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """The revision's data shards and manifest in the HF hub cache, downloaded once: the one copy training reads."""
+    """The revision's manifest and the data shards it lists in the HF hub cache, downloaded once: the one copy
+    training reads (a shard the revision holds but the manifest does not list is not downloaded)."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=[SHARDS, MANIFEST]))
+    def download(patterns: list[str]) -> Path:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
+
+    files = json.loads((download([MANIFEST]) / MANIFEST).read_text())["files"]
+    return download([MANIFEST, *(path for path in files if fnmatch.fnmatch(path, SHARDS))])
 
 
 def built_shards(folder: Path) -> list[Path]:
