@@ -10,9 +10,9 @@ reports its seconds and its peak RSS (VmHWM); a thread polls the size of everyth
 folder meanwhile, so "peak extra disk" is the most the stage held on disk beyond its final output.
 
 Stages are functions ``(Setup) -> dict`` in ``STAGES``: ``package`` writes ``setup.out``, ``verify``
-hashes it against its manifest, ``push`` publishes it to the test suite's local Hub server. Training
-that reads the folder in place is measured by ``benchmarks/train_in_place.py`` (its
-``train_in_place_benchmark(FOLDER, steps)`` on a built folder such as this one).
+hashes it against its manifest, ``push`` publishes it to the test suite's local Hub server, ``train``
+trains SiT-S/2 for ``--train-steps`` steps reading the folder in place (``benchmarks/train_in_place.py``;
+from a Hub revision the trainer reads the snapshot the same way, after downloading it once).
 
     python benchmarks/package_scale.py [--rows 1000,5000] [--tiny] [--work DIR] [--out benchmarks/results/package_scale.json]
 
@@ -73,6 +73,9 @@ class Setup:
     rows: int
     resolution: int = 256
     seed: int = 0
+    train_steps: int = 50
+    train_batch_size: int = 8  # on 2 CPU cores SiT-S/2 takes ~1.5 s a step of 8 (~50 s at 256): the reader is what is measured
+    train_workers: int = 2
 
     @property
     def out(self) -> Path:
@@ -161,12 +164,16 @@ def run_package(setup: Setup) -> dict:
 
 
 def timed(run: Callable[[], object]) -> dict:
-    """Wall seconds of ``run()``, and the CPU seconds of all this process's threads meanwhile: what it costs
-    whatever else the machine runs (wall figures taken on a loaded machine are slower)."""
-    cpu, tic = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    """Wall seconds of ``run()``, and the CPU seconds of all this process's threads and finished children meanwhile:
+    what it costs whatever else the machine runs (wall figures taken on a loaded machine are slower)."""
+    cpu, tic = _cpu_seconds(), time.perf_counter()
     run()
-    seconds, used = time.perf_counter() - tic, resource.getrusage(resource.RUSAGE_SELF)
-    return {"seconds": seconds, "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime}
+    return {"seconds": time.perf_counter() - tic, "cpu_seconds": _cpu_seconds() - cpu}
+
+
+def _cpu_seconds() -> float:
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(usage.ru_utime + usage.ru_stime for usage in used)
 
 
 def run_verify(setup: Setup) -> dict:
@@ -196,7 +203,23 @@ def run_push(setup: Setup) -> dict:
     return figures | {"bytes_per_second": received / figures["seconds"], "uploaded_bytes": received}
 
 
-STAGES: dict[str, Callable[[Setup], dict]] = {"package": run_package, "verify": run_verify, "push": run_push}
+def run_train(setup: Setup) -> dict:
+    """``train_steps`` steps of SiT-S/2 reading the folder in place (``benchmarks/train_in_place.py``, in a process of
+    its own): training and reader-alone rows/s, the trainer's peak RSS and what it wrote to the ``datasets`` cache."""
+    from train_in_place import train_in_place_benchmark
+
+    result: dict = {}
+    figures = timed(lambda: result.update(train_in_place_benchmark(
+        str(setup.out), setup.train_steps, batch_size=setup.train_batch_size, workers=setup.train_workers, device="cpu"
+    )))  # fmt: skip
+    return figures | {
+        "rows_per_second": result["train_rows_per_second"],
+        "reader_rows_per_second": result["reader_rows_per_second"], "steps": setup.train_steps, "batch_size": setup.train_batch_size,
+        "trainer_peak_rss_bytes": result["peak_rss_bytes"], "datasets_cache_bytes": result["peak_extra_disk_bytes"],
+    }  # fmt: skip
+
+
+STAGES: dict[str, Callable[[Setup], dict]] = {"package": run_package, "verify": run_verify, "push": run_push, "train": run_train}
 
 
 def folder_bytes(root: Path) -> int:
@@ -256,10 +279,10 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def measure(rows: int, root: str | None, stages: Sequence[str]) -> dict:
-    """Runs every stage on a synthetic subset of ``rows``, each in a fresh process."""
+def measure(rows: int, root: str | None, stages: Sequence[str], **settings: int) -> dict:
+    """Runs every stage on a synthetic subset of ``rows``, each in a fresh process (``settings``: more fields of :class:`Setup`)."""
     with tempfile.TemporaryDirectory(dir=root, prefix="d2c-package-scale-") as work:
-        setup = Setup(work, rows)
+        setup = Setup(work, rows, **settings)
         results = {}
         for stage in stages:
             load = os.getloadavg()[0]  # other work on the machine: figures taken under load are slower
@@ -284,7 +307,7 @@ def table(results: list[dict]) -> Table:
             out.add_row(
                 f"{result['rows']:,}", stage, f"{f['seconds']:.1f}", rate, f"{f['cpu_seconds']:.1f}", f"{f['output_bytes'] / 1e9:.2f} GB",
                 f"{f['peak_extra_disk_bytes'] / 1e9:.2f} GB ({f['peak_extra_disk_bytes'] / max(f['output_bytes'], 1):.2f}×)",
-                f"{f['peak_rss_bytes'] / 2**30:.2f} GiB",
+                f"{max(f['peak_rss_bytes'], f.get('trainer_peak_rss_bytes', 0)) / 2**30:.2f} GiB",
             )  # fmt: skip
     return out
 
@@ -293,14 +316,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000,5000", help="comma-separated subset sizes (20000: ~11 GB of output)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
-    parser.add_argument("--tiny", action="store_true", help="40 rows, for the test")
+    parser.add_argument("--tiny", action="store_true", help="40 rows and 2 training steps of 8, for the test")
+    parser.add_argument("--train-steps", type=int, default=Setup.train_steps, help="SiT-S/2 steps of the train stage")
+    parser.add_argument("--train-batch-size", type=int, default=Setup.train_batch_size)
     parser.add_argument("--work", default=None, help="folder for the synthetic outputs (default: the system's temporary folder)")
     parser.add_argument("--out", default="benchmarks/results/package_scale.json")
     parser.add_argument("--label", default="", help="what is measured (e.g. 'before', 'after'), recorded with the results")
     args = parser.parse_args()
 
     sizes = [40] if args.tiny else [int(n) for n in args.rows.split(",")]
-    results = [measure(rows, args.work, args.stages.split(",")) for rows in sizes]
+    train = {"train_steps": 2, "train_batch_size": 8} if args.tiny else {"train_steps": args.train_steps, "train_batch_size": args.train_batch_size}
+    results = [measure(rows, args.work, args.stages.split(","), **train) for rows in sizes]
     Console().print(table(results))
     report = {
         "label": args.label, "commit": _git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",

@@ -5,8 +5,8 @@ size is polled while it runs (the Arrow copy the `datasets` path writes there); 
 the mean of the metrics of the second half of the run (after warm-up). On a CPU the model
 dominates, so the reader is also timed alone: the DataLoader over the same batches, no model.
 `--data` is a built folder or a Hub ORG/NAME[@REV]; without it a synthetic latent build is written
-first (label, latent, text and visual columns of `--resolution`'s shapes, `--rows-per-group` rows
-per parquet row group: 100 is what a build with an image column gets from `datasets`).
+first (label, latent, text and visual columns of `--resolution`'s shapes, encoded as a build encodes
+them, cut into row groups as a build cuts them unless `--rows-per-group` says otherwise).
 
     python benchmarks/train_in_place.py [--data BUILD] [--steps 50] [--model SiT-S/2] [--batch-size 256]
     python benchmarks/train_in_place.py --tiny      # a 96-row synthetic build and SiT-T/2, as the test runs it
@@ -27,16 +27,20 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from d2c_pack.arrays import array_feature
 from d2c_pack.fingerprint import sha256_file
+from d2c_pack.shard_writer import ROW_GROUP_BYTES, parquet_options
 from d2c_pack.verify import MANIFEST
 
 
-def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16, 2048), visual_dim=768, rows_per_group=100, shards=2) -> Path:
-    """A folder shaped like a latent build (data/ shards + d2c/manifest.json) with random rows; no image column."""
+def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16, 2048), visual_dim=768, rows_per_group: int | None = None, shards=2) -> Path:
+    """A folder shaped like a latent build (data/ shards + d2c/manifest.json) with random rows; no image column.
+
+    ``rows_per_group``: parquet row group size (default: as many rows as a build puts in ``ROW_GROUP_BYTES``)."""
     side, grid = resolution // 8, resolution // 16  # SD-VAE latent side; DINOv2-B/14 token grid at 224 → 16 px per token
     features = datasets.Features({
         "label": datasets.ClassLabel(num_classes=10),
@@ -52,8 +56,11 @@ def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16,
         "text_mask": np.ones((rows, text_shape[0]), np.int8), "visual_tokens": noise(grid * grid, visual_dim),
     }, features=features)  # fmt: skip
     (folder / "data").mkdir(parents=True)
+    options = parquet_options(features)  # a build's encodings: decoding speed depends on them (dictionaries cost 4×)
+    rows_per_group = rows_per_group or max(1, ROW_GROUP_BYTES // (table.data.nbytes // rows))
     for index in range(shards):
-        table.shard(shards, index, contiguous=True).to_parquet(str(folder / "data" / f"train-{index:05d}-of-{shards:05d}.parquet"), batch_size=rows_per_group)
+        shard = table.shard(shards, index, contiguous=True).data.table
+        pq.write_table(shard, folder / "data" / f"train-{index:05d}-of-{shards:05d}.parquet", row_group_size=rows_per_group, **options)
     # The manifest lists the shards, as a build's does: training reads the listed shards in place.
     files = {path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size} for path in sorted(folder.glob("data/*.parquet"))}
     (folder / MANIFEST).parent.mkdir()
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rows", type=int, default=2048, help="rows of the synthetic build")
     parser.add_argument("--resolution", type=int, default=256, help="resolution of the synthetic build")
-    parser.add_argument("--rows-per-group", type=int, default=100, help="parquet row group size of the synthetic build")
+    parser.add_argument("--rows-per-group", type=int, default=None, help="parquet row group size of the synthetic build (default: a build's)")
     parser.add_argument("--tiny", action="store_true", help="96 synthetic rows at R = 32, SiT-T/2, 4 steps of 8 rows")
     parser.add_argument("--json", default="benchmarks/results/train_in_place.json")
     args = parser.parse_args(argv)
@@ -146,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             shapes = {"text_shape": (16, 8), "visual_dim": 8} if args.tiny else {}
             data = str(synthetic_build(Path(scratch) / "build", args.rows, args.resolution, rows_per_group=args.rows_per_group, **shapes))
         result = train_in_place_benchmark(data, args.steps, model=args.model, batch_size=args.batch_size, workers=args.workers, device=args.device)
-    result |= {"synthetic": None if args.data else {"rows": args.rows, "resolution": args.resolution, "rows_per_group": args.rows_per_group}}
+        if args.data is None:
+            rows_per_group = pq.read_metadata(next(Path(data).glob("data/*.parquet"))).row_group(0).num_rows
+            result |= {"synthetic": {"rows": args.rows, "resolution": args.resolution, "rows_per_group": rows_per_group}}
 
     table = Table(title=f"train {args.model} {args.steps} steps reading {args.data or 'a synthetic build'} in place, batch {args.batch_size}")
     for column in ("train rows/s", "reader rows/s", "peak RSS", "peak extra disk"):

@@ -3,7 +3,7 @@
 ``datasets`` would first write every row to an Arrow cache and then copy it into parquet (twice
 the output on disk, one core) and the manifest would read every shard again to hash it. Here
 rows are converted to Arrow in a thread pool (in order), cut into row groups of at most
-``ROW_GROUP_BYTES`` (16 MB; ``datasets`` aims at 100 MB) and ``datasets``' row cap for images,
+``ROW_GROUP_BYTES`` (2 MiB; ``datasets`` aims at 100 MB) and ``datasets``' row cap for images,
 and the row groups go to shards of at most ``max_shard_size`` (uncompressed Arrow bytes), each
 shard written by a thread of its own while the next one fills. Bytes are hashed as they are
 written. Every boundary depends on the rows alone, never on timing or the number of threads,
@@ -39,9 +39,11 @@ from d2c_pack.progress import progress_bar
 
 SPLIT = "train"
 CONVERT_ROWS = 16  # rows converted to Arrow per task: fixed, so the Arrow chunks (and the parquet bytes) never vary
-# Row groups of at most 16 MB (datasets aims at 100 MB): training in place reads a random row by decoding
-# its whole row group, so smaller groups cost less per row; the Hub's viewer reads any group this size.
-ROW_GROUP_BYTES = min(16 * 1024**2, convert_file_size_to_int(datasets.config.MAX_ROW_GROUP_SIZE))
+# Row groups of at most 2 MiB (datasets aims at 100 MB): training in place reads a random row by decoding its
+# whole row group (~340 MB/s a core for float16 arrays), so the group size is the price of a row: 3 ImageNet
+# rows with every column here, 27 at 16 MiB (benchmarks/train_in_place.py). Footers stay small (a 500 MB
+# shard has ~250 groups) and load_dataset converts 100k such rows in minutes.
+ROW_GROUP_BYTES = min(2 * 1024**2, convert_file_size_to_int(datasets.config.MAX_ROW_GROUP_SIZE))
 T = TypeVar("T")
 R = TypeVar("R")
 
