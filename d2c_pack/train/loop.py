@@ -315,33 +315,42 @@ def resize_token_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
     return resized.flatten(2).transpose(1, 2)  # (N, s², D)
 
 
+def training_losses(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], randomness: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The objective the trainer minimises on one batch, with the step's ``randomness`` (see :func:`step_randomness`).
+
+    SiT's velocity matching mean ‖v_θ(x_t, t) − (x₁ − x₀)‖² on x_t = t·x₁ + (1 − t)·x₀ (x₀ the noise), plus
+    λ (``proj_coeff``) times the alignment loss with ``--align``. Returns ``velocity_loss``, ``align_loss`` (with
+    ``--align``) and their sum ``loss``.
+    """
+    with torch.no_grad():
+        x1 = model_inputs(run, batch, randomness["latent_noise"])  # (B, C, h, w)
+    xt, ut = interpolate(x1, randomness["noise"], randomness["t"])
+    with torch.autocast(run.context.device.type, dtype=torch.bfloat16, enabled=run.context.device.type == "cuda"):
+        out, projection = forward(
+            xt, randomness["t"], batch["label"], batch.get("text_embedding"), batch.get("text_mask"),
+            return_projection=True, drop_class=randomness["drop_class"], drop_text=randomness["drop_text"],
+        )  # fmt: skip
+    losses = {"velocity_loss": ((out[:, : x1.shape[1]].float() - ut) ** 2).mean()}
+    losses["loss"] = losses["velocity_loss"]
+    if run.config.align:
+        losses["align_loss"] = alignment_loss(projection.float(), batch["visual_tokens"].float())
+        losses["loss"] = losses["loss"] + run.config.proj_coeff * losses["align_loss"]
+    return losses
+
+
 def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], offset: int) -> dict[str, float]:
     config, device = run.config, run.context.device
     chosen = offset + batch.pop("positions")  # this rank's samples, as positions in the global batch
     randomness = {k: v[chosen].to(device) for k, v in step_randomness(run, config.batch_size).items()}
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with torch.no_grad():
-        x1 = model_inputs(run, batch, randomness["latent_noise"])  # (B, C, h, w)
-    xt, ut = interpolate(x1, randomness["noise"], randomness["t"])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out, projection = forward(
-            xt, randomness["t"], batch["label"], batch.get("text_embedding"), batch.get("text_mask"),
-            return_projection=True, drop_class=randomness["drop_class"], drop_text=randomness["drop_text"],
-        )  # fmt: skip
-    velocity_loss = ((out[:, : x1.shape[1]].float() - ut) ** 2).mean()
-    loss = velocity_loss
-    logged = {"velocity_loss": velocity_loss.detach()}
-    if config.align:
-        align = alignment_loss(projection.float(), batch["visual_tokens"].float())
-        loss = loss + config.proj_coeff * align
-        logged["align_loss"] = align.detach()
+    losses = training_losses(run, forward, batch, randomness)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    losses["loss"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.optimizer.step()
     update_ema(run.ema, run.model, ema_decay_at(run.step, config.ema_decay, config.ema_warmup))
-    logged |= {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
-    return _mean_over_ranks(logged, run.context)
+    logged = {name: losses[name].detach() for name in ("velocity_loss", "align_loss", "loss") if name in losses}
+    return _mean_over_ranks(logged | {"grad_norm": grad_norm.detach()}, run.context)
 
 
 def _mean_over_ranks(values: dict[str, torch.Tensor], context: distributed.Context) -> dict[str, float]:

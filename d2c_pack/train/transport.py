@@ -123,18 +123,6 @@ def interpolate(x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[to
     return t * x1 + (1 - t) * x0, x1 - x0
 
 
-def predict_velocity(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model(x, t, y)[:, : x.shape[1]]  # (N, C, H, W)
-
-
-def velocity_loss(model: DiT, x1: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared velocity error at t ~ U[0, 1], with noise and t from the global RNG."""
-    x0 = torch.randn_like(x1)
-    t = torch.rand(x1.shape[0], device=x1.device)
-    xt, ut = interpolate(x1, x0, t)
-    return ((predict_velocity(model, xt, t, y) - ut.to(torch.float32)) ** 2).mean()
-
-
 def _forward(model: DiT, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
     # Models without text conditioning (official DiT/SiT, test stubs) take (x, t, y) only.
     if cond.text is None:
