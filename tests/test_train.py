@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 from safetensors.torch import load_file
 
+from d2c_pack import cli, distributed
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import module_sha256
-from d2c_pack.models import DiT, load_backbone
-from d2c_pack import distributed
+from d2c_pack.models import load_backbone
 from d2c_pack.train.data import EpochPermutationBatches, collate_rows
 from d2c_pack.train.loop import TrainConfig, _new_run, _train_step, prepare_data, step_randomness, train, training_losses
 from d2c_pack.train.sample import generate, load_for_sampling
@@ -134,3 +135,29 @@ def test_euler_ode_integrates_a_known_velocity_field() -> None:
     noise = torch.zeros(3, 1, 2, 2)
     out = euler_ode_sample(ConstantVelocity(), noise, torch.zeros(3, dtype=torch.long), num_steps=5)
     torch.testing.assert_close(out, torch.full_like(noise, 2.0))
+
+
+def images_without_classes(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, i, i)).save(folder / f"{i}.png")
+    return folder
+
+
+def no_data_at_all(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a dataset")
+    return folder
+
+
+@pytest.mark.parametrize("make", [images_without_classes, no_data_at_all])
+def test_training_on_a_folder_that_is_no_labelled_dataset_fails_in_one_line_and_writes_nothing(tmp_path: Path, monkeypatch, capsys, make) -> None:
+    data, run = make(tmp_path / "data"), tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--model", "SiT-T/4", "--vae", "none", "--no-text", "--no-align", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # before it, at most datasets' progress bars as it tries the folder
+    assert exited.value.code == 2 and last.startswith("error: ") and "is not a labelled image dataset" in last and "Traceback" not in err, err
+    assert not run.exists()

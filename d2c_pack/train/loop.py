@@ -24,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -64,6 +65,7 @@ from d2c_pack.train.transport import interpolate
 SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs, for latent columns whose manifest does not record theirs
 DEFAULT_RESOLUTION = 256
 OPTIMIZER_NAME = "optimizer.pt"
+SETTINGS_NAME = "train_config.yaml"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "workers"})
@@ -165,6 +167,7 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         return _image_data(SourceRows(source, resolution), source.class_names, config, resolution, device)
     subset, manifest = open_subset(config.data)
     features = subset.features
+    _require_labelled_images(config.data, features)
     names = features["label"].names
     if "latent" in features:
         moments = feature_shape(features["latent"])  # (2C, h, w): posterior mean ‖ std
@@ -189,6 +192,15 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         data.visual_dim = feature_shape(features["visual_tokens"])[1]
     data.dataset = subset_rows(subset, columns, data.image_size)
     return data
+
+
+def _require_labelled_images(data: str, features) -> None:
+    """A dataset to train on has class labels (a ``label`` ClassLabel column) and images or latents."""
+    if not isinstance(features.get("label"), datasets.ClassLabel) or not {"image", "latent"} & set(features):
+        found = ", ".join(f"{name} ({type(feature).__name__})" for name, feature in features.items()) or "none"
+        raise UserError(
+            f"{data} is not a labelled image dataset: training needs a class-label column 'label' and an 'image' or 'latent' column (found: {found})"
+        )
 
 
 def _require(features, columns: tuple[str, ...], switch: str) -> None:
@@ -228,20 +240,23 @@ def train(config: TrainConfig) -> Path:
     """Trains (or resumes training of) a backbone; returns the folder of the final EMA model."""
     context = distributed.init(config.device)
     out = Path(config.out)
-    if context.is_main:
-        _check_resumable(out, config)
-    context.barrier()
+    settings = _resumable_settings(out, config)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     data = prepare_data(config, context.device)
     run = _new_run(config, data, context)
-    checkpoint = latest_checkpoint(out)
+    checkpoint, report = latest_checkpoint(out), None
     if checkpoint is not None:
         _restore(run, checkpoint)
     elif config.init:
         report = initialize_from(run, config.init)
-        if context.is_main:
+    # Every input has been read and checked: only now does the run folder get written, so a bad one leaves nothing.
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SETTINGS_NAME).write_text(settings)
+        if report is not None:
             (out / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    context.barrier()
     network = run.model
     if context.world_size > 1:
         network = DistributedDataParallel(run.model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
@@ -462,9 +477,9 @@ def _restore(run: Run, checkpoint: Path) -> None:
     run.step = json.loads((checkpoint / STATE_NAME).read_text())["step"]
 
 
-def _check_resumable(out: Path, config: TrainConfig) -> None:
-    """Writes the run's settings, or checks that a run already in ``out`` used the same ones."""
-    settings = out / "train_config.yaml"
+def _resumable_settings(out: Path, config: TrainConfig) -> str:
+    """The run's settings as ``train_config.yaml`` text, after checking that a run already in ``out`` used the same ones."""
+    settings = out / SETTINGS_NAME
     current = dataclasses.asdict(config)
     if settings.exists():
         previous = yaml.safe_load(settings.read_text())
@@ -472,8 +487,7 @@ def _check_resumable(out: Path, config: TrainConfig) -> None:
         if changed:
             diff = ", ".join(f"{k}: {previous.get(k)!r} → {current[k]!r}" for k in changed)
             raise UserError(f"{out} holds a run with other settings ({diff}); resume with the same ones or use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    settings.write_text(yaml.safe_dump(current, sort_keys=False))
+    return yaml.safe_dump(current, sort_keys=False)
 
 
 class _MetricsLog:

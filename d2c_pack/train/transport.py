@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torchdiffeq import odeint
 
+from d2c_pack.errors import require
 from d2c_pack.models import DiT
 
 SAMPLERS = ("euler", "heun", "euler-maruyama", "dopri5")
@@ -241,6 +241,7 @@ def dopri5_ode_sample(
 
     ends = torch.tensor([0.0, 1.0], device=noise.device)  # float32, as SiT's linspace(t0, t1, num_steps)
     # One-element lists, as SiT passes them: the solver then does SiT's arithmetic to the bit (scalars round differently).
+    odeint = require("torchdiffeq", "eval", "the dopri5 sampler").odeint
     return odeint(field, noise.float(), ends, method="dopri5", atol=[atol], rtol=[rtol])[-1]
 
 
