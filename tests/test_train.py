@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,9 +13,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from d2c_pack import cli, distributed
+from d2c_pack.build import BuildConfig
+from d2c_pack.demo import flow
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import module_sha256
 from d2c_pack.models import load_backbone
+from d2c_pack.recipe import read_recipe
+from d2c_pack.train import loop
 from d2c_pack.train.data import EpochPermutationBatches, collate_rows
 from d2c_pack.train.loop import TrainConfig, _new_run, _train_step, prepare_data, step_randomness, train, training_losses
 from d2c_pack.train.sample import generate, load_for_sampling
@@ -161,3 +166,49 @@ def test_training_on_a_folder_that_is_no_labelled_dataset_fails_in_one_line_and_
     last = err.strip().splitlines()[-1]  # before it, at most datasets' progress bars as it tries the folder
     assert exited.value.code == 2 and last.startswith("error: ") and "is not a labelled image dataset" in last and "Traceback" not in err, err
     assert not run.exists()
+
+
+def test_a_time_based_checkpoint_lets_a_stopped_run_resume_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --ckpt-every-seconds a run stopped between scheduled checkpoints resumes from its last minute, to the same weights."""
+    straight = train(tiny_config(tmp_path / "a", ckpt_every=100))
+    steps_done = []
+
+    def stop_after_three_steps(*args, **kwargs):
+        if len(steps_done) == 3:
+            raise KeyboardInterrupt  # the user stops the run during step 4
+        steps_done.append(1)
+        return train_step(*args, **kwargs)
+
+    train_step = loop._train_step
+    monkeypatch.setattr(loop, "_train_step", stop_after_three_steps)
+    stopped = tiny_config(tmp_path / "b", ckpt_every=100, ckpt_every_seconds=1e-9)  # every step is "a minute"
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped)
+    assert [p.name for p in (tmp_path / "b/run/checkpoints").iterdir()] == ["0000003"]  # the newest only: older ones are removed
+    monkeypatch.undo()
+    resumed = train(stopped)
+    final_a, final_b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert (tmp_path / "b/run/metrics.jsonl").read_text().count("\n") == 4
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_demo_reuses_the_quickstarts_score_cache_and_checkpoints_every_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def stop_training(config: TrainConfig) -> None:
+        seen["train"] = config
+        raise Stop
+
+    monkeypatch.setattr(flow, "build", lambda config: seen.setdefault("build", config) and tmp_path / "data")
+    monkeypatch.setattr(flow, "_publish", lambda data, repo_id: ("verified", str(data), None))
+    monkeypatch.setattr(flow, "_load", lambda where, revision: SimpleNamespace(num_rows=180, column_names=["image", "label"]))
+    monkeypatch.setattr(flow, "train", stop_training)
+    with pytest.raises(Stop):
+        flow.run_demo(flow.DemoConfig(out=str(tmp_path / "demo")))
+    quickstart = BuildConfig(**read_recipe("demo"))  # `d2c-pack build --recipe demo`
+    assert seen["build"].work == quickstart.work == str(tmp_path / "d2c-cache")  # conftest points the default cache here
+    assert seen["train"].ckpt_every_seconds is not None and seen["train"].ckpt_every_seconds <= 60

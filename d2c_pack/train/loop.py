@@ -68,7 +68,7 @@ OPTIMIZER_NAME = "optimizer.pt"
 SETTINGS_NAME = "train_config.yaml"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "workers"})
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "ckpt_every_seconds", "workers"})
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -102,6 +102,7 @@ class TrainConfig(SourceArgs):
     workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).")
     log_every: int = flag(100, help="Steps between metrics.jsonl lines.")
     ckpt_every: int = flag(10_000, help="Steps between checkpoints.")
+    ckpt_every_seconds: float | None = flag(None, help="Also checkpoint once this many seconds of training have passed since the last checkpoint (only the newest such one is kept).")
     device: str = flag("auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     compile: bool = flag(False, help="torch.compile the backbone.")
 
@@ -110,7 +111,7 @@ class TrainConfig(SourceArgs):
             self.vae = None
         if self.model not in BACKBONES:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
-        for name in ("steps", "batch_size", "log_every", "ckpt_every", "resolution"):
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "ckpt_every_seconds", "resolution"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if (self.source is None) == (self.data is None):
@@ -268,7 +269,7 @@ def train(config: TrainConfig) -> Path:
     loader = DataLoader(data.dataset, batch_sampler=batches, num_workers=config.workers, collate_fn=collate_rows, pin_memory=context.device.type == "cuda")
     metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step) if context.is_main else None
     with progress_bar("train", total=config.steps, completed=run.step) as advance:
-        tic, seen = time.perf_counter(), 0
+        tic, seen, saved_at = time.perf_counter(), 0, time.monotonic()
         for batch in loader:
             logged = _train_step(run, forward, batch, offset=batches.rank_slice.start)
             run.step += 1
@@ -277,9 +278,31 @@ def train(config: TrainConfig) -> Path:
             if metrics and (run.step % config.log_every == 0 or run.step == config.steps):
                 metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
                 tic, seen = time.perf_counter(), 0
-            if run.step % config.ckpt_every == 0 or run.step == config.steps:
+            scheduled = run.step % config.ckpt_every == 0 or run.step == config.steps
+            if scheduled or _seconds_passed(saved_at, config.ckpt_every_seconds, context):
                 save_checkpoint(run, out)
+                saved_at = time.monotonic()
+                if context.is_main:
+                    _remove_interim_checkpoints(out, before=run.step, every=config.ckpt_every)
     return out / "model"
+
+
+def _seconds_passed(since: float, seconds: float | None, context: distributed.Context) -> bool:
+    """Whether ``seconds`` have passed since ``since`` on rank 0's clock; every rank gets rank 0's answer, as
+    they all take part in a checkpoint. A step-based schedule alone (None) never asks."""
+    if seconds is None:
+        return False
+    passed = torch.tensor(float(time.monotonic() - since >= seconds), device=context.device)
+    if context.world_size > 1:
+        dist.broadcast(passed, src=0)
+    return bool(passed.item())
+
+
+def _remove_interim_checkpoints(out: Path, before: int, every: int) -> None:
+    """Deletes the time-based checkpoints (steps off the ``every`` schedule) older than step ``before``: resuming needs only the newest."""
+    for folder in (out / "checkpoints").glob("[0-9]" * 7):
+        if int(folder.name) < before and int(folder.name) % every:
+            shutil.rmtree(folder)
 
 
 def step_randomness(run: Run, batch_size: int) -> dict[str, torch.Tensor]:
