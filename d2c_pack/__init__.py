@@ -2,7 +2,52 @@
 
 Score a labelled image dataset with a class-conditional diffusion model, select a small
 subset per class by interval sampling, attach training-ready columns, publish it on the
-Hugging Face Hub, and train SiT models from it. See DESIGN.md in the project docs.
+Hugging Face Hub, and train SiT models from it::
+
+    import d2c_pack
+
+    folder = d2c_pack.build("out/digits-d2c", recipe="demo")
+    assert d2c_pack.verify(folder) == []
+    model = d2c_pack.train("runs/digits", data=str(folder), recipe="demo", steps=600)
+
+The functions below live in :mod:`d2c_pack.api` and are loaded on first use, so that
+``import d2c_pack`` (and the CLI's start) does not import torch and the model libraries.
 """
 
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+API = ("build", "score_source", "select", "push", "verify", "load_backbone", "train")
+__all__ = ["__version__", *API]
+
+if TYPE_CHECKING:
+    from d2c_pack.api import build, load_backbone, push, score_source, select, train, verify  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in API:
+        from d2c_pack import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'd2c_pack' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``d2c_pack`` whose public functions keep their names when the submodules of the same names load.
+
+    ``build``, ``select``, ``train`` and ``verify`` are also submodules (``from d2c_pack.build import
+    BuildConfig`` works as ever); importing one would otherwise make the package attribute the module.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

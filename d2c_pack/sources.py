@@ -40,7 +40,7 @@ from datasets.utils.file_utils import xopen
 from PIL import Image, UnidentifiedImageError
 
 from d2c_pack import imagenet
-from d2c_pack.errors import SourceError, UserError
+from d2c_pack.errors import SourceError, UserError, require
 from d2c_pack.fingerprint import sha256_json
 from d2c_pack.hub_retry import with_retries
 from d2c_pack.recipe import flag
@@ -239,9 +239,7 @@ class DigitsSource(ImageSource):
     _VERSION = 1  # bump when the rendering below changes
 
     def __init__(self, spec: str = "demo:digits") -> None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
+        digits = require("sklearn.datasets", "demo", "demo:digits").load_digits()
         self._images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
         self._labels = digits.target.astype(int)
         sizes = np.bincount(self._labels, minlength=10).tolist()
@@ -251,9 +249,7 @@ class DigitsSource(ImageSource):
         return len(self._labels)
 
     def fingerprint(self) -> str:
-        import sklearn
-
-        return sha256_json(["demo:digits", self._VERSION, sklearn.__version__])
+        return sha256_json(["demo:digits", self._VERSION, require("sklearn", "demo", "demo:digits").__version__])
 
     def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
         for index in range(len(self)) if indices is None else indices:
@@ -595,14 +591,13 @@ def _open_with_builder(
     *,
     data_files: dict[str, list[str]] | None,
     split: str,
-    config: str | None,
     revision: str | None,
     streaming: bool,
     columns: dict[str, Any],
 ) -> DatasetsSource:
     """Open a split the way ``datasets.load_dataset`` does, keeping the builder for the fingerprint."""
     try:
-        builder = with_retries(lambda: datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision), f"open {spec}")
+        builder = with_retries(lambda: datasets.load_dataset_builder(path, data_files=data_files, revision=revision), f"open {spec}")
         files = builder.config.data_files or {}
         _check_split(spec, split, list(files))
         label_dataset = None
@@ -610,7 +605,7 @@ def _open_with_builder(
             dataset = builder.as_streaming_dataset(split=split)
             if dataset.features is None:
                 dataset = dataset._resolve_features()
-            label_dataset = _projected(builder, dataset.features, path, config, data_files, revision, split, columns)
+            label_dataset = _projected(builder, dataset.features, path, data_files, revision, split, columns)
         else:
             with_retries(builder.download_and_prepare, f"download {spec}")
             dataset = builder.as_dataset(split=split)
@@ -632,14 +627,14 @@ def _open_with_builder(
 
 
 def _projected(
-    builder: Any, features: Any, path: str, config: str | None, data_files: Any, revision: str | None, split: str, columns: dict[str, Any]
+    builder: Any, features: Any, path: str, data_files: Any, revision: str | None, split: str, columns: dict[str, Any]
 ) -> Any:
     """The streamed split with only the label and id columns, read by parquet column projection; None if not parquet."""
     wanted = [name for name in (columns["label_column"], columns["id_column"]) if name]
     # Only the parquet builder reads a subset of columns; a missing column is reported by DatasetsSource.
     if not hasattr(builder.config, "columns") or any(name not in (features or {}) for name in wanted):
         return None
-    projected = datasets.load_dataset_builder(path, name=config, data_files=data_files, revision=revision, columns=wanted)
+    projected = datasets.load_dataset_builder(path, data_files=data_files, revision=revision, columns=wanted)
     return projected.as_streaming_dataset(split=split)
 
 
@@ -694,12 +689,10 @@ def open_source(
     id_column: str | None = None,
     streaming: bool = False,
     revision: str | None = None,
-    config: str | None = None,
 ) -> ImageSource:
     """Open the labelled image source that ``spec`` names (see the module docstring).
 
-    ``split``, the column names, ``streaming``, ``revision`` and ``config`` (the dataset
-    configuration name) apply to ``hf:`` and parquet sources; ``split`` and the column names
+    ``split``, the column names, ``streaming`` and ``revision`` apply to ``hf:`` and parquet sources; ``split`` and the column names
     to ``save_to_disk`` folders, which are memory-mapped and always random access.
     Raises ``SourceError`` with a one-line explanation when the source cannot be used.
     """
@@ -713,7 +706,7 @@ def open_source(
         if not name:
             raise SourceError("hf: needs a dataset name, e.g. hf:ILSVRC/imagenet-1k")
         return _open_with_builder(
-            spec, name, data_files=None, split=split, config=config, revision=revision,
+            spec, name, data_files=None, split=split, revision=revision,
             streaming=streaming, columns=columns,
         )
     path = Path(spec).expanduser()
@@ -736,7 +729,7 @@ def open_source(
     if parquet:
         data_files = {_split_names(split)[0]: parquet}
         return _open_with_builder(
-            spec, "parquet", data_files=data_files, split=split, config=None, revision=None,
+            spec, "parquet", data_files=data_files, split=split, revision=None,
             streaming=streaming, columns=columns,
         )
     return ImageFolderSource(spec, path.absolute())

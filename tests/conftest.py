@@ -23,8 +23,9 @@ from d2c_pack.models import DiT  # noqa: E402  (after the offline switches)
 
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the Arrow files ``datasets`` prepares out of the user's cache."""
+    """Keep the Arrow files ``datasets`` prepares, and d2c-pack's default cache (``demo`` uses it), out of the user's cache."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("D2C_PACK_CACHE", str(tmp_path / "d2c-cache"))
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:

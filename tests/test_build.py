@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import CLASS_SIZES, make_image_folder, make_official_scorer
@@ -144,13 +146,63 @@ def test_shards_respect_the_size_limit(tmp_path: Path, inputs) -> None:
     assert datasets.load_dataset(str(out), split="train").num_rows == sum(CLASS_SIZES.values())
 
 
-@pytest.mark.parametrize("selector", ["min", "max", "medium", "random", "kcenter", "herding"])
-def test_every_selector_builds(tmp_path: Path, inputs, selector: str) -> None:
-    out = build(build_config(tmp_path, inputs, selector=selector, budget="3/class"))
-    ranks = datasets.load_dataset(str(out), split="train")["difficulty_rank"]
-    assert len(ranks) == 9
-    if selector == "min":
-        assert sorted(ranks) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+def greedy_kcenter(x: np.ndarray, m: int) -> list[int]:
+    """k-center greedy written out on all pairwise distances: start nearest the mean, then the point farthest from the chosen."""
+    pairwise = ((x[:, None] - x[None]) ** 2).sum(-1)
+    chosen = [int(np.argmin(((x - x.mean(0)) ** 2).sum(1)))]
+    while len(chosen) < m:
+        nearest = pairwise[:, chosen].min(1)
+        nearest[chosen] = -np.inf
+        chosen.append(int(np.argmax(nearest)))
+    return chosen
+
+
+def greedy_herding(x: np.ndarray, m: int) -> list[int]:
+    """Herding written out: add the point whose inclusion brings the chosen mean closest to the class mean."""
+    chosen: list[int] = []
+    while len(chosen) < m:
+        gaps = [np.inf if i in chosen else float(((x[chosen + [i]].mean(0) - x.mean(0)) ** 2).sum()) for i in range(len(x))]
+        chosen.append(int(np.argmin(gaps)))
+    return chosen
+
+
+def selected_ids(out: Path) -> set[str]:
+    return set(datasets.load_dataset(str(out), split="train")["source_id"])
+
+
+@pytest.mark.parametrize("selector", ["interval", "min", "max", "medium", "kcenter", "herding"])
+def test_every_selector_picks_by_its_rule(tmp_path: Path, inputs, selector: str) -> None:
+    """Each class of the built subset holds exactly the images the selector's rule picks, worked out here from the scores."""
+    m, k = 3, 2
+    out = build(build_config(tmp_path, inputs, selector=selector, budget=f"{m}/class", interval=str(k)))
+    scores = datasets.load_dataset(str(out), "scores", split="train").to_pandas()
+    scores_file = next((tmp_path / "work").rglob("scores.parquet"))  # the cache, with the scorer's pooled features
+    cached = pq.read_table(scores_file, columns=["source_id", "error", "feature"]).filter(pc.is_null(pc.field("error")))
+    features = dict(zip(cached["source_id"].to_pylist(), np.array(cached["feature"].to_pylist(), dtype=np.float16).astype(np.float32)))
+    expected = set()
+    for _, group in scores.groupby("label"):
+        ids = group.sort_values(["difficulty", "source_id"])["source_id"].tolist()  # easiest first
+        n, members = len(ids), set(ids)
+        by_position = [s for s in cached["source_id"].to_pylist() if s in members]  # the order the selector sees them in
+        x = np.stack([features[s] for s in by_position])
+        rule = {
+            "interval": lambda: [ids[i] for i in range(0, m * k, k)],
+            "min": lambda: ids[:m],
+            "max": lambda: ids[n - m :],
+            "medium": lambda: ids[(n - m) // 2 : (n - m) // 2 + m],
+            "kcenter": lambda: [by_position[i] for i in greedy_kcenter(x, m)],
+            "herding": lambda: [by_position[i] for i in greedy_herding(x, m)],
+        }
+        expected |= set(rule[selector]())
+    assert selected_ids(out) == expected
+    assert set(scores[scores["selected"]]["source_id"]) == expected
+
+
+def test_random_selection_is_reproducible_and_follows_the_seed(tmp_path: Path, inputs) -> None:
+    first = selected_ids(build(build_config(tmp_path, inputs, selector="random", budget="3/class", seed=1)))
+    again = selected_ids(build(build_config(tmp_path, inputs, selector="random", budget="3/class", seed=1, out=str(tmp_path / "again"))))
+    other = selected_ids(build(build_config(tmp_path, inputs, selector="random", budget="3/class", seed=2, out=str(tmp_path / "other"))))
+    assert len(first) == 9 and first == again and other != first
 
 
 def test_existing_foreign_folder_is_not_touched(tmp_path: Path, inputs) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
+from d2c_pack.train.transport import Condition, velocity
 
 # Key shapes of the official DiT checkpoints (copied from the project's shared reference facts).
 REFERENCE = Path(__file__).parent / "data" / "dit_state_dict_shapes.json"
@@ -62,15 +63,15 @@ def test_new_model_predicts_zero_and_blocks_start_as_identity() -> None:
     assert torch.count_nonzero(model(*tiny_inputs(model))) == 0
 
 
-def test_cfg_scale_one_equals_conditional_forward() -> None:
+def test_sampling_guidance_is_classifier_free_guidance_on_every_channel() -> None:
+    """The samplers' velocity: the conditional prediction at scale 1, v_null + s·(v_cond − v_null) on all channels above."""
     model = randomized(BACKBONES["DiT-T/4"](input_size=16, in_channels=3, num_classes=5))
-    x, t, y = tiny_inputs(model, batch=2)
-    null = torch.full_like(y, 5)
-    guided = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cfg_scale=1.0)
-    torch.testing.assert_close(guided[:2], model(x, t, y), rtol=1e-5, atol=1e-5)
-    stronger = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cfg_scale=4.0)
-    uncond = model(x, t, null)[:, :3]
-    torch.testing.assert_close(stronger[:2, :3], uncond + 4.0 * (model(x, t, y)[:, :3] - uncond), rtol=1e-4, atol=1e-4)
+    x, _, y = tiny_inputs(model, batch=2)
+    t, times, null = 0.3, torch.full((2,), 0.3), torch.full_like(y, 5)
+    torch.testing.assert_close(velocity(model, x, t, Condition(y), cfg_scale=1.0), model(x, times, y)[:, :3], rtol=1e-5, atol=1e-5)
+    uncond = model(x, times, null)[:, :3]
+    expected = uncond + 4.0 * (model(x, times, y)[:, :3] - uncond)
+    torch.testing.assert_close(velocity(model, x, t, Condition(y), cfg_scale=4.0), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_saved_and_loaded_model_gives_identical_outputs(tmp_path: Path) -> None:

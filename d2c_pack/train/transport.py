@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torchdiffeq import odeint
 
+from d2c_pack.errors import require
 from d2c_pack.models import DiT
 
 SAMPLERS = ("euler", "heun", "euler-maruyama", "dopri5")
@@ -121,18 +121,6 @@ def interpolate(x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[to
     """Point x_t on the straight path from noise x₀ to data x₁ at times t (N,), and its velocity u."""
     t = t.view(-1, *([1] * (x1.dim() - 1)))  # (N, 1, 1, 1)
     return t * x1 + (1 - t) * x0, x1 - x0
-
-
-def predict_velocity(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model(x, t, y)[:, : x.shape[1]]  # (N, C, H, W)
-
-
-def velocity_loss(model: DiT, x1: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared velocity error at t ~ U[0, 1], with noise and t from the global RNG."""
-    x0 = torch.randn_like(x1)
-    t = torch.rand(x1.shape[0], device=x1.device)
-    xt, ut = interpolate(x1, x0, t)
-    return ((predict_velocity(model, xt, t, y) - ut.to(torch.float32)) ** 2).mean()
 
 
 def _forward(model: DiT, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
@@ -253,6 +241,7 @@ def dopri5_ode_sample(
 
     ends = torch.tensor([0.0, 1.0], device=noise.device)  # float32, as SiT's linspace(t0, t1, num_steps)
     # One-element lists, as SiT passes them: the solver then does SiT's arithmetic to the bit (scalars round differently).
+    odeint = require("torchdiffeq", "eval", "the dopri5 sampler").odeint
     return odeint(field, noise.float(), ends, method="dopri5", atol=[atol], rtol=[rtol])[-1]
 
 
