@@ -16,43 +16,20 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from d2c_pack import distributed
-from d2c_pack.attach import AttachArgs, attach_columns, visual_cls_features
+from d2c_pack.attach import attach_columns, visual_cls_features
+from d2c_pack.configs import BuildConfig
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import weight_files_sha256
 from d2c_pack.latents import vae_reference
 from d2c_pack.package import DATA_DIR, MANIFEST_FILE, Package, Selection, build_identity, read_build_identity, write_package
-from d2c_pack.recipe import flag
 from d2c_pack.rowfile import RowFile
-from d2c_pack.score import ScoreConfig, Scores, read_cache_key, read_scores, score_features, score_source
-from d2c_pack.select import SELECTORS, auto_interval, difficulty_ranks, interval_stride, parse_budget, select
+from d2c_pack.score import Scores, read_cache_key, read_scores, score_features, score_source
+from d2c_pack.select import auto_interval, difficulty_ranks, interval_stride, parse_budget, select
 from d2c_pack.sources import ImageSource, quoted_names
 
 FEATURE_SELECTORS = ("kcenter", "herding")
 # Settings of how a run executes, not of what it produces: left out of d2c/recipe.yaml.
 MACHINE_SETTINGS = frozenset({"out", "work", "device", "workers", "batch_size", "attach_batch_size", "overwrite"})
-
-
-@dataclasses.dataclass(kw_only=True)
-class BuildConfig(AttachArgs, ScoreConfig):
-    """Settings of ``d2c-pack build`` (its flags and recipe keys): source, scorer, attach, selection, output."""
-
-    out: str = flag(help="Output folder, laid out like a Hub dataset repository.")
-    budget: str = flag("0.8%", help="How many images to keep: '0.8%' of each class's share, a total '10k' / '10000', or '10/class'.")
-    selector: str = flag("interval", help=f"Selection rule: {', '.join(SELECTORS)} (interval = D2C).")
-    interval: str = flag("auto", help="Stride k of interval sampling, or 'auto' = round(0.75 · mean class size / per-class budget).")
-    with_scores: bool = flag(True, help="Also publish every source image's score as the 'scores' config.")
-    explore: bool = flag(False, help="Also write assets/explore.html (linked from the card): every class's difficulty ranking with kept and rejected images, as `d2c-pack explore` writes it.")
-    max_shard_size: str = flag("500MB", help="Largest parquet shard (uncompressed Arrow size).")
-    repo_id: str | None = flag(None, help="Hub repository the subset will be pushed to, for the card's usage snippets (ORG/NAME).")
-    overwrite: bool = flag(False, help="Replace an existing dataset folder built with other settings.")
-
-    def __post_init__(self) -> None:
-        ScoreConfig.__post_init__(self)
-        AttachArgs.__post_init__(self)
-        if self.selector not in SELECTORS:
-            raise UserError(f"unknown selector {self.selector!r}; choose one of: {', '.join(SELECTORS)}")
-        if self.interval != "auto" and not (str(self.interval).isdigit() and int(self.interval) >= 1):
-            raise UserError(f"--interval must be 'auto' or a positive integer, got {self.interval!r}")
 
 
 def select_subset(config: BuildConfig, scores: Scores, num_classes: int, features: RowFile | None) -> Selection:

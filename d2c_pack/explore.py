@@ -41,6 +41,7 @@ from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from d2c_pack import __version__
+from d2c_pack.configs import REJECTED_GROUPS, SELECTED_THUMBNAILS, THUMBNAIL_SIZE
 from d2c_pack.errors import UserError
 from d2c_pack.progress import progress_bar
 from d2c_pack.sources import _DECODE_ERRORS, ImageSource, open_source
@@ -53,18 +54,10 @@ logger = logging.getLogger("d2c_pack.explore")
 
 PAGE_FILE = "assets/explore.html"  # where ``build --explore`` writes the page, linked from the card
 TEMPLATE = "explore.html"
-THUMBNAIL_SIZE = 64  # px, centre-cropped square (the crop the scorer and the trainer see)
 THUMBNAIL_QUALITY = 60  # WebP: about 1.2 kB a photograph's thumbnail, base64 included
-SELECTED_THUMBNAILS = 12  # per class, evenly spread along the ranking of the selected images
-REJECTED_GROUPS = ("easiest", "median", "hardest")  # one rejected image each, per class
 HISTOGRAM_BINS = 40
 CURVE_POINTS = 101  # the sorted-score curve, sampled at evenly spaced ranks
 SCORE_COLUMNS = ["source_id", "label", "difficulty", "difficulty_rank", "selected"]
-PAGE_SIZE_NOTE = (
-    f"Page size: at most {SELECTED_THUMBNAILS} selected and {len(REJECTED_GROUPS)} rejected {THUMBNAIL_SIZE}px WebP thumbnails per class "
-    "(about 1.2 kB each for photographs) and every selected image's id, rank and score: "
-    "16 MB for ImageNet at 10 images per class (1,000 classes, 1.28M scores; benchmarks/explore_scale.py)."
-)
 
 # Encoded image bytes of scores-table rows, as (row position, bytes), in any order; missing rows are left out.
 ImageReader = Callable[[np.ndarray], Iterator[tuple[int, bytes]]]

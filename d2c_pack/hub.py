@@ -30,6 +30,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+from d2c_pack.configs import PushConfig
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import git_blob_sha1
 from d2c_pack.hub_retry import RetryPolicy, hub_failure, hub_problem, status_of, with_retries
@@ -37,26 +38,8 @@ from d2c_pack.progress import progress_bar
 from d2c_pack.verify import MANIFEST, LocalFolder, read_manifest, verify
 
 T = TypeVar("T")
-COMMIT_BYTES = 5 * 1024**3  # a commit records at most this much: what a re-run may have to upload again if the Hub lost uncommitted objects
 CONFIG_FOLDERS = ("data/", "scores/")  # what load_dataset reads of the repository: nothing else may be there
 LAST = ("README.md", MANIFEST)  # committed last: a revision with the card and manifest holds every file they describe
-
-
-@dataclasses.dataclass(kw_only=True)
-class PushConfig:
-    """Settings of ``d2c-pack push``; None for ``private``/``gated`` means: decided by the data's licence."""
-
-    repo_id: str
-    source_dir: str = "."
-    tag: str | None = None
-    private: bool | None = None
-    gated: bool | None = None
-    create_pr: bool = False
-    revision: str | None = None
-    message: str | None = None
-    force: bool = False
-    commit_bytes: int = COMMIT_BYTES
-    retry: RetryPolicy | None = None  # None: hub_retry.DEFAULT_POLICY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +69,7 @@ def push(config: PushConfig, api: HfApi | None = None) -> PushResult:
     restricted = _imagenet(folder)  # ImageNet's terms do not allow public redistribution
     private = restricted if config.private is None else config.private
     gated = restricted if config.gated is None else config.gated
-    target = "main" if config.create_pr or not config.revision else config.revision  # a pull request is opened against main
+    target = "main" if config.create_pr or not config.branch else config.branch  # a pull request is opened against main
     try:
         token = _write_token(api, retry)
         if restricted and config.private is None:
@@ -157,7 +140,7 @@ def _upload(api: HfApi, config: PushConfig, folder: LocalFolder, paths: list[str
     deleting the ``stale`` files in the last; the oid of the last commit, None if there was nothing to do."""
     sizes = {path: (folder.folder / path).stat().st_size for path in paths}
     batches = _batches(sizes, None if config.create_pr else config.commit_bytes) or ([[]] if stale else [])
-    where = {"repo_type": "dataset", "revision": config.revision, "create_pr": config.create_pr, "token": token}
+    where = {"repo_type": "dataset", "revision": config.branch, "create_pr": config.create_pr, "token": token}
 
     def upload(operation: CommitOperationAdd) -> None:
         hub(f"upload {operation.path_in_repo}", lambda: api.preupload_lfs_files(config.repo_id, additions=[operation], **where))

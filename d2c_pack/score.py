@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,14 +32,14 @@ import torch
 
 from d2c_pack import distributed
 from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
+from d2c_pack.configs import ScoreConfig
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.latents import LatentSpace, load_latent_space
 from d2c_pack.models import BackboneConfig, DiT, backbone_weights_file, load_backbone
 from d2c_pack.progress import progress_bar
-from d2c_pack.recipe import flag
 from d2c_pack.rowfile import RowFile, write_rows
-from d2c_pack.sources import ImageSource, SourceArgs, SourceRecord
+from d2c_pack.sources import ImageSource, SourceRecord
 
 CACHE_VERSION = 1  # bump when anything below changes the numbers a cache holds
 DDPM_STEPS = 1000
@@ -55,45 +54,6 @@ CACHE_SCHEMA = pa.schema(
         pa.field("feature", pa.list_(pa.float16())),  # backbone tokens mean-pooled, for kcenter/herding
     ]
 )
-
-
-def default_work_dir() -> str:
-    """``$D2C_PACK_CACHE``, else ``$XDG_CACHE_HOME/d2c-pack``, else ``~/.cache/d2c-pack``."""
-    if "D2C_PACK_CACHE" in os.environ:
-        return os.environ["D2C_PACK_CACHE"]
-    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "d2c-pack")
-
-
-@dataclasses.dataclass(kw_only=True)
-class ScoreConfig(SourceArgs):
-    """Settings of a scoring pass; the flags and recipe keys of ``d2c-pack score``."""
-
-    scorer: str = flag(
-        "DiT-XL-2-256x256.pt",
-        help="Frozen class-conditional backbone: an official DiT/SiT .pt file, a d2c-pack model folder, or demo:digits.",
-    )
-    prediction: str | None = flag(None, help="What the scorer predicts, 'epsilon' (DiT) or 'velocity' (SiT); default: from its file name or config.")
-    vae: str | None = flag(None, help="diffusers AutoencoderKL of a latent-space scorer: a local folder or a Hub id, optionally ID@REVISION (default: the scorer's own, stabilityai/sd-vae-ft-ema for the official DiT/SiT).")
-    timesteps: int = flag(8, help="Number |T| of stratified timesteps the loss is averaged over.")
-    seed: int = flag(0, help="Seed of the per-(image, timestep) noise.")
-    resolution: int = flag(256, help="Resolution R of the ADM centre crop; must match the scorer.")
-    batch_size: int = flag(32, help="Images per forward pass (each goes through with all |T| noisy copies).")
-    chunk_size: int = flag(4096, help="Images per cache chunk: the unit of resumption and of work per rank.")
-    workers: int = flag(4, help="DataLoader processes decoding and cropping images (0 = in the main process).")
-    streaming: bool = flag(False, help="Stream a Hub source instead of downloading it first (read front to back, no workers).")
-    device: str = flag("auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    work: str = flag(help="Cache folder for scores (default $D2C_PACK_CACHE or ~/.cache/d2c-pack).", factory=default_work_dir)
-
-    def __post_init__(self) -> None:
-        for name in ("timesteps", "resolution", "batch_size", "chunk_size"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {self.seed}")
-        if self.vae in ("none", ""):
-            self.vae = None
-        if self.prediction not in (None, "epsilon", "velocity"):
-            raise UserError(f"--prediction must be 'epsilon' or 'velocity', got {self.prediction!r}")
 
 
 def stratified_timesteps(prediction: str, count: int) -> torch.Tensor:

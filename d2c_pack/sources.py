@@ -43,7 +43,6 @@ from d2c_pack import imagenet
 from d2c_pack.errors import SourceError, UserError, require
 from d2c_pack.fingerprint import sha256_json
 from d2c_pack.hub_retry import with_retries
-from d2c_pack.recipe import flag
 
 logger = logging.getLogger("d2c_pack.sources")
 
@@ -733,21 +732,3 @@ def open_source(
             streaming=streaming, columns=columns,
         )
     return ImageFolderSource(spec, path.absolute())
-
-
-@dataclass(kw_only=True)
-class SourceArgs:
-    """Which source to read and how: the ``--source``, ``--split``, ``--*-column`` … flags of every command."""
-
-    source: str = flag(help="Image source: demo:digits, hf:NAME (Hub dataset), an ImageFolder tree, a .parquet file or folder, or a save_to_disk folder.")
-    split: str = flag("train", help="Split of a Hub / datasets source (split expressions such as 'train[:10%]' work).")
-    image_column: str = flag("image", help="Image column of a datasets source.")
-    label_column: str = flag("label", help="Label column (ClassLabel or integer class index) of a datasets source.")
-    id_column: str | None = flag(None, help="Column holding a stable image id (default: the stored file name, else split/index).")
-    revision: str | None = flag(None, help="Revision (branch, tag or commit) of a Hub source.")
-
-    def open_source(self, *, streaming: bool = False) -> ImageSource:
-        return open_source(
-            self.source, split=self.split, image_column=self.image_column, label_column=self.label_column,
-            id_column=self.id_column, revision=self.revision, streaming=streaming,
-        )

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 import yaml
+from conftest import run_tiny_benchmark
 from PIL import Image
+from typer.testing import CliRunner
 
 from d2c_pack import cli
+from d2c_pack.configs import BuildConfig
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -68,7 +74,10 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
         (["sample", "{tmp}/nowhere"], "no backbone"),
         (["sample", "demo:digits", "--guidance-interval", "0.3,1", "--guidance-high", "0.7"], "not both"),
         (["sample", "demo:digits", "--guidance-interval", "0.3"], "takes 'low,high'"),
-        (["eval", "--ckpt", "demo:digits", "--samples", "{tmp}/s.npz", "--reference", "demo:digits"], "--ckpt MODEL to sample a model, or --samples"),
+        (["eval", "demo:digits", "--samples", "{tmp}/s.npz", "--reference", "demo:digits"], "a model CHECKPOINT to sample, or --samples"),
+        (["sample", "demo:digits", "--sampler", "euler-maruyama", "--sampling-steps", "1"], "--sampling-steps must be at least 2"),
+        (["sample", "demo:digits", "--cfg-scale", "0.5"], "--cfg-scale must be at least 1"),
+        (["sample", "--classes", "1"], "CHECKPOINT is required"),
         (["eval", "--samples", "{tmp}/s.npz"], "give --reference"),
         (["eval", "--samples", "{tmp}/s.npz", "--reference", "demo:digits"], "s.npz as an .npz file: [Errno 2]"),
     ],
@@ -79,7 +88,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys, a
 
 def test_sample_takes_repas_guidance_convention_and_dopri5(tmp_path: Path, monkeypatch) -> None:
     """REPA's --guidance-high 0.7 is SiT's --guidance-interval 0.3,1 (t_REPA = 1 − t_SiT): the same samples."""
-    common = ["sample", "demo:digits", "--num-samples", "2", "--steps", "10", "--cfg-scale", "2"]
+    common = ["sample", "demo:digits", "--num-samples", "2", "--sampling-steps", "10", "--cfg-scale", "2"]
     assert run_cli(monkeypatch, *common, "--guidance-high", "0.7", "--out", str(tmp_path / "repa.npz")) == 0
     assert run_cli(monkeypatch, *common, "--guidance-interval", "0.3,1", "--out", str(tmp_path / "sit.npz")) == 0
     assert run_cli(monkeypatch, *common, "--guidance-low", "0.3", "--out", str(tmp_path / "low.npz")) == 0
@@ -96,10 +105,62 @@ def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
 
 
-def test_help_explains_every_command() -> None:
-    result = subprocess.run([sys.executable, "-m", "d2c_pack", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0
-    assert "train" in result.stdout and "sample" in result.stdout
+COMMANDS = ["score", "build", "train", "demo", "train-encoder", "sample", "eval", "push", "verify", "inspect", "explore"]
+HEAVY = {"torch", "transformers", "diffusers", "datasets", "timm", "sklearn", "matplotlib", "torch_fidelity"}
+
+
+def help_text(*args: str) -> str:
+    result = CliRunner().invoke(cli.app, [*args, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_explains_every_command(name: str) -> None:
+    """The command list names every command with its description; each command's help has the description, an
+    example that runs that command, and help text for every option, grouped in panels where it has many."""
+    command = typer.main.get_command(cli.app).commands[name]
+    description = " ".join(command.help.split()[:6])
+    assert description in " ".join(help_text().split())
+    text = help_text(name)
+    assert description in " ".join(text.split())
+    assert "Examples" in text and (f"$ d2c-pack {name} " in text or f"-m d2c_pack {name} " in text)
+    for param in command.params:
+        assert param.help and param.help.strip(), f"{name}: {param.name} has no help"
+    if len(command.params) > 15:  # long option lists are grouped (source, scoring, selection, attach, output, run …)
+        assert len({param.rich_help_panel for param in command.params if param.rich_help_panel}) >= 3
+
+
+def test_dataset_commands_show_the_revision_form() -> None:
+    for name in ("verify", "inspect", "explore"):
+        assert "ORG/NAME[@REVISION]" in help_text(name)
+
+
+def test_one_vocabulary_across_commands() -> None:
+    """--steps is training steps, --sampling-steps sampling steps; --device defaults to auto; push's branch is not --revision."""
+    commands = typer.main.get_command(cli.app).commands
+    options = {name: {opt: param for param in command.params for opt in param.opts} for name, command in commands.items()}
+    for name in ("train", "demo", "train-encoder"):
+        assert "training steps" in options[name]["--steps"].help.lower()
+    for name in ("sample", "eval", "demo"):
+        assert "--sampling-steps" in options[name]
+    assert not {"--steps"} & (set(options["sample"]) | set(options["eval"]))
+    for name, opts in options.items():
+        if "--device" in opts:
+            assert opts["--device"].default == "auto", name
+    assert "--branch" in options["push"] and "--revision" not in options["push"]
+    assert {"sample", "eval"} <= {name for name, command in commands.items() if any(p.name == "checkpoint" for p in command.params)}
+
+
+def test_importing_the_cli_imports_no_heavy_library() -> None:
+    code = f"import d2c_pack.cli, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_help_benchmark_tiny(tmp_path: Path) -> None:
+    payload = run_tiny_benchmark("cli_help.py", tmp_path, timeout=120)
+    assert {row["command"] for row in payload["rows"]} >= {"d2c-pack --help", "hf --help"}
 
 
 def test_demo_main_job_scores_once_and_selects_many(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -140,27 +201,68 @@ def test_build_user_errors_are_one_line(tmp_path: Path, monkeypatch, capsys, arg
 
 
 def test_demo_acceptance_flow(tmp_path: Path, monkeypatch, capsys) -> None:
-    """build --recipe demo → train --recipe demo --data → sample --ckpt → eval --ckpt --data, at tiny sizes."""
+    """build --recipe demo → train --recipe demo --data → sample RUN → eval RUN --data, at tiny sizes."""
     data, run = tmp_path / "data", tmp_path / "run"
     assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(data), "--work", str(tmp_path / "work")) == 0
     assert run_cli(monkeypatch, "train", "--recipe", "demo", "--data", str(data), "--steps", "3", "--out", str(run)) == 0
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 3 and {"velocity_loss", "align_loss", "loss"} <= set(json.loads(lines[-1]))
     assert (run / "checkpoints" / "0000003" / "ema.safetensors").exists() and (run / "model" / "class_text.safetensors").exists()
-    assert run_cli(monkeypatch, "sample", "--ckpt", str(run), "--out", str(tmp_path / "grid.png"), "--steps", "3", "--per-class", "2") == 0
+    assert run_cli(monkeypatch, "sample", str(run), "--out", str(tmp_path / "grid.png"), "--sampling-steps", "3", "--per-class", "2") == 0
     assert Image.open(tmp_path / "grid.png").size[1] > 10 * 32  # one row per digit
     capsys.readouterr()
-    code = run_cli(monkeypatch, "eval", "--ckpt", str(run), "--data", str(data), "--num-samples", "20", "--steps", "3", "--json", str(tmp_path / "fid.json"))
+    code = run_cli(monkeypatch, "eval", str(run), "--data", str(data), "--num-samples", "20", "--sampling-steps", "3", "--json", str(tmp_path / "fid.json"))
     assert code == 0 and "demo:digits-encoder features" in capsys.readouterr().out
     results = json.loads((tmp_path / "fid.json").read_text())
     assert results["reference"] == "demo:digits" and results["fid"] > 0 and 0 <= results["accuracy"] <= 1
     assert 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1 and results["labels"] == "random"
 
     # The same protocol on an existing .npz, with no model: the ADM evaluator's input.
-    assert run_cli(monkeypatch, "sample", "--ckpt", str(run), "--out", str(tmp_path / "s.npz"), "--num-samples", "20", "--steps", "3") == 0
+    assert run_cli(monkeypatch, "sample", str(run), "--out", str(tmp_path / "s.npz"), "--num-samples", "20", "--sampling-steps", "3") == 0
     capsys.readouterr()
     args = ["eval", "--samples", str(tmp_path / "s.npz"), "--reference", "demo:digits", "--features", "demo:digits-encoder", "--json", str(tmp_path / "npz.json")]
     assert run_cli(monkeypatch, *args) == 0
     assert "precision" in capsys.readouterr().out
     from_file = json.loads((tmp_path / "npz.json").read_text())
     assert from_file["fid"] == pytest.approx(results["fid"], abs=1e-6) and from_file["accuracy"] == results["accuracy"]
+
+
+def test_sample_and_eval_read_their_recipe_sections(tmp_path: Path, monkeypatch, capsys) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("source: demo:digits\ntrain: {steps: 5}\nsample: {sampler: heun, sampling_steps: 1, per_class: 1}\neval: {reference: demo:digits}\n")
+    grid = ["sample", "demo:digits", "--classes", "3", "--seed", "4"]
+    assert run_cli(monkeypatch, *grid, "--recipe", str(recipe), "--out", str(tmp_path / "recipe.png")) == 0
+    assert run_cli(monkeypatch, *grid, "--sampler", "heun", "--sampling-steps", "1", "--per-class", "1", "--out", str(tmp_path / "flags.png")) == 0
+    assert (tmp_path / "recipe.png").read_bytes() == (tmp_path / "flags.png").read_bytes()
+    # eval's section supplies --reference: the command goes on to read the (missing) samples.
+    assert_user_error(monkeypatch, capsys, ["eval", "--recipe", str(recipe), "--samples", str(tmp_path / "s.npz")], "s.npz as an .npz file")
+
+
+def test_every_shipped_recipe_fits_the_commands_it_names() -> None:
+    """Each `d2c-pack COMMAND --recipe NAME` line of a shipped recipe: every key it gives COMMAND is one of COMMAND's options."""
+    from d2c_pack.recipe import read_recipe, shipped_recipes
+
+    commands = typer.main.get_command(cli.app).commands
+    checked = 0
+    for name in shipped_recipes():
+        text = (Path(cli.__file__).parent / "recipes" / f"{name}.yaml").read_text()
+        for command in re.findall(rf"(?:d2c-pack|-m d2c_pack) ([a-z-]+) --recipe {name}\b", text):
+            options = {param.name for param in commands[command].params}
+            ignored = set(BuildConfig.__dataclass_fields__) if command == "score" else set()
+            assert set(read_recipe(name, command)) <= options | ignored, (name, command)
+            checked += 1
+        assert re.search(rf"--recipe {name}\b", text), f"{name} names no command that reads it"
+    assert checked >= len(shipped_recipes())
+
+
+def test_every_error_names_a_real_flag() -> None:
+    """Each `--flag` written in a UserError message of the library is an option of some command."""
+    commands = typer.main.get_command(cli.app).commands
+    flags = {opt for command in commands.values() for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    named = {}
+    for path in Path(cli.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "UserError":
+                texts = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                named |= {flag: f"{path.name}:{node.lineno}" for text in texts for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)}
+    assert len(named) > 20 and {flag: where for flag, where in named.items() if flag not in flags} == {}

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from d2c_pack.models import load_backbone
 from d2c_pack.preprocess import tensor_to_image
 from d2c_pack.train.sample import generate
+from d2c_pack.train.sampling import Sampling
 
 
 def as_sklearn_digit(image: Image.Image) -> np.ndarray:
@@ -27,7 +28,7 @@ def test_demo_scorer_draws_recognisable_digits() -> None:
     digits = load_digits()
     classifier = LogisticRegression(max_iter=2000).fit(digits.data, digits.target)
     labels = torch.arange(10).repeat_interleave(10)
-    samples = generate(model, config, labels, num_steps=25, cfg_scale=1.5, seed=0)
+    samples = generate(model, config, labels, Sampling(steps=25, cfg_scale=1.5, seed=0))
     features = np.stack([as_sklearn_digit(tensor_to_image(sample)) for sample in samples])
     accuracy = (classifier.predict(features) == labels.numpy()).mean()
     assert accuracy >= 0.8, f"only {accuracy:.0%} of the demo scorer's digits are recognised"

@@ -38,6 +38,7 @@ from d2c_pack.train.evaluation import (
 )
 from d2c_pack.train.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
 from d2c_pack.train.sample import sample_labels, sample_npz
+from d2c_pack.train.sampling import Sampling
 
 ENCODER = "demo:digits-encoder"
 
@@ -208,7 +209,9 @@ def test_inception_spatial_features_are_mixed_6_conv_first_7_channels(inception_
 
 
 def test_evaluate_demo_model_with_encoder_features(tmp_path: Path) -> None:
-    result = evaluate("demo:digits", reference="demo:digits", features=ENCODER, num_samples=30, num_steps=4, cfg_scale=1.5, batch_size=16, work_dir=tmp_path)
+    result = evaluate(
+        "demo:digits", reference="demo:digits", features=ENCODER, num_samples=30, sampling=Sampling(steps=4, cfg_scale=1.5, batch_size=16), work_dir=tmp_path
+    )  # fmt: skip
     assert math.isfinite(result["fid"]) and result["fid"] > 0
     assert 0.7 <= result["accuracy"] <= 1  # the demo model draws recognisable digits, even in 4 steps
     assert 0 < result["precision"] <= 1 and 0 < result["recall"] <= 1
@@ -228,7 +231,7 @@ def test_sample_labels_are_uniform_random_by_default_and_balanced_on_request() -
 
 
 def test_a_sample_npz_scores_as_the_model_it_came_from(tmp_path: Path) -> None:
-    settings = dict(num_samples=24, num_steps=3, cfg_scale=1.5, seed=2, batch_size=10)
+    settings = dict(num_samples=24, sampling=Sampling(steps=3, cfg_scale=1.5, seed=2, batch_size=10))
     path = sample_npz("demo:digits", tmp_path / "samples.npz", **settings)
     from_model = evaluate("demo:digits", reference="demo:digits", features=ENCODER, work_dir=tmp_path, **settings)
     from_file = evaluate_npz(path, reference="demo:digits", features=ENCODER, batch_size=7, work_dir=tmp_path)
@@ -301,7 +304,7 @@ def test_inception_suite_from_local_weights_on_an_image_folder(tmp_path: Path, i
             Image.fromarray(pixels).save(folder / label / f"{i}.png")
     result = evaluate(
         "demo:digits", reference=str(folder), features="inception", inception_weights=inception_weights,
-        num_samples=10, num_steps=2, work_dir=tmp_path / "work",
+        num_samples=10, sampling=Sampling(steps=2), work_dir=tmp_path / "work",
     )  # fmt: skip
     assert math.isfinite(result["fid"]) and result["fid"] > 0 and math.isfinite(result["sfid"]) and result["sfid"] > 0
     assert math.isfinite(result["inception_score"]) and result["inception_score"] >= 1

@@ -16,6 +16,7 @@ from torchdiffeq import odeint
 from d2c_pack.errors import UserError
 from d2c_pack.models import ClassText, backbone_config, save_backbone
 from d2c_pack.train.sample import generate, generate_batches, load_for_sampling, sample_grid, sample_labels, sample_npz, to_uint8
+from d2c_pack.train.sampling import Sampling
 from d2c_pack.train.transport import (
     Condition,
     GuidanceInterval,
@@ -63,26 +64,29 @@ def demo():
 def test_samples_depend_on_seed_and_position_only(demo, sampler: str) -> None:
     model, config, _class_text = demo
     labels = torch.tensor([0, 3, 3, 9, 1])
-    settings = {"sampler": sampler, "num_steps": 3, "cfg_scale": 2.0, "guidance_interval": (0.2, 0.8)}
-    first = generate(model, config, labels, seed=7, batch_size=5, **settings)
+    settings = {"sampler": sampler, "steps": 3, "cfg_scale": 2.0, "guidance_interval": GuidanceInterval(0.2, 0.8)}
+    first = generate(model, config, labels, Sampling(seed=7, batch_size=5, **settings))
     assert first.shape == (5, 3, 32, 32) and first.min() >= -1 and first.max() <= 1
-    torch.testing.assert_close(generate(model, config, labels, seed=7, batch_size=2, **settings), first, atol=1e-5, rtol=0)
-    assert not torch.allclose(generate(model, config, labels, seed=8, batch_size=5, **settings), first)
+    torch.testing.assert_close(generate(model, config, labels, Sampling(seed=7, batch_size=2, **settings)), first, atol=1e-5, rtol=0)
+    assert not torch.allclose(generate(model, config, labels, Sampling(seed=8, batch_size=5, **settings)), first)
 
 
-def test_old_generate_call_still_works_and_bad_settings_fail_early(demo) -> None:
+def test_bad_settings_fail_early_naming_their_flag(demo) -> None:
     model, config, _ = demo
-    images = generate(model, config, torch.tensor([2, 4]), num_steps=2, cfg_scale=1.5, seed=1)
+    images = generate(model, config, torch.tensor([2, 4]), Sampling(steps=2, cfg_scale=1.5, seed=1))
     assert images.shape == (2, 3, 32, 32)
-    labels = torch.tensor([0])
     with pytest.raises(UserError, match="unknown sampler"):
-        generate_batches(model, config, labels, sampler="ddim")  # before any batch is asked for
-    with pytest.raises(UserError, match="cfg-scale"):
-        generate_batches(model, config, labels, cfg_scale=0.5)
+        Sampling(sampler="ddim")  # settings are checked when made, before any model is loaded
+    with pytest.raises(UserError, match="--cfg-scale"):
+        Sampling(cfg_scale=0.5)
     with pytest.raises(UserError, match="guidance interval"):
-        generate_batches(model, config, labels, guidance_interval=(0.8, 0.2))
+        Sampling(guidance_interval=GuidanceInterval(0.8, 0.2))
+    with pytest.raises(UserError, match="--sampling-steps must be at least 2 for euler-maruyama"):
+        Sampling(sampler="euler-maruyama", steps=1)
+    with pytest.raises(UserError, match="--labels"):
+        Sampling(labels="uniform")
     with pytest.raises(UserError, match="class indices"):
-        generate_batches(model, config, torch.tensor([10]))
+        generate_batches(model, config, torch.tensor([10]))  # before any batch is asked for
 
 
 def test_heun_beats_euler_on_a_known_field() -> None:
@@ -91,9 +95,9 @@ def test_heun_beats_euler_on_a_known_field() -> None:
     noise = torch.linspace(-2, 2, 8).view(8, 1, 1, 1)
     exact = noise * math.exp(-1.5)
     labels = torch.zeros(8, dtype=torch.long)
-    euler_error = (euler_ode_sample(field, noise, labels, num_steps=10) - exact).abs().max()
+    euler_error = (euler_ode_sample(field, noise, labels, Sampling(steps=10)) - exact).abs().max()
     field.calls = 0
-    heun_error = (heun_ode_sample(field, noise, labels, num_steps=10) - exact).abs().max()
+    heun_error = (heun_ode_sample(field, noise, labels, Sampling(steps=10)) - exact).abs().max()
     assert field.calls == 19  # 2 per step, the last step Euler
     assert heun_error < euler_error / 5, (heun_error, euler_error)
 
@@ -122,17 +126,17 @@ def test_dopri5_is_sits_ode_sampler() -> None:
         return uncond + 3.0 * (cond - uncond)
 
     sit = odeint(sit_drift, noise, torch.linspace(0, 1, 50), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1]
-    assert torch.equal(dopri5_ode_sample(model, noise, labels, cfg_scale=3.0), sit)
+    assert torch.equal(dopri5_ode_sample(model, noise, labels, Sampling(cfg_scale=3.0)), sit)
 
 
 def test_dopri5_guides_inside_the_interval_only() -> None:
     model = Recorder(num_classes=10)
     cond = Condition(torch.tensor([1, 2]))
-    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.25, 0.7, time="repa"))
+    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, Sampling(cfg_scale=3.0, guidance_interval=GuidanceInterval(0.25, 0.7, time="repa")))
     times = [(min(float(c["t"][0]), 1.0), len(c["y"])) for c in model.calls]  # past t = 1 (the overshoot of the last step) as at 1
     assert {size for t, size in times if 0.3 <= t <= 0.75} == {4} and {size for t, size in times if not 0.3 <= t <= 0.75} == {2}
     model.calls.clear()
-    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, cfg_scale=3.0)
+    dopri5_ode_sample(model, torch.zeros(2, 1, 1, 1), cond, Sampling(cfg_scale=3.0))
     assert {len(c["y"]) for c in model.calls} == {4}  # the default interval [0, 1] guides the overshoot too, as SiT
 
 
@@ -140,9 +144,13 @@ def test_dopri5_samples_through_generate(demo) -> None:
     """Deterministic per seed; the steps are chosen for the whole batch (as in SiT), so unlike the fixed-step samplers a sample may move with its batch."""
     model, config, _ = demo
     labels = torch.tensor([0, 3])
-    first = generate(model, config, labels, sampler="dopri5", cfg_scale=2.0, guidance_interval=(0.2, 0.8), seed=7)
+    settings = {"sampler": "dopri5", "cfg_scale": 2.0, "guidance_interval": GuidanceInterval(0.2, 0.8), "seed": 7}
+    first = generate(model, config, labels, Sampling(**settings))
     assert first.shape == (2, 3, 32, 32) and first.min() >= -1 and first.max() <= 1
-    assert torch.equal(generate(model, config, labels, sampler="dopri5", cfg_scale=2.0, guidance_interval=(0.2, 0.8), seed=7, num_steps=3), first)
+    assert torch.equal(generate(model, config, labels, Sampling(steps=3, **settings)), first)
+
+
+EM_100 = Sampling(sampler="euler-maruyama", steps=100)
 
 
 def gaussian_data_velocity(mu: float, s: float):
@@ -162,7 +170,7 @@ def gaussian_data_velocity(mu: float, s: float):
 def test_euler_maruyama_lands_on_single_point_data() -> None:
     noise = torch.randn(512, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(512, dtype=torch.long)
-    out = euler_maruyama_sample(gaussian_data_velocity(3.0, 0.0), noise, labels, num_steps=100, generator=torch.Generator().manual_seed(1))
+    out = euler_maruyama_sample(gaussian_data_velocity(3.0, 0.0), noise, labels, EM_100, generator=torch.Generator().manual_seed(1))
     # Stopping at t = 0.96 leaves a spread of 0.04·x₀, which SiT's last mean step keeps.
     assert (out - 3.0).abs().mean() < 0.06
     assert (out - 3.0).abs().max() < 0.3
@@ -173,12 +181,12 @@ def test_euler_maruyama_reproduces_gaussian_data() -> None:
     noise = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(4000, dtype=torch.long)
     field = gaussian_data_velocity(1.0, 0.5)
-    out = euler_maruyama_sample(field, noise, labels, num_steps=100, generator=torch.Generator().manual_seed(1))
+    out = euler_maruyama_sample(field, noise, labels, EM_100, generator=torch.Generator().manual_seed(1))
     assert abs(out.mean().item() - 1.0) < 0.05
     assert abs(out.std().item() - 0.5) < 0.04
-    again = euler_maruyama_sample(field, noise, labels, num_steps=100, generator=torch.Generator().manual_seed(1))
+    again = euler_maruyama_sample(field, noise, labels, EM_100, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, again)
-    other = euler_maruyama_sample(field, noise, labels, num_steps=100, generator=torch.Generator().manual_seed(2))
+    other = euler_maruyama_sample(field, noise, labels, EM_100, generator=torch.Generator().manual_seed(2))
     assert not torch.equal(out, other)
 
 
@@ -189,7 +197,7 @@ def test_guidance_uses_null_class_and_null_text_inside_the_interval_only() -> No
     x = torch.zeros(2, 1, 1, 1)
     conditional = cond.labels.float() + (text * cond.text_mask[..., None]).sum((1, 2))  # (N,)
 
-    guided = velocity(model, x, 0.5, cond, cfg_scale=3.0, guidance_interval=(0.3, 0.7))
+    guided = velocity(model, x, 0.5, cond, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.3, 0.7))
     (call,) = model.calls
     assert call["y"].tolist() == [1, 2, 10, 10] and call["t"].tolist() == [0.5] * 4
     assert torch.equal(call["text"][:2], text) and torch.equal(call["mask"][:2], cond.text_mask)
@@ -197,16 +205,16 @@ def test_guidance_uses_null_class_and_null_text_inside_the_interval_only() -> No
     torch.testing.assert_close(guided.flatten(), 10 + 3.0 * (conditional - 10))
 
     model.calls.clear()
-    outside = velocity(model, x, 0.9, cond, cfg_scale=3.0, guidance_interval=(0.3, 0.7))
+    outside = velocity(model, x, 0.9, cond, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.3, 0.7))
     (call,) = model.calls
     assert call["y"].tolist() == [1, 2]
     torch.testing.assert_close(outside.flatten(), conditional)
 
     model.calls.clear()
-    euler_ode_sample(model, x, cond, num_steps=4, cfg_scale=3.0, guidance_interval=(0.3, 0.7))
+    euler_ode_sample(model, x, cond, Sampling(steps=4, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.3, 0.7)))
     assert [len(c["y"]) for c in model.calls] == [2, 2, 4, 2]  # only t = 0.5 of 0, .25, .5, .75 is guided
     model.calls.clear()
-    euler_ode_sample(model, x, cond, num_steps=4, cfg_scale=1.0)
+    euler_ode_sample(model, x, cond, Sampling(steps=4, cfg_scale=1.0))
     assert [len(c["y"]) for c in model.calls] == [2, 2, 2, 2]
 
 
@@ -262,11 +270,11 @@ def test_guidance_starts_where_repas_float64_grid_puts_it(num_steps: int) -> Non
     """REPA's guidance_high 0.7 is SiT's [0.3, 1]; its first guided step is the first t_repa = linspace(1, 0, N + 1)[i] ≤ 0.7."""
     first_guided = int((torch.linspace(1, 0, num_steps + 1, dtype=torch.float64) <= 0.7).nonzero()[0])
     model = Recorder(num_classes=10)
-    euler_ode_sample(model, torch.zeros(1, 1, 1, 1), torch.tensor([1]), num_steps=num_steps, cfg_scale=3.0, guidance_interval=(0.3, 1.0))
+    euler_ode_sample(model, torch.zeros(1, 1, 1, 1), torch.tensor([1]), Sampling(steps=num_steps, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.3, 1.0)))
     assert [len(c["y"]) for c in model.calls].index(2) == first_guided  # (a float32 grid guides from the next step)
 
     noise, labels = label_noise()
-    ours = euler_ode_sample(LabelField(), noise, labels, num_steps=num_steps, cfg_scale=3.0, guidance_interval=(0.3, 1.0))
+    ours = euler_ode_sample(LabelField(), noise, labels, Sampling(steps=num_steps, cfg_scale=3.0, guidance_interval=GuidanceInterval(0.3, 1.0)))
     repa = repa_euler_sampler(LabelField(), noise, labels, num_steps=num_steps, heun=False, cfg_scale=3.0, guidance_high=0.7)
     torch.testing.assert_close(ours.double(), repa, atol=1e-5, rtol=0)
 
@@ -276,7 +284,7 @@ def test_heun_corrector_is_guided_as_repas(num_steps: int) -> None:
     """With REPA's interval [0.25, 0.7] the edge steps have one end inside and one outside: REPA guides by the start."""
     noise, labels = label_noise()
     interval = GuidanceInterval(0.25, 0.7, time="repa")
-    ours = heun_ode_sample(LabelField(), noise, labels, num_steps=num_steps, cfg_scale=3.0, guidance_interval=interval)
+    ours = heun_ode_sample(LabelField(), noise, labels, Sampling(steps=num_steps, cfg_scale=3.0, guidance_interval=interval))
     repa = repa_euler_sampler(LabelField(), noise, labels, num_steps=num_steps, heun=True, cfg_scale=3.0, guidance_low=0.25, guidance_high=0.7)
     torch.testing.assert_close(ours.double(), repa, atol=1e-5, rtol=0)
 
@@ -287,40 +295,40 @@ def test_repa_interval_guides_repas_steps(num_steps: int, low: float, high: floa
     repa_times = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)[:-1]
     expected = [4 if low <= t <= high else 2 for t in repa_times.tolist()]
     model = Recorder(num_classes=10)
-    settings = {"num_steps": num_steps, "cfg_scale": 3.0, "guidance_interval": GuidanceInterval(low, high, time="repa")}
-    euler_ode_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), **settings)
+    settings = {"steps": num_steps, "cfg_scale": 3.0, "guidance_interval": GuidanceInterval(low, high, time="repa")}
+    euler_ode_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), Sampling(**settings))
     assert [len(c["y"]) for c in model.calls] == expected
 
     # Euler–Maruyama: REPA's grid is linspace(1, 0.04, N), each point guided by the same rule.
     sde_times = torch.linspace(1, 0.04, num_steps, dtype=torch.float64)
     model.calls.clear()
-    euler_maruyama_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), **settings)
+    euler_maruyama_sample(model, torch.zeros(2, 1, 1, 1), torch.tensor([1, 2]), Sampling(sampler="euler-maruyama", **settings))
     assert [len(c["y"]) for c in model.calls] == [4 if low <= t <= high else 2 for t in sde_times.tolist()]
 
 
 def test_repa_and_sit_conventions_give_equal_samples(demo) -> None:
     model, config, _ = demo
     labels = torch.tensor([2, 7])
-    settings = {"sampler": "heun", "num_steps": 10, "cfg_scale": 2.0, "seed": 3}
-    sit = generate(model, config, labels, guidance_interval=(0.3, 1.0), **settings)
-    assert torch.equal(generate(model, config, labels, guidance_interval=GuidanceInterval(0.0, 0.7, time="repa"), **settings), sit)
-    assert not torch.equal(generate(model, config, labels, guidance_interval=(0.0, 0.7), **settings), sit)
+    settings = {"sampler": "heun", "steps": 10, "cfg_scale": 2.0, "seed": 3}
+    sit = generate(model, config, labels, Sampling(guidance_interval=GuidanceInterval(0.3, 1.0), **settings))
+    assert torch.equal(generate(model, config, labels, Sampling(guidance_interval=GuidanceInterval(0.0, 0.7, time="repa"), **settings)), sit)
+    assert not torch.equal(generate(model, config, labels, Sampling(guidance_interval=GuidanceInterval(0.0, 0.7), **settings)), sit)
     with pytest.raises(UserError, match="REPA time, 1 = noise"):
-        generate_batches(model, config, labels, guidance_interval=GuidanceInterval(0.7, 0.2, time="repa"))
+        Sampling(guidance_interval=GuidanceInterval(0.7, 0.2, time="repa"))
 
 
 def test_npz_has_the_adm_evaluator_layout(tmp_path: Path, demo) -> None:
-    path = sample_npz("demo:digits", tmp_path / "samples.npz", num_samples=13, num_steps=2, cfg_scale=1.5, batch_size=5)
+    path = sample_npz("demo:digits", tmp_path / "samples.npz", num_samples=13, sampling=Sampling(steps=2, cfg_scale=1.5, batch_size=5))
     with np.load(path) as data:
         images, labels = data["arr_0"], data["arr_1"]
     assert images.dtype == np.uint8 and images.shape == (13, 32, 32, 3)
     assert images.min() < 64 and images.max() > 192  # dark background, bright strokes: a real [0, 255] range
     assert labels.tolist() == sample_labels(13, 10, "random", seed=0).tolist()  # uniform random, as DiT/SiT/REPA
-    balanced = sample_npz("demo:digits", tmp_path / "balanced.npz", num_samples=13, labels="balanced", num_steps=1, batch_size=5)
+    balanced = sample_npz("demo:digits", tmp_path / "balanced.npz", num_samples=13, sampling=Sampling(labels="balanced", steps=1, batch_size=5))
     with np.load(balanced) as data:
         assert data["arr_1"].tolist() == [i % 10 for i in range(13)]
     model, config, _ = demo
-    expected = to_uint8(generate(model, config, torch.tensor(labels), num_steps=2, cfg_scale=1.5)).permute(0, 2, 3, 1)
+    expected = to_uint8(generate(model, config, torch.tensor(labels), Sampling(steps=2, cfg_scale=1.5))).permute(0, 2, 3, 1)
     assert np.abs(images.astype(int) - expected.numpy().astype(int)).max() <= 1
     # guided-diffusion's evaluator streams arr_0.npy out of the zip and parses its header itself.
     with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as file:
@@ -331,11 +339,11 @@ def test_npz_has_the_adm_evaluator_layout(tmp_path: Path, demo) -> None:
 
 
 def test_grid_has_a_row_per_class(tmp_path: Path) -> None:
-    path = sample_grid("demo:digits", tmp_path / "grid.png", per_class=2, classes=[0, 3, 7], sampler="heun", num_steps=2, seed=3)
+    path = sample_grid("demo:digits", tmp_path / "grid.png", per_class=2, classes=[0, 3, 7], sampling=Sampling(sampler="heun", steps=2, seed=3))
     with Image.open(path) as grid:
         assert grid.size == (2 * 33 + 1, 3 * 33 + 1)  # 32 px tiles, 1 px padding
     with pytest.raises(UserError, match="out of range"):
-        sample_grid("demo:digits", tmp_path / "bad.png", classes=[10], num_steps=1)
+        sample_grid("demo:digits", tmp_path / "bad.png", classes=[10], sampling=Sampling(steps=1))
 
 
 def tiny_text_model(folder: Path, *, with_text: bool) -> Path:
@@ -353,10 +361,10 @@ def test_run_folders_and_text_conditioned_models(tmp_path: Path) -> None:
     (tmp_path / "run" / "checkpoints" / "0000006.partial").mkdir()
     model, config, class_text = load_for_sampling(tmp_path / "run")
     assert class_text is not None and class_text.embedding.shape == (3, 4, 6)
-    images = generate(model, config, torch.tensor([0, 1, 2]), class_text=class_text, num_steps=2, cfg_scale=2.0)
+    images = generate(model, config, torch.tensor([0, 1, 2]), Sampling(steps=2, cfg_scale=2.0), class_text=class_text)
     assert images.shape == (3, 3, 8, 8)
     with pytest.raises(UserError, match="text-conditioned"):
-        generate(model, config, torch.tensor([0]), num_steps=2)
+        generate(model, config, torch.tensor([0]), Sampling(steps=2))
     tiny_text_model(tmp_path / "bare", with_text=False)
     assert load_for_sampling(tmp_path / "bare")[2] is None
     with pytest.raises(UserError, match="holds no model"):

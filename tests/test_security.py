@@ -37,8 +37,8 @@ def test_the_token_appears_in_no_output_log_card_manifest_or_checkpoint(tmp_path
             cli("push", "tester/secret", "--from", str(data), "--tag", "v1.0"),
             cli("verify", "tester/secret@v1.0"),
             cli("train", "--recipe", "demo", "--data", "tester/secret@v1.0", "--out", str(run), "--steps", "2", "--batch-size", "8"),
-            cli("sample", "--ckpt", str(run), "--out", str(tmp_path / "grid.png"), "--per-class", "1", "--steps", "2"),
-            cli("eval", "--ckpt", str(run), "--data", str(data), "--num-samples", "10", "--steps", "2", "--json", str(tmp_path / "eval.json")),
+            cli("sample", str(run), "--out", str(tmp_path / "grid.png"), "--per-class", "1", "--sampling-steps", "2"),
+            cli("eval", str(run), "--data", str(data), "--num-samples", "10", "--sampling-steps", "2", "--json", str(tmp_path / "eval.json")),
             cli("train-encoder", "--source", "demo:digits", "--out", str(tmp_path / "encoder"), "--steps", "2", "--batch-size", "8",
                 "--hidden-size", "16", "--num-layers", "1", "--num-heads", "1", "--workers", "0"),  # fmt: skip
             cli("demo", "--out", str(tmp_path / "demo"), "--push-to", "tester/secret-demo", "--steps", "2", "--num-samples", "10", "--sampling-steps", "2"),
@@ -74,7 +74,7 @@ def test_class_names_and_source_ids_cannot_steer_writes_outside_the_output(tmp_p
     train = cli("train", "--data", "subset", "--out", "run", "--model", "SiT-T/4", "--resolution", "16", "--vae", "none",
                 "--no-text", "--no-align", "--steps", "1", "--batch-size", "4", "--workers", "0", cwd=workdir)  # fmt: skip
     assert train.returncode == 0, train.stderr[-2000:]
-    assert cli("sample", "--ckpt", "run", "--out", "grid.png", "--per-class", "1", "--steps", "1", cwd=workdir).returncode == 0
+    assert cli("sample", "run", "--out", "grid.png", "--per-class", "1", "--sampling-steps", "1", cwd=workdir).returncode == 0
     assert not outside.exists()
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
     assert written <= {"source", "scorer", "a"}, written
@@ -100,8 +100,8 @@ def test_pickled_checkpoints_are_read_weights_only(tmp_path: Path) -> None:
         ["score", "--source", "demo:digits", "--scorer", str(evil), "--resolution", "32", "--work", str(tmp_path / "w")],
         ["train", "--source", "demo:digits", "--model", "SiT-T/4", "--resolution", "32", "--vae", "none", "--no-text", "--no-align",
          "--init", str(evil), "--out", str(tmp_path / "run"), "--steps", "1"],
-        ["sample", "--ckpt", str(evil), "--out", str(tmp_path / "g.png")],
-        ["eval", "--ckpt", "demo:digits", "--features", "inception", "--inception-weights", str(evil), "--reference", "demo:digits"],
+        ["sample", str(evil), "--out", str(tmp_path / "g.png")],
+        ["eval", "demo:digits", "--features", "inception", "--inception-weights", str(evil), "--reference", "demo:digits"],
     ):  # fmt: skip
         done = cli(*args)
         assert done.returncode == 2, f"{args[0]}: {done.stderr[-2000:]}"

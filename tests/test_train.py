@@ -23,6 +23,7 @@ from d2c_pack.train import loop
 from d2c_pack.train.data import EpochPermutationBatches, collate_rows
 from d2c_pack.train.loop import TrainConfig, _new_run, _train_step, prepare_data, step_randomness, train, training_losses
 from d2c_pack.train.sample import generate, load_for_sampling
+from d2c_pack.train.sampling import Sampling
 from d2c_pack.train.transport import euler_ode_sample, interpolate
 
 
@@ -99,16 +100,16 @@ def test_training_in_vae_latent_space(tmp_path: Path) -> None:
     assert (config.in_channels, config.input_size, config.image_size, config.vae) == (4, 8, 16, "tiny-vae")
     assert config.vae_sha256 == module_sha256(vae) and str(tmp_path) not in (model_dir / "config.json").read_text()
     with pytest.raises(UserError, match="--vae FOLDER"):  # "tiny-vae" is no Hub id: the user points at a copy
-        generate(model, config, torch.tensor([0, 1]), num_steps=2)
+        generate(model, config, torch.tensor([0, 1]), Sampling(steps=2))
     moved = (tmp_path / "tiny-vae").rename(tmp_path / "elsewhere")
     model, config, _ = load_for_sampling(model_dir, vae=str(moved))
-    images = generate(model, config, torch.tensor([0, 1]), num_steps=2)
+    images = generate(model, config, torch.tensor([0, 1]), Sampling(steps=2))
     assert images.shape == (2, 3, 16, 16)
     torch.manual_seed(1)
     AutoencoderKL(**vae.config).save_pretrained(tmp_path / "other-vae")
     model, config, _ = load_for_sampling(model_dir, vae=str(tmp_path / "other-vae"))
     with pytest.raises(UserError, match="other weights"):
-        generate(model, config, torch.tensor([0]), num_steps=2)
+        generate(model, config, torch.tensor([0]), Sampling(steps=2))
 
 
 def test_batches_resume_at_any_step_and_cover_each_epoch() -> None:
@@ -125,9 +126,9 @@ def test_batches_resume_at_any_step_and_cover_each_epoch() -> None:
 def test_sampler_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     model, config = load_backbone(train(tiny_config(tmp_path, steps=2)))
     labels = torch.tensor([0, 5])
-    first = generate(model, config, labels, num_steps=4, cfg_scale=2.0, seed=7)
-    assert torch.equal(first, generate(model, config, labels, num_steps=4, cfg_scale=2.0, seed=7))
-    assert not torch.equal(first, generate(model, config, labels, num_steps=4, cfg_scale=2.0, seed=8))
+    first = generate(model, config, labels, Sampling(steps=4, cfg_scale=2.0, seed=7))
+    assert torch.equal(first, generate(model, config, labels, Sampling(steps=4, cfg_scale=2.0, seed=7)))
+    assert not torch.equal(first, generate(model, config, labels, Sampling(steps=4, cfg_scale=2.0, seed=8)))
 
 
 def test_euler_ode_integrates_a_known_velocity_field() -> None:
@@ -138,7 +139,7 @@ def test_euler_ode_integrates_a_known_velocity_field() -> None:
             return torch.full_like(x, 2.0)
 
     noise = torch.zeros(3, 1, 2, 2)
-    out = euler_ode_sample(ConstantVelocity(), noise, torch.zeros(3, dtype=torch.long), num_steps=5)
+    out = euler_ode_sample(ConstantVelocity(), noise, torch.zeros(3, dtype=torch.long), Sampling(steps=5))
     torch.testing.assert_close(out, torch.full_like(noise, 2.0))
 
 

@@ -36,40 +36,18 @@ import torch
 from PIL import Image
 
 from d2c_pack.arrays import array_feature, array_values, feature_shape
-from d2c_pack.attach.text import DEFAULT_PROMPT_TEMPLATE, TEXT_LENGTH, Captioner, TextEncoder, class_prompts, encode_class_prompts
-from d2c_pack.attach.visual import DEFAULT_VISUAL_ENCODER, VisualEncoder
+from d2c_pack.attach.text import TEXT_LENGTH, Captioner, TextEncoder, class_prompts, encode_class_prompts
+from d2c_pack.attach.visual import VisualEncoder
 from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
+from d2c_pack.configs import AttachArgs
 from d2c_pack.distributed import Context
 from d2c_pack.errors import UserError
 from d2c_pack.latents import VaeSpace, load_latent_space
-from d2c_pack.recipe import flag
 from d2c_pack.rowfile import RowFile, write_rows
 from d2c_pack.sources import ImageSource
 
 CACHE_VERSION = 2  # bump when a change below alters what a cache holds (2: REPA's DINOv2 targets)
 ROW_BATCH = 256  # rows converted to NumPy at a time when reading a cache back
-
-
-@dataclasses.dataclass(kw_only=True)
-class AttachArgs:
-    """The Attach flags of ``d2c-pack build``; ``none`` for a model leaves its columns out."""
-
-    text_encoder: str | None = flag("google/flan-t5-xl", help="transformers text encoder (T5, CLIP text, BERT-like, demo:minilm), or 'none' for no caption/text columns.")
-    prompt_template: str = flag(DEFAULT_PROMPT_TEMPLATE, help="Caption of every image of a class; {name} is the first synonym of the class name.")
-    captioner: str | None = flag(None, help="transformers image-to-text model captioning each image instead of the class prompt.")
-    visual_encoder: str | None = flag(DEFAULT_VISUAL_ENCODER, help="DINOv2 (transformers name or path, timm/NAME, demo:digits-encoder), or 'none' for no visual columns.")
-    vae: str | None = flag(
-        "stabilityai/sd-vae-ft-ema",
-        help="diffusers AutoencoderKL (a local folder or a Hub id, optionally ID@REVISION) of the latent column and of a latent-space scorer; 'none': no latent column (the scorer then uses its own).",
-    )
-    attach_batch_size: int = flag(32, help="Images per batch while attaching.")
-
-    def __post_init__(self) -> None:
-        for name in ("text_encoder", "captioner", "visual_encoder", "vae"):
-            if getattr(self, name) in ("none", ""):
-                setattr(self, name, None)
-        if self.captioner and not self.text_encoder:
-            raise UserError("--captioner needs a --text-encoder to embed its captions")
 
 
 class ColumnGroup:

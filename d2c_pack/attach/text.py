@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from d2c_pack.configs import DEFAULT_PROMPT_TEMPLATE
 from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
 
 TEXT_LENGTH = 16  # L: tokens kept per caption (padded / truncated)
-DEFAULT_PROMPT_TEMPLATE = "a photo of a {name}"
 _WORDNET_SUFFIX = re.compile(r" \(n\d{8}\)$")
 
 # Encoder–decoder checkpoints whose encoder transformers can load on its own, without the decoder.

@@ -26,7 +26,6 @@ from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
 
-DEFAULT_VISUAL_ENCODER = "facebook/dinov2-base"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRANSFORMERS_TYPES = ("dinov2", "dinov2_with_registers")

@@ -18,10 +18,11 @@ from pathlib import Path
 import datasets
 
 from d2c_pack.build import BuildConfig, build
+from d2c_pack.configs import DemoConfig
 from d2c_pack.errors import UserError
 from d2c_pack.hub import PushConfig, push
 from d2c_pack.hub_retry import with_retries
-from d2c_pack.recipe import flag, read_recipe
+from d2c_pack.recipe import read_recipe
 from d2c_pack.train.evaluation import evaluate
 from d2c_pack.train.loop import TrainConfig, train
 from d2c_pack.train.sample import sample_grid
@@ -29,19 +30,6 @@ from d2c_pack.verify import LocalFolder, verify
 
 DEMO_TAG = "v1.0"
 CHECKPOINT_SECONDS = 60  # a demo stopped at any point loses at most about a minute of training
-
-
-@dataclasses.dataclass(kw_only=True)
-class DemoConfig:
-    """Settings of ``d2c-pack demo``."""
-
-    out: str = flag("demo-out", help="Folder for every output (data, run, samples, metrics).")
-    push_to: str | None = flag(None, help="Also push the subset to this Hub dataset repository (needs HF_TOKEN; HF_ENDPOINT for another server).")
-    steps: int = flag(600, help="Training steps of the demo SiT (the recipe demo's train: section gives the rest).")
-    num_samples: int = flag(500, help="Samples for FID and classifier accuracy.")
-    sampling_steps: int = flag(25, help="Euler steps per sample.")
-    cfg_scale: float = flag(1.5, help="Classifier-free guidance scale of the samples.")
-    device: str = flag("cpu", help="'cpu', 'cuda', …")
 
 
 @dataclasses.dataclass
@@ -74,11 +62,13 @@ def run_demo(config: DemoConfig) -> DemoReport:
     settings["ckpt_every"] = min(settings["ckpt_every"], config.steps)
     settings["ckpt_every_seconds"] = CHECKPOINT_SECONDS
     run = report.timed("model (train)", lambda: train(TrainConfig(**settings)))
-    sampling = {"num_steps": config.sampling_steps, "cfg_scale": config.cfg_scale, "device": config.device}
-    report.timed("sample grid", lambda: sample_grid(run, out / "samples.png", **sampling))
+    sampling = config.sampling()
+    report.timed("sample grid", lambda: sample_grid(run, out / "samples.png", sampling=sampling, device=config.device))
     metrics = report.timed(
         "evaluation",
-        lambda: evaluate(run, reference="demo:digits", features="demo:digits-encoder", num_samples=config.num_samples, **sampling),
+        lambda: evaluate(
+            run, reference="demo:digits", features="demo:digits-encoder", num_samples=config.num_samples, sampling=sampling, device=config.device
+        ),
         lambda m: f"FID {m['fid']:.3f}, accuracy {m['accuracy']:.1%} ({m['num_samples']} samples vs all {m['reference_images']} digits)",
     )
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")

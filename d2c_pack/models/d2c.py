@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from d2c_pack.configs import PROJECTOR_DIM
 from d2c_pack.models.dit import DiT
-
-PROJECTOR_DIM = 2048
 
 
 class DCEmbedding(nn.Module):

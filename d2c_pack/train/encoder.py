@@ -20,7 +20,6 @@ machine.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -33,12 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Dinov2Config, Dinov2ForImageClassification
 
 from d2c_pack.attach.visual import dinov2_inputs, encoder_input_size
+from d2c_pack.configs import EncoderTrainConfig
 from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError
 from d2c_pack.preprocess import center_crop_adm
 from d2c_pack.progress import progress_bar
-from d2c_pack.recipe import flag
-from d2c_pack.sources import ImageSource, SourceArgs
+from d2c_pack.sources import ImageSource
 from d2c_pack.train.data import EpochPermutationBatches
 
 HOLDOUT_SEED = 0  # the held-out split ignores --seed: every run is measured on the same images
@@ -55,41 +54,6 @@ def classifier_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
     (99.9% of the digits either way).
     """
     return dinov2_inputs(crops, resolution, antialias=True)
-
-
-@dataclasses.dataclass(kw_only=True)
-class EncoderTrainConfig(SourceArgs):
-    """Settings of ``d2c-pack train-encoder``; the CLI flags and recipe keys are these fields."""
-
-    out: str = flag(help="Run folder: the classifier goes to OUT/model, its accuracies to OUT/metrics.json.")
-    resolution: int = flag(32, help="Side R of the ADM centre crop; the encoder sees 224·R/256 pixels, like the visual attach step.")
-    patch_size: int = flag(4, help="ViT patch size; must divide 224·R/256.")
-    hidden_size: int = flag(64, help="Token width (MLP width is 4×).")
-    num_layers: int = flag(4, help="Number of transformer blocks.")
-    num_heads: int = flag(4, help="Attention heads per block; must divide --hidden-size.")
-    steps: int = flag(1500, help="Optimisation steps.")
-    batch_size: int = flag(64, help="Images per step.")
-    lr: float = flag(3e-3, help="Peak AdamW learning rate (linear warm-up over 5% of the steps, then cosine decay to 0).")
-    weight_decay: float = flag(0.05, help="AdamW weight decay.")
-    shift: int = flag(2, help="Largest random translation, in encoder-input pixels, applied to training images (0 = no augmentation).")
-    holdout: float = flag(0.1, help="Share of the source held out (never trained on) to measure accuracy; 0 trains on everything.")
-    seed: int = flag(0, help="Seed of initialisation, batch order and augmentation.")
-    workers: int = flag(0, help="DataLoader worker processes (0 = load in the main process).")
-    device: str = flag("auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
-
-    def __post_init__(self) -> None:
-        for name in ("resolution", "patch_size", "hidden_size", "num_layers", "num_heads", "steps", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise UserError(f"--hidden-size {self.hidden_size} is not divisible by --num-heads {self.num_heads}")
-        size = encoder_input_size(self.resolution)
-        if size < self.patch_size or size % self.patch_size:
-            raise UserError(f"--resolution {self.resolution} gives a {size}px encoder input, not a multiple of --patch-size {self.patch_size}")
-        if not 0 <= self.holdout < 1:
-            raise UserError(f"--holdout must be in [0, 1), got {self.holdout}")
-        if self.shift < 0:
-            raise UserError(f"--shift must be 0 or more, got {self.shift}")
 
 
 class SourceCrops(Dataset):

@@ -33,18 +33,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from d2c_pack.attach.visual import VisualEncoder
+from d2c_pack.configs import default_work_dir
 from d2c_pack.demo import resolve_model_path
+from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError, first_line, require
 from d2c_pack.fingerprint import module_sha256, sha256_file, sha256_json
 from d2c_pack.preprocess import center_crop_adm
 from d2c_pack.progress import progress_bar
-from d2c_pack.score import default_work_dir
 from d2c_pack.sources import ImageSource, open_source
 from d2c_pack.train.adm_npz import IMAGES, LABELS, ImageBatches, array_names, read_arrays
 from d2c_pack.train.encoder import SourceCrops, classifier_inputs
 from d2c_pack.train.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
 from d2c_pack.train.sample import generate_batches, load_for_sampling, sample_labels, to_uint8
-from d2c_pack.train.transport import Interval, as_interval
+from d2c_pack.train.sampling import Sampling
 
 INCEPTION = "inception"
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -397,14 +398,8 @@ def evaluate(
     reference: str | ImageSource,
     features: str = INCEPTION,
     num_samples: int = 50_000,
-    labels: str = "random",
-    sampler: str = "euler",
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-    seed: int = 0,
-    device: str = "cpu",
-    batch_size: int = 256,
+    sampling: Sampling = Sampling(),
+    device: str = "auto",
     inception_weights: str | Path | None = None,
     work_dir: str | Path | None = None,
     workers: int = 0,
@@ -412,36 +407,26 @@ def evaluate(
 ) -> dict:
     """The metrics of ``num_samples`` samples of a model against ``reference`` (see ``score_samples``).
 
-    Labels are drawn uniformly at random (DiT/SiT/REPA's sampling) or ``balanced`` (i mod C);
-    sample i has the noise of (seed, i), as in ``sample_npz``.
+    Labels are drawn as ``sampling.labels`` says (uniformly at random, DiT/SiT/REPA's sampling, or
+    ``balanced``, i mod C); sample i has the noise of (sampling.seed, i), as in ``sample_npz``.
+    ``sampling.batch_size`` is also the feature network's batch. ``device``: 'auto' is the GPU if
+    any, else the CPU. The result holds the metrics and every setting they depend on.
     """
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 for FID, got {num_samples}")
-    interval = as_interval(guidance_interval)
+    device = pick_device(device)
     model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
     resolution = config.image_size
-    targets = sample_labels(num_samples, config.num_classes, labels, seed)
-    images = generate_batches(
-        model, config, targets, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-        guidance_interval=interval, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
+    targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
+    images = generate_batches(model, config, targets, sampling, class_text=class_text)
     network = load_features(features, resolution, inception_weights=inception_weights, device=device)
-    statistics = load_reference(reference, network, resolution, work_dir=work_dir, device=device, batch_size=batch_size, workers=workers)
+    statistics = load_reference(
+        reference, network, resolution, work_dir=work_dir, device=device, batch_size=sampling.batch_size, workers=workers
+    )  # fmt: skip
     batches = ((to_uint8(batch), targets[start : start + len(batch)]) for start, batch in _with_offsets(images))
     metrics = score_samples(batches, num_samples, network, statistics, classifier=load_classifier(features, config.num_classes, device), device=device)
-    return metrics | {
-        "samples": str(checkpoint),
-        "reference": _spec(reference),
-        "features": features,
-        "resolution": resolution,
-        "labels": labels,
-        "sampler": sampler,
-        "num_steps": num_steps,
-        "cfg_scale": cfg_scale,
-        "guidance_interval": [interval.low, interval.high],
-        "guidance_time": interval.time,
-        "seed": seed,
-    }
+    settings = {"samples": str(checkpoint), "reference": _spec(reference), "features": features, "resolution": resolution}
+    return metrics | settings | sampling.record()
 
 
 def evaluate_npz(
@@ -450,7 +435,7 @@ def evaluate_npz(
     reference: str | ImageSource,
     features: str = INCEPTION,
     num_classes: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 256,
     inception_weights: str | Path | None = None,
     work_dir: str | Path | None = None,
@@ -459,8 +444,10 @@ def evaluate_npz(
     """The metrics of the images of an ADM sample ``.npz`` (no model needed).
 
     With encoder features whose classifier has ``num_classes`` outputs (default: the file's
-    largest label + 1) and labels in ``arr_1``, also the classifier accuracy.
+    largest label + 1) and labels in ``arr_1``, also the classifier accuracy. ``device``: 'auto'
+    is the GPU if any, else the CPU.
     """
+    device = pick_device(device)
     images = ImageBatches(samples)
     resolution = images.shape[1]
     targets = read_arrays(samples, (LABELS,)).get(LABELS)

@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader
 
 from d2c_pack import distributed
 from d2c_pack.arrays import feature_shape
+from d2c_pack.configs import TrainConfig
 from d2c_pack.errors import UserError
 from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space, vae_reference
 from d2c_pack.models import (
-    BACKBONES,
     BackboneConfig,
     ClassText,
     D2CSiT,
@@ -49,10 +49,7 @@ from d2c_pack.models import (
     save_backbone,
 )
 from d2c_pack.models.checkpoint import EMA_WEIGHTS_NAME, WEIGHTS_NAME, read_state_dict
-from d2c_pack.models.d2c import PROJECTOR_DIM
 from d2c_pack.progress import progress_bar
-from d2c_pack.recipe import flag
-from d2c_pack.sources import SourceArgs
 from d2c_pack.train.data import (
     EpochPermutationBatches,
     SourceRows,
@@ -60,7 +57,7 @@ from d2c_pack.train.data import (
     open_subset,
     subset_rows,
 )
-from d2c_pack.train.transport import interpolate
+from d2c_pack.train.transport import interpolate, velocity_loss
 
 SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs, for latent columns whose manifest does not record theirs
 DEFAULT_RESOLUTION = 256
@@ -69,55 +66,6 @@ SETTINGS_NAME = "train_config.yaml"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "ckpt_every_seconds", "workers"})
-
-
-@dataclasses.dataclass(kw_only=True)
-class TrainConfig(SourceArgs):
-    """Settings of one training run; the CLI flags and recipe keys of ``d2c-pack train`` are these fields."""
-
-    source: str | None = flag(None, help="Train on the images of a source (demo:digits, hf:NAME, a folder, ...) instead of --data.")
-    data: str | None = flag(None, help="Condensed dataset to train on: a folder built by `d2c-pack build`, or a Hub ORG/NAME[@REVISION].")
-    out: str = flag(help="Run folder; re-running with the same folder resumes from its newest checkpoint.")
-    model: str = flag("SiT-XL/2", help="Backbone, e.g. SiT-XL/2, SiT-B/4, SiT-T/4 (tiny, for demos).")
-    resolution: int | None = flag(None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest; a different value is refused), else 256.")
-    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for images without a latent column, or 'none' for pixel space.")
-    text: bool = flag(True, help="Condition on text_embedding/text_mask through the DC-Embedding (--data with text columns).")
-    align: bool = flag(True, help="Add the visual-alignment loss against visual_tokens (--data with visual columns).")
-    class_cond: bool = flag(True, help="Condition on the class label.")
-    encoder_depth: int | None = flag(None, help="Block whose output is aligned (default 8; ⌈depth/3⌉ for models under 24 blocks).")
-    proj_coeff: float = flag(0.5, help="Weight λ of the alignment loss.")
-    projector_dim: int = flag(PROJECTOR_DIM, help="Hidden width of the alignment projector (REPA's 2048; smaller for tiny CPU models).")
-    init: str | None = flag(None, help="Initial weights: an official SiT/DiT .pt, or a d2c-pack model or run folder; new layers start as specified.")
-    learn_sigma: bool = flag(True, help="Keep the official 2C-channel output layout (extra channels unused).")
-    class_dropout: float = flag(0.1, help="Probability of dropping the label and the text together (the null condition CFG samples with), as SiT/REPA.")
-    text_dropout: float = flag(0.0, help="Extra probability of dropping the text alone, independently of --class-dropout (0 = SiT/REPA).")
-    steps: int = flag(400_000, help="Total optimisation steps.")
-    batch_size: int = flag(256, help="Global batch size (over all processes).")
-    lr: float = flag(1e-4, help="AdamW learning rate (constant).")
-    weight_decay: float = flag(0.0, help="AdamW weight decay.")
-    grad_clip: float = flag(1.0, help="Gradient-norm clipping threshold.")
-    ema_decay: float = flag(0.9999, help="EMA decay of the exported weights, from step 0 as SiT/REPA (the EMA starts as a copy of the model).")
-    ema_warmup: bool = flag(False, help="Warm the decay up as diffusers' EMAModel, min(decay, (1 + step) / (10 + step)): for runs of a few hundred steps.")
-    seed: int = flag(0, help="Seed of initialisation, batch order, noise and dropout.")
-    workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).")
-    log_every: int = flag(100, help="Steps between metrics.jsonl lines.")
-    ckpt_every: int = flag(10_000, help="Steps between checkpoints.")
-    ckpt_every_seconds: float | None = flag(None, help="Also checkpoint once this many seconds of training have passed since the last checkpoint (only the newest such one is kept).")
-    device: str = flag("auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    compile: bool = flag(False, help="torch.compile the backbone.")
-
-    def __post_init__(self) -> None:
-        if self.vae in ("none", ""):
-            self.vae = None
-        if self.model not in BACKBONES:
-            raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
-        for name in ("steps", "batch_size", "log_every", "ckpt_every", "ckpt_every_seconds", "resolution"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if (self.source is None) == (self.data is None):
-            raise UserError("give exactly one of --data (a condensed dataset) and --source (images)")
-        if self.source is not None and (self.text or self.align):
-            raise UserError("--text and --align need the columns of a condensed dataset: use --data, or pass --no-text --no-align")
 
 
 @dataclasses.dataclass
@@ -368,7 +316,7 @@ def training_losses(run: Run, forward: torch.nn.Module, batch: dict[str, torch.T
             xt, randomness["t"], batch["label"], batch.get("text_embedding"), batch.get("text_mask"),
             return_projection=True, drop_class=randomness["drop_class"], drop_text=randomness["drop_text"],
         )  # fmt: skip
-    losses = {"velocity_loss": ((out[:, : x1.shape[1]].float() - ut) ** 2).mean()}
+    losses = {"velocity_loss": velocity_loss(out, ut)}
     losses["loss"] = losses["velocity_loss"]
     if run.config.align:
         losses["align_loss"] = alignment_loss(projection.float(), batch["visual_tokens"].float())

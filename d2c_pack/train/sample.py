@@ -13,26 +13,28 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError
 from d2c_pack.latents import load_latent_space
 from d2c_pack.models import BackboneConfig, ClassText, DiT, load_backbone, load_class_text
 from d2c_pack.models.checkpoint import CONFIG_NAME, resolve_backbone_path
 from d2c_pack.progress import progress_bar
 from d2c_pack.train.adm_npz import write_samples
-from d2c_pack.train.transport import SAMPLERS, Condition, Interval, as_interval, integrate
+from d2c_pack.train.sampling import LABEL_MODES, Sampling
+from d2c_pack.train.transport import Condition, integrate
 
 
 def load_for_sampling(
-    path: str | Path, device: torch.device | str = "cpu", *, vae: str | None = None
+    path: str | Path, device: torch.device | str = "auto", *, vae: str | None = None
 ) -> tuple[DiT, BackboneConfig, ClassText | None]:
-    """The model (EMA weights where saved), its config and its class text (None without text).
+    """The model (EMA weights where saved) on ``device`` ('auto': the GPU if any), its config and its class text (None without text).
 
     ``path`` is a model folder, a training run folder (its final ``model/``, else its newest
     checkpoint), an official ``.pt`` file, or ``demo:digits``. ``vae`` replaces the VAE the model
     names (a local copy of it: its weights must hash as the model recorded).
     """
     folder = model_folder(path)
-    model, config = load_backbone(folder, map_location=device)
+    model, config = load_backbone(folder, map_location=pick_device(str(device)))
     if vae is not None:
         if config.vae is None:
             raise UserError(f"{path} works on pixels and uses no VAE; leave out --vae")
@@ -61,9 +63,6 @@ def class_conditions(labels: torch.Tensor, class_text: ClassText | None) -> Cond
     return Condition(labels, class_text.embedding[labels], class_text.mask[labels])  # (N,), (N, L, D), (N, L)
 
 
-LABEL_MODES = ("random", "balanced")
-
-
 def sample_labels(num_samples: int, num_classes: int, mode: str, seed: int) -> torch.Tensor:
     """The class of each of ``num_samples`` samples (N,).
 
@@ -73,7 +72,7 @@ def sample_labels(num_samples: int, num_classes: int, mode: str, seed: int) -> t
     """
     if mode == "balanced":
         return torch.arange(num_samples) % num_classes
-    if mode != "random":
+    if mode not in LABEL_MODES:
         raise UserError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
     generator = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))  # not any sample's (seed, i) stream
     return torch.from_numpy(generator.integers(0, num_classes, num_samples))
@@ -86,99 +85,49 @@ def sample_generators(seed: int, indices: range) -> list[torch.Generator]:
 
 
 def generate_batches(
-    model: DiT,
-    config: BackboneConfig,
-    labels: torch.Tensor,
-    *,
-    class_text: ClassText | None = None,
-    sampler: str = "euler",
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-    seed: int = 0,
-    batch_size: int = 256,
+    model: DiT, config: BackboneConfig, labels: torch.Tensor, sampling: Sampling = Sampling(), *, class_text: ClassText | None = None
 ) -> Iterator[torch.Tensor]:
     """The images of ``generate`` batch by batch, each (B, 3, R, R) in [-1, 1] on the CPU.
 
-    Settings are checked and the VAE loaded here, before the first batch is asked for.
+    The model is checked and the VAE loaded here, before the first batch is asked for.
     """
-    check_sampling(config, labels, class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
+    check_sampling(config, labels, class_text)
     space = load_latent_space(config.vae, next(model.parameters()).device, expected_sha256=config.vae_sha256)
     conditions = class_conditions(labels.cpu(), class_text if config.text_dim else None)
 
     def batches() -> Iterator[torch.Tensor]:
         device = next(model.parameters()).device
         shape = (config.in_channels, config.input_size, config.input_size)
-        for start in range(0, len(labels), batch_size):
-            generators = sample_generators(seed, range(start, min(start + batch_size, len(labels))))
+        for start in range(0, len(labels), sampling.batch_size):
+            generators = sample_generators(sampling.seed, range(start, min(start + sampling.batch_size, len(labels))))
             noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, C, H, W)
             # The SDE goes on drawing each sample's Brownian increments from that sample's generator.
-            latents = integrate(
-                sampler, model, noise, conditions[start : start + batch_size].to(device),
-                num_steps=num_steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval, generator=generators,
-            )  # fmt: skip
+            latents = integrate(model, noise, conditions[start : start + sampling.batch_size].to(device), sampling, generator=generators)
             yield space.decode(latents).clamp(-1, 1).cpu()  # (B, 3, R, R)
 
     return batches()
 
 
 def generate(
-    model: DiT,
-    config: BackboneConfig,
-    labels: torch.Tensor,
-    *,
-    class_text: ClassText | None = None,
-    sampler: str = "euler",
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-    seed: int = 0,
-    batch_size: int = 256,
+    model: DiT, config: BackboneConfig, labels: torch.Tensor, sampling: Sampling = Sampling(), *, class_text: ClassText | None = None
 ) -> torch.Tensor:
     """Images in [-1, 1], (N, 3, R, R) on the CPU, one per label, decoded through the config's VAE.
 
-    ``sampler`` is one of ``SAMPLERS``; ``guidance_interval`` is a ``GuidanceInterval`` or a
-    (low, high) pair in SiT time (0 = noise, 1 = data). The same seed gives the same images whatever
-    ``batch_size``, except with ``dopri5``, whose steps are chosen for the whole batch (SiT's
-    behaviour), so that a sample depends on the batch it is drawn in.
+    The same ``sampling.seed`` gives the same images whatever ``sampling.batch_size``, except with
+    ``dopri5``, whose steps are chosen for the whole batch (SiT's behaviour), so that a sample
+    depends on the batch it is drawn in.
     """
-    batches = generate_batches(
-        model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
-    return torch.cat(list(batches))
+    return torch.cat(list(generate_batches(model, config, labels, sampling, class_text=class_text)))
 
 
-def check_sampling(
-    config: BackboneConfig,
-    labels: torch.Tensor,
-    class_text: ClassText | None,
-    *,
-    sampler: str,
-    num_steps: int,
-    cfg_scale: float,
-    guidance_interval: Interval,
-) -> None:
-    """Raises a ``UserError`` for settings the model or the samplers cannot honour."""
+def check_sampling(config: BackboneConfig, labels: torch.Tensor, class_text: ClassText | None) -> None:
+    """Raises a ``UserError`` where the model cannot be sampled for ``labels`` (the settings check themselves: ``Sampling``)."""
     if config.prediction != "velocity":
         raise UserError(f"{config.name} predicts noise; the samplers integrate SiT velocity models")
     if config.text_dim and class_text is None:
         raise UserError(f"{config.name} is text-conditioned but no class text was saved with it (class_text.safetensors beside the weights)")
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    if num_steps < (2 if sampler == "euler-maruyama" else 1):
-        raise UserError(f"--num-steps must be at least {2 if sampler == 'euler-maruyama' else 1} for {sampler}, got {num_steps}")
-    if cfg_scale < 1:
-        raise UserError(f"--cfg-scale must be at least 1 (1 = no guidance), got {cfg_scale}")
-    interval = as_interval(guidance_interval)
-    if not 0 <= interval.low <= interval.high <= 1:
-        noise_end = 1 if interval.time == "repa" else 0
-        raise UserError(
-            f"the guidance interval must satisfy 0 ≤ low ≤ high ≤ 1 ({interval.time.upper()} time, {noise_end} = noise), got {interval.low}, {interval.high}"
-        )
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < config.num_classes:
         raise UserError(f"labels must be class indices 0..{config.num_classes - 1}")
-
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -192,25 +141,29 @@ def sample_grid(
     *,
     per_class: int = 8,
     classes: list[int] | None = None,
-    sampler: str = "euler",
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-    seed: int = 0,
-    device: str = "cpu",
-    batch_size: int = 256,
+    sampling: Sampling = Sampling(),
+    device: str = "auto",
     vae: str | None = None,
 ) -> Path:
-    """Writes a PNG grid with one row per class and ``per_class`` samples per row."""
+    """Writes a PNG grid with one row per class (default: all) and ``per_class`` samples per row.
+
+    Args:
+        checkpoint: A training run folder, a d2c-pack model folder, an official SiT .pt file, or demo:digits.
+        out: The PNG to write.
+        per_class: Samples per class.
+        classes: The classes of the rows.
+        sampling: How the samples are drawn (``sampling.labels`` does not apply: the rows set the classes).
+        device: 'auto' (the GPU if any, else the CPU), 'cpu', 'cuda', …
+        vae: A local copy of the VAE the model was trained with.
+
+    Returns:
+        The path written.
+    """
     model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
     classes = list(range(config.num_classes)) if classes is None else classes
     if bad := [c for c in classes if not 0 <= c < config.num_classes]:
         raise UserError(f"class {bad[0]} is out of range: the model has {config.num_classes} classes")
-    labels = torch.tensor(classes).repeat_interleave(per_class)
-    images = generate(
-        model, config, labels, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
+    images = generate(model, config, torch.tensor(classes).repeat_interleave(per_class), sampling, class_text=class_text)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image((images + 1) / 2, out, nrow=per_class, padding=1)
@@ -222,30 +175,22 @@ def sample_npz(
     out: str | Path,
     *,
     num_samples: int = 50_000,
-    labels: str = "random",
-    sampler: str = "euler",
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-    seed: int = 0,
-    device: str = "cpu",
-    batch_size: int = 256,
+    sampling: Sampling = Sampling(),
+    device: str = "auto",
     vae: str | None = None,
 ) -> Path:
     """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
 
     ``arr_0`` holds the images, uint8 (N, R, R, 3); ``arr_1`` their labels, int64 (N,), drawn as
-    ``sample_labels`` does. The images are streamed into the archive batch by batch (memory stays
-    one batch), into a temporary file renamed when complete.
+    ``sample_labels`` does for ``sampling.labels``. The images are streamed into the archive batch
+    by batch (memory stays one batch), into a temporary file renamed when complete. ``checkpoint``,
+    ``device`` and ``vae`` are as in :func:`sample_grid`.
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be positive, got {num_samples}")
     model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
-    targets = sample_labels(num_samples, config.num_classes, labels, seed)
-    batches = generate_batches(
-        model, config, targets, class_text=class_text, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-        guidance_interval=guidance_interval, seed=seed, batch_size=batch_size,
-    )  # fmt: skip
+    targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
+    batches = generate_batches(model, config, targets, sampling, class_text=class_text)
     with progress_bar("sample", total=num_samples) as advance:
 
         def images() -> Iterator[np.ndarray]:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
 from d2c_pack.errors import require
 from d2c_pack.models import DiT
+from d2c_pack.train.sampling import GuidanceInterval, Sampling
 
-SAMPLERS = ("euler", "heun", "euler-maruyama", "dopri5")
 # SiT's defaults for its ODE sampler (--atol, --rtol in train_utils.parse_ode_args).
 DOPRI5_ATOL = 1e-6
 DOPRI5_RTOL = 1e-3
@@ -69,39 +68,6 @@ def as_condition(cond: Condition | torch.Tensor) -> Condition:
     return cond if isinstance(cond, Condition) else Condition(cond)
 
 
-@dataclasses.dataclass(frozen=True)
-class GuidanceInterval:
-    """The closed interval of times where classifier-free guidance applies.
-
-    ``time="sit"``: ``low``/``high`` are SiT times (0 = noise, 1 = data). ``time="repa"``: they are
-    REPA's ``guidance_low``/``guidance_high``, in its time t_repa = 1 − t_sit (1 = noise, 0 = data),
-    so REPA's ``guidance_high=0.7`` is SiT's interval [0.3, 1]. A REPA interval is compared with
-    REPA's own float64 grid rather than mapped to SiT time: 1 − x rounds, and the rounding can
-    carry a grid point across an edge (N = 50 with guidance_high 0.7 would start guidance a step late).
-    """
-
-    low: float = 0.0
-    high: float = 1.0
-    time: Literal["sit", "repa"] = "sit"
-
-    def contains(self, t: float) -> bool:
-        """Whether SiT time ``t`` is inside."""
-        return self.low <= (1.0 - t if self.time == "repa" else t) <= self.high
-
-    def grid_mask(self, num_points: int, last_step_size: float = 0.0) -> list[bool]:
-        """Whether each point of :func:`time_grid` is inside, compared in this interval's own time."""
-        times = time_grid(num_points, last_step_size, repa=self.time == "repa").tolist()
-        return [self.low <= t <= self.high for t in times]
-
-
-Interval = GuidanceInterval | tuple[float, float]
-
-
-def as_interval(interval: Interval) -> GuidanceInterval:
-    """A bare (low, high) pair is an interval in SiT time."""
-    return interval if isinstance(interval, GuidanceInterval) else GuidanceInterval(*interval)
-
-
 def time_grid(num_points: int, last_step_size: float = 0.0, *, repa: bool = False) -> torch.Tensor:
     """``num_points`` evenly spaced float64 SiT times from 0 (noise) to 1 − ``last_step_size``.
 
@@ -112,15 +78,25 @@ def time_grid(num_points: int, last_step_size: float = 0.0, *, repa: bool = Fals
     return torch.linspace(0.0, 1.0 - last_step_size, num_points, dtype=torch.float64)  # (num_points,)
 
 
-def guidance_scales(cfg_scale: float, interval: Interval, num_points: int, last_step_size: float = 0.0) -> list[float]:
-    """The guidance scale at each point of :func:`time_grid`: ``cfg_scale`` inside the interval, 1 (none) elsewhere."""
-    return [cfg_scale if inside else 1.0 for inside in as_interval(interval).grid_mask(num_points, last_step_size)]
+def guidance_scales(sampling: Sampling, num_points: int, last_step_size: float = 0.0) -> list[float]:
+    """The guidance scale at each point of :func:`time_grid`: ``sampling.cfg_scale`` inside its interval, 1 (none) elsewhere.
+
+    Each point is compared in the interval's own time, on the grid as that convention builds it.
+    """
+    interval = sampling.guidance_interval
+    times = time_grid(num_points, last_step_size, repa=interval.time == "repa").tolist()
+    return [sampling.cfg_scale if interval.low <= t <= interval.high else 1.0 for t in times]
 
 
 def interpolate(x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Point x_t on the straight path from noise x₀ to data x₁ at times t (N,), and its velocity u."""
     t = t.view(-1, *([1] * (x1.dim() - 1)))  # (N, 1, 1, 1)
     return t * x1 + (1 - t) * x0, x1 - x0
+
+
+def velocity_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The training objective: mean squared error of the network's velocity channels (its first C) against u = x₁ − x₀."""
+    return ((output[:, : target.shape[1]].float() - target) ** 2).mean()
 
 
 def _forward(model: DiT, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
@@ -138,7 +114,7 @@ def velocity(
     t: float,
     cond: Condition,
     cfg_scale: float = 1.0,
-    guidance_interval: Interval | None = None,
+    guidance_interval: GuidanceInterval | None = None,
 ) -> torch.Tensor:
     """The model's velocity at SiT time ``t`` (0 = noise, 1 = data), guided where asked.
 
@@ -148,7 +124,7 @@ def velocity(
     channels, a DiT reproducibility quirk) every channel is guided. Elsewhere one conditional pass.
     """
     times = torch.full((x.shape[0],), float(t), device=x.device)  # (N,)
-    if cfg_scale <= 1.0 or (guidance_interval is not None and not as_interval(guidance_interval).contains(t)):
+    if cfg_scale <= 1.0 or (guidance_interval is not None and not guidance_interval.contains(t)):
         return _forward(model, x, times, cond)
     both = cond.cat(cond.null(model.y_embedder.num_classes))
     v_cond, v_null = _forward(model, torch.cat([x, x]), torch.cat([times, times]), both).chunk(2)  # (N, C, H, W) each
@@ -156,23 +132,15 @@ def velocity(
 
 
 @torch.no_grad()
-def euler_ode_sample(
-    model: DiT,
-    noise: torch.Tensor,
-    cond: Condition | torch.Tensor,
-    *,
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-) -> torch.Tensor:
-    """Integrates dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 with ``num_steps`` Euler steps.
+def euler_ode_sample(model: DiT, noise: torch.Tensor, cond: Condition | torch.Tensor, sampling: Sampling = Sampling()) -> torch.Tensor:
+    """Integrates dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 with N = ``sampling.steps`` Euler steps.
 
-    ``num_steps`` counts intervals: the grid has num_steps + 1 points, as REPA's. A step is guided
-    when its start is inside ``guidance_interval``.
+    N counts intervals: the grid has N + 1 points, as REPA's. A step is guided (``sampling.cfg_scale``)
+    when its start is inside ``sampling.guidance_interval``.
     """
     cond = as_condition(cond)
-    times = time_grid(num_steps + 1).tolist()
-    scales = guidance_scales(cfg_scale, guidance_interval, num_steps + 1)
+    times = time_grid(sampling.steps + 1).tolist()
+    scales = guidance_scales(sampling, sampling.steps + 1)
     x = noise.float()  # (N, C, H, W)
     for (t0, t1), scale in zip(itertools.pairwise(times), scales):
         x = x + (t1 - t0) * velocity(model, x, t0, cond, cfg_scale=scale)
@@ -180,31 +148,23 @@ def euler_ode_sample(
 
 
 @torch.no_grad()
-def heun_ode_sample(
-    model: DiT,
-    noise: torch.Tensor,
-    cond: Condition | torch.Tensor,
-    *,
-    num_steps: int = 50,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-) -> torch.Tensor:
-    """Heun's second-order method on dx/dt = v(x, t), t = 0 → 1: 2·num_steps − 1 network evaluations.
+def heun_ode_sample(model: DiT, noise: torch.Tensor, cond: Condition | torch.Tensor, sampling: Sampling = Sampling()) -> torch.Tensor:
+    """Heun's second-order method on dx/dt = v(x, t), t = 0 → 1: 2N − 1 network evaluations for N = ``sampling.steps``.
 
-    ``num_steps`` counts intervals, as in :func:`euler_ode_sample`. Each step averages the velocity
+    N counts intervals, as in :func:`euler_ode_sample`. Each step averages the velocity
     at its start and at the Euler prediction of its end; the last step is plain Euler (as in EDM and
     REPA), so the network is never evaluated at the data end t = 1. As in REPA's ``euler_sampler``,
-    a step is guided as a whole when its start is inside ``guidance_interval``: the corrector at the
+    a step is guided as a whole when its start is inside ``sampling.guidance_interval``: the corrector at the
     step's end takes the scale of its start, even where that end lies outside the interval.
     """
     cond = as_condition(cond)
-    times = time_grid(num_steps + 1).tolist()
-    scales = guidance_scales(cfg_scale, guidance_interval, num_steps + 1)
+    times = time_grid(sampling.steps + 1).tolist()
+    scales = guidance_scales(sampling, sampling.steps + 1)
     x = noise.float()  # (N, C, H, W)
     for step, ((t0, t1), scale) in enumerate(zip(itertools.pairwise(times), scales)):
         v0 = velocity(model, x, t0, cond, cfg_scale=scale)  # (N, C, H, W)
         euler = x + (t1 - t0) * v0
-        if step == num_steps - 1:
+        if step == sampling.steps - 1:
             x = euler
         else:
             x = x + (t1 - t0) * 0.5 * (v0 + velocity(model, euler, t1, cond, cfg_scale=scale))
@@ -216,9 +176,8 @@ def dopri5_ode_sample(
     model: DiT,
     noise: torch.Tensor,
     cond: Condition | torch.Tensor,
+    sampling: Sampling = Sampling(),
     *,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
     atol: float = DOPRI5_ATOL,
     rtol: float = DOPRI5_RTOL,
 ) -> torch.Tensor:
@@ -228,15 +187,15 @@ def dopri5_ode_sample(
     atol + rtol·|x| (SiT's defaults), measured over the whole batch as in SiT, so the steps and
     hence a sample depend on the batch it is drawn in. (SiT's ``num_sampling_steps`` only sets how
     many interpolated points are returned along the path; the last, at t = 1, does not depend on it.)
-    Guidance applies at the solver's times inside ``guidance_interval``.
+    ``sampling.steps`` is ignored; guidance applies at the solver's times inside ``sampling.guidance_interval``.
     """
     cond = as_condition(cond)
-    interval = as_interval(guidance_interval)
+    interval = sampling.guidance_interval
 
     def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # Like SiT, the network is evaluated where the last step overshoots t = 1 (the solver
         # interpolates back); there guidance is what it is at t = 1.
-        scale = cfg_scale if interval.contains(min(float(t), 1.0)) else 1.0
+        scale = sampling.cfg_scale if interval.contains(min(float(t), 1.0)) else 1.0
         return velocity(model, x, float(t), cond, cfg_scale=scale)
 
     ends = torch.tensor([0.0, 1.0], device=noise.device)  # float32, as SiT's linspace(t0, t1, num_steps)
@@ -250,10 +209,8 @@ def euler_maruyama_sample(
     model: DiT,
     noise: torch.Tensor,
     cond: Condition | torch.Tensor,
+    sampling: Sampling = Sampling(sampler="euler-maruyama"),
     *,
-    num_steps: int = 250,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
     generator: Generators = None,
     last_step_size: float = LAST_STEP_SIZE,
 ) -> torch.Tensor:
@@ -266,20 +223,19 @@ def euler_maruyama_sample(
 
     has the marginals of the probability-flow ODE dx/dt = v (its Fokker–Planck drift is
     v + w·s − ½·2w·s = v); on this path its drift simplifies to (1 + t)·v − x. Like SiT,
-    ``num_steps`` network evaluations: num_steps − 1 Euler–Maruyama steps on the grid
-    linspace(0, 1 − last_step_size, num_steps), then the noise-free step x + drift·last_step_size.
-    So ``num_steps`` counts grid points here, as in SiT and in REPA's ``euler_maruyama_sampler``
-    (whose grid, in its time, is linspace(1, 0.04, num_steps) followed by 0, and whose drift and
-    noise are these in SiT time); each step is guided when its start is inside ``guidance_interval``.
+    N = ``sampling.steps`` network evaluations: N − 1 Euler–Maruyama steps on the grid
+    linspace(0, 1 − last_step_size, N), then the noise-free step x + drift·last_step_size.
+    So N counts grid points here, as in SiT and in REPA's ``euler_maruyama_sampler`` (whose grid,
+    in its time, is linspace(1, 0.04, N) followed by 0, and whose drift and noise are these in SiT
+    time); each step is guided when its start is inside ``sampling.guidance_interval``. (SiT's
+    default is N = 250.)
 
     ``generator`` draws the Brownian increments: one for the batch, or one per sample (so a
     sample's noise does not depend on the batch it is drawn in).
     """
-    if num_steps < 2:
-        raise ValueError(f"the Euler–Maruyama sampler needs at least 2 steps, got {num_steps}")
     cond = as_condition(cond)
-    times = time_grid(num_steps, last_step_size).tolist()
-    scales = guidance_scales(cfg_scale, guidance_interval, num_steps, last_step_size)
+    times = time_grid(sampling.steps, last_step_size).tolist()
+    scales = guidance_scales(sampling, sampling.steps, last_step_size)
     x = noise.float()  # (N, C, H, W)
     for (t0, t1), scale in zip(itertools.pairwise(times), scales):
         dt = t1 - t0
@@ -303,28 +259,13 @@ def gaussian(shape: torch.Size | tuple[int, ...], generator: Generators, device:
     return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
 
 
-def integrate(
-    sampler: str,
-    model: DiT,
-    noise: torch.Tensor,
-    cond: Condition,
-    *,
-    num_steps: int,
-    cfg_scale: float = 1.0,
-    guidance_interval: Interval = (0.0, 1.0),
-    generator: Generators = None,
-) -> torch.Tensor:
-    """Runs the sampler named ``sampler`` (one of ``SAMPLERS``) from ``noise`` at t = 0 to t = 1.
+def integrate(model: DiT, noise: torch.Tensor, cond: Condition, sampling: Sampling, *, generator: Generators = None) -> torch.Tensor:
+    """Runs ``sampling.sampler`` from ``noise`` at t = 0 to t = 1 with its steps, guidance scale and interval.
 
-    ``dopri5`` ignores ``num_steps``: it chooses its own steps.
+    ``dopri5`` ignores ``sampling.steps``: it chooses its own steps. ``generator`` draws the
+    Euler–Maruyama sampler's Brownian increments.
     """
-    if sampler == "dopri5":
-        return dopri5_ode_sample(model, noise, cond, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
-    guide = {"num_steps": num_steps, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
-    if sampler == "euler":
-        return euler_ode_sample(model, noise, cond, **guide)
-    if sampler == "heun":
-        return heun_ode_sample(model, noise, cond, **guide)
-    if sampler == "euler-maruyama":
-        return euler_maruyama_sample(model, noise, cond, generator=generator, **guide)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if sampling.sampler == "euler-maruyama":
+        return euler_maruyama_sample(model, noise, cond, sampling, generator=generator)
+    ode = {"euler": euler_ode_sample, "heun": heun_ode_sample, "dopri5": dopri5_ode_sample}[sampling.sampler]
+    return ode(model, noise, cond, sampling)
