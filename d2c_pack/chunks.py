@@ -35,6 +35,14 @@ from d2c_pack.preprocess import center_crop_adm
 from d2c_pack.progress import progress_bar
 from d2c_pack.sources import ImageSource, SourceRecord
 
+
+def default_work_dir() -> str:
+    """The cache folder (``--work``) of every command: ``$D2C_PACK_CACHE``, else ``$XDG_CACHE_HOME/d2c-pack``, else ``~/.cache/d2c-pack``."""
+    if "D2C_PACK_CACHE" in os.environ:
+        return os.environ["D2C_PACK_CACHE"]
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "d2c-pack")
+
+
 # Columns every cache table starts with; a row whose image could not be read has only these.
 INDEX_FIELDS = [pa.field("source_index", pa.int64()), pa.field("source_id", pa.string()), pa.field("error", pa.string())]
 

@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from d2c_pack import distributed
-from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
+from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, default_work_dir, list_array, list_values
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.latents import LatentSpace, load_latent_space
@@ -55,13 +54,6 @@ CACHE_SCHEMA = pa.schema(
         pa.field("feature", pa.list_(pa.float16())),  # backbone tokens mean-pooled, for kcenter/herding
     ]
 )
-
-
-def default_work_dir() -> str:
-    """``$D2C_PACK_CACHE``, else ``$XDG_CACHE_HOME/d2c-pack``, else ``~/.cache/d2c-pack``."""
-    if "D2C_PACK_CACHE" in os.environ:
-        return os.environ["D2C_PACK_CACHE"]
-    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "d2c-pack")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from d2c_pack import distributed
 from d2c_pack.arrays import feature_shape
 from d2c_pack.errors import UserError
-from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space, vae_reference
+from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space
 from d2c_pack.models import (
     BACKBONES,
     BackboneConfig,
@@ -61,8 +61,8 @@ from d2c_pack.train.data import (
 )
 from d2c_pack.train.transport import interpolate
 
-SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs, for latent columns whose manifest does not record theirs
 DEFAULT_RESOLUTION = 256
+DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"  # the latent space of the official SiT and DiT checkpoints
 OPTIMIZER_NAME = "optimizer.pt"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
@@ -77,8 +77,8 @@ class TrainConfig(SourceArgs):
     data: str | None = flag(None, help="Condensed dataset to train on: a folder built by `d2c-pack build`, or a Hub ORG/NAME[@REVISION].")
     out: str = flag(help="Run folder; re-running with the same folder resumes from its newest checkpoint.")
     model: str = flag("SiT-XL/2", help="Backbone, e.g. SiT-XL/2, SiT-B/4, SiT-T/4 (tiny, for demos).")
-    resolution: int | None = flag(None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest; a different value is refused), else 256.")
-    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for images without a latent column, or 'none' for pixel space.")
+    resolution: int | None = flag(None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest, or its latent column and --vae; a different value is refused), else 256.")
+    vae: str | None = flag(None, help=f"diffusers AutoencoderKL that encodes images (default {DEFAULT_VAE}; 'none' for pixel space); for a latent column without a d2c-pack manifest, the VAE that made it (required then).")
     text: bool = flag(True, help="Condition on text_embedding/text_mask through the DC-Embedding (--data with text columns).")
     align: bool = flag(True, help="Add the visual-alignment loss against visual_tokens (--data with visual columns).")
     class_cond: bool = flag(True, help="Condition on the class label.")
@@ -104,8 +104,6 @@ class TrainConfig(SourceArgs):
     compile: bool = flag(False, help="torch.compile the backbone.")
 
     def __post_init__(self) -> None:
-        if self.vae in ("none", ""):
-            self.vae = None
         if self.model not in BACKBONES:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "resolution"):
@@ -115,6 +113,11 @@ class TrainConfig(SourceArgs):
             raise UserError("give exactly one of --data (a condensed dataset) and --source (images)")
         if self.source is not None and (self.text or self.align):
             raise UserError("--text and --align need the columns of a condensed dataset: use --data, or pass --no-text --no-align")
+
+    @property
+    def image_vae(self) -> str | None:
+        """The VAE that turns images into the model's inputs: ``--vae``, else the default; None for pixel space (``--vae none``)."""
+        return None if self.vae in ("none", "") else self.vae or DEFAULT_VAE
 
 
 @dataclasses.dataclass
@@ -130,7 +133,7 @@ class TrainingData:
     vae_sha256: str | None  # its weights' hash, which a local copy given at sampling time must match
     from_latent_column: bool  # x₁ comes from the latent column, so no VAE runs while training
     space: LatentSpace = dataclasses.field(default_factory=PixelSpace)  # turns images into model inputs
-    latent_scale: float = SD_VAE_SCALE  # x₁ = (latent − shift) · scale, the VAE's own factors
+    latent_scale: float = 1.0  # x₁ = (latent − shift) · scale, the VAE's own factors
     latent_shift: float = 0.0
     text_dim: int | None = None
     visual_dim: int | None = None
@@ -139,7 +142,7 @@ class TrainingData:
 
 def _image_data(dataset, class_names: list[str], config: TrainConfig, resolution: int, device: torch.device) -> TrainingData:
     """Images become the model's inputs through ``--vae`` (loaded here) or stay pixels."""
-    space = load_latent_space(config.vae, device)
+    space = load_latent_space(config.image_vae, device)
     size = resolution // space.downsample
     if not isinstance(space, VaeSpace):
         return TrainingData(dataset, class_names, space.channels, size, resolution, None, None, from_latent_column=False, space=space)
@@ -149,12 +152,38 @@ def _image_data(dataset, class_names: list[str], config: TrainConfig, resolution
     )  # fmt: skip
 
 
-def training_resolution(config: TrainConfig, manifest: dict | None, latent_side: int | None) -> int:
-    """R: the subset's (its manifest, else 8 × its latent side), which ``--resolution`` may only repeat; else the flag or 256."""
-    built = manifest["recipe"]["resolution"] if manifest else (8 * latent_side if latent_side else None)
+def training_resolution(config: TrainConfig, built: int | None) -> int:
+    """R: the subset's (``built``: its manifest's, or its latents' side × the VAE's downsampling), which ``--resolution`` may only repeat; else the flag or 256."""
     if built is not None and config.resolution not in (None, built):
         raise UserError(f"{config.data} was built at resolution {built}; leave out --resolution {config.resolution} (or build the subset at that resolution)")
     return built or config.resolution or DEFAULT_RESOLUTION
+
+
+def _latent_column_data(config: TrainConfig, manifest: dict | None, names: list[str], moments: tuple[int, ...], device: torch.device) -> TrainingData:
+    """The latent column's space — VAE, its weights' hash, scale, shift — and R, from the manifest, else from ``--vae``.
+
+    Nothing is assumed: a manifest that does not record them, or a dataset without a manifest and
+    without ``--vae``, is refused (the SD VAE's scale and R = 8 × the latent side were guesses).
+    """
+    channels, side = moments[0] // 2, moments[1]  # (2C, h, w): posterior mean ‖ std
+    if manifest is not None:
+        inputs = manifest["inputs"]
+        recorded = ("vae", "vae_sha256", "latent_scaling_factor", "latent_shift_factor")
+        if missing := [key for key in recorded if key not in inputs]:
+            raise UserError(f"the manifest of {config.data} does not record {', '.join(missing)} of its latent column: rebuild it with this d2c-pack")
+        return TrainingData(
+            None, names, channels, side, training_resolution(config, manifest["recipe"]["resolution"]), inputs["vae"], inputs["vae_sha256"],
+            from_latent_column=True, latent_scale=inputs["latent_scaling_factor"], latent_shift=inputs["latent_shift_factor"],
+        )  # fmt: skip
+    if config.vae in (None, "none", ""):
+        raise UserError(f"{config.data} has a latent column but no d2c-pack manifest naming the VAE that made it: pass --vae NAME (and train on the d2c-pack build itself where there is one)")
+    space = load_latent_space(config.vae, device)
+    if space.channels != channels:
+        raise UserError(f"the VAE {config.vae!r} makes {space.channels}-channel latents, the latent column of {config.data} has {channels} channels")
+    return TrainingData(
+        None, names, channels, side, training_resolution(config, side * space.downsample), space.reference, space.sha256,
+        from_latent_column=True, latent_scale=space.scaling_factor, latent_shift=space.shift_factor,
+    )  # fmt: skip
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
@@ -167,16 +196,9 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
     features = subset.features
     names = features["label"].names
     if "latent" in features:
-        moments = feature_shape(features["latent"])  # (2C, h, w): posterior mean ‖ std
-        resolution = training_resolution(config, manifest, moments[1])
-        inputs = (manifest or {}).get("inputs", {})
-        vae = inputs.get("vae", config.vae and vae_reference(config.vae))
-        data = TrainingData(
-            None, names, moments[0] // 2, moments[1], resolution, vae, inputs.get("vae_sha256"), from_latent_column=True,
-            latent_scale=inputs.get("latent_scaling_factor", SD_VAE_SCALE), latent_shift=inputs.get("latent_shift_factor", 0.0),
-        )  # fmt: skip
+        data = _latent_column_data(config, manifest, names, feature_shape(features["latent"]), device)
     else:
-        data = _image_data(None, names, config, training_resolution(config, manifest, None), device)
+        data = _image_data(None, names, config, training_resolution(config, manifest and manifest["recipe"]["resolution"]), device)
     columns = ["latent"] if data.from_latent_column else ["image"]
     if config.text:
         _require(features, ("text_embedding", "text_mask"), "--no-text")
