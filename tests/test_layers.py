@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 import d2c_pack
 from d2c_pack import registry
+from d2c_pack.errors import SourceError, UserError
 
 PACKAGE = Path(d2c_pack.__file__).parent
 TOP_LAYERS = ("d2c_pack.cli", "d2c_pack.__main__", "d2c_pack.demo")
@@ -168,3 +171,8 @@ def test_demo_names_resolve_through_the_registry_the_demo_registers_into() -> No
     assert registry.PLUGINS["demo"] == "d2c_pack.demo"
     assert Path(registry.resolve_model_path("demo:digits")) == PACKAGE / "demo" / "digits-scorer"
     assert registry.resolve_model_path("org/model") == "org/model" and registry.resolve_model_path("C:/models/x") == "C:/models/x"
+    assert registry.source_opener("hf:org/data") is None and registry.source_opener("demo:digits") is not None
+    with pytest.raises(UserError, match="unknown demo model 'demo:nope'; available: demo:digits, demo:digits-encoder, demo:minilm"):
+        registry.resolve_model_path("demo:nope")
+    with pytest.raises(SourceError, match="unknown demo source 'demo:nope'; available: demo:digits"):
+        registry.source_opener("demo:nope")

@@ -162,8 +162,8 @@ def training_resolution(config: TrainConfig, built: int | None) -> int:
 def _latent_column_data(config: TrainConfig, manifest: dict | None, names: list[str], moments: tuple[int, ...], device: torch.device) -> TrainingData:
     """The latent column's space — VAE, its weights' hash, scale, shift — and R, from the manifest, else from ``--vae``.
 
-    Nothing is assumed: a manifest that does not record them, or a dataset without a manifest and
-    without ``--vae``, is refused (the SD VAE's scale and R = 8 × the latent side were guesses).
+    Nothing is assumed (not the SD VAE's scale, not R = 8 × the latent side): a manifest that does
+    not record them, or a dataset without a manifest and without ``--vae``, is refused.
     """
     channels, side = moments[0] // 2, moments[1]  # (2C, h, w): posterior mean ‖ std
     if manifest is not None:
