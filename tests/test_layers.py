@@ -1,4 +1,4 @@
-"""The package's layers point one way: the library never imports the CLI, the demo plugin or typer, and no modules import each other.
+"""The package's layers point one way: the library never imports the CLI, the demo plugin or typer, and no import cycle.
 
 Read from the source (the AST of every module), not by importing it, so that an import inside a
 function counts as much as one at the top. The library is every module but the command line
