@@ -78,7 +78,7 @@ class TrainConfig(SourceArgs):
     out: str = flag(help="Run folder; re-running with the same folder resumes from its newest checkpoint.")
     model: str = flag("SiT-XL/2", help="Backbone, e.g. SiT-XL/2, SiT-B/4, SiT-T/4 (tiny, for demos).")
     resolution: int | None = flag(None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest, or its latent column and --vae; a different value is refused), else 256.")
-    vae: str | None = flag(None, help=f"diffusers AutoencoderKL that encodes images (default {DEFAULT_VAE}; 'none' for pixel space); for a latent column without a d2c-pack manifest, the VAE that made it (required then).")
+    vae: str | None = flag("auto", help=f"diffusers AutoencoderKL: 'auto' is a latent column's (from the manifest) or, for images, {DEFAULT_VAE}; 'none' for pixel space. A latent column without a d2c-pack manifest needs the VAE that made it named.")
     text: bool = flag(True, help="Condition on text_embedding/text_mask through the DC-Embedding (--data with text columns).")
     align: bool = flag(True, help="Add the visual-alignment loss against visual_tokens (--data with visual columns).")
     class_cond: bool = flag(True, help="Condition on the class label.")
@@ -104,6 +104,8 @@ class TrainConfig(SourceArgs):
     compile: bool = flag(False, help="torch.compile the backbone.")
 
     def __post_init__(self) -> None:
+        if self.vae in ("none", ""):
+            self.vae = None
         if self.model not in BACKBONES:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "resolution"):
@@ -116,8 +118,8 @@ class TrainConfig(SourceArgs):
 
     @property
     def image_vae(self) -> str | None:
-        """The VAE that turns images into the model's inputs: ``--vae``, else the default; None for pixel space (``--vae none``)."""
-        return None if self.vae in ("none", "") else self.vae or DEFAULT_VAE
+        """The VAE that turns images into the model's inputs: ``--vae``, the default for ``auto``; None for pixel space."""
+        return DEFAULT_VAE if self.vae == "auto" else self.vae
 
 
 @dataclasses.dataclass
@@ -175,7 +177,7 @@ def _latent_column_data(config: TrainConfig, manifest: dict | None, names: list[
             None, names, channels, side, training_resolution(config, manifest["recipe"]["resolution"]), inputs["vae"], inputs["vae_sha256"],
             from_latent_column=True, latent_scale=inputs["latent_scaling_factor"], latent_shift=inputs["latent_shift_factor"],
         )  # fmt: skip
-    if config.vae in (None, "none", ""):
+    if config.vae in (None, "auto"):
         raise UserError(f"{config.data} has a latent column but no d2c-pack manifest naming the VAE that made it: pass --vae NAME (and train on the d2c-pack build itself where there is one)")
     space = load_latent_space(config.vae, device)
     if space.channels != channels:
