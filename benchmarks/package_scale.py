@@ -51,7 +51,7 @@ from d2c_pack.attach.columns import ColumnGroup
 from d2c_pack.fingerprint import sha256_json
 from d2c_pack.package import Package, Selection, write_package
 from d2c_pack.score import Scores
-from d2c_pack.sources import ImageSource, _Entry
+from d2c_pack.sources import Entry, ImageSource
 from d2c_pack.verify import LocalFolder, verify
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -99,10 +99,10 @@ class SyntheticSource(ImageSource):
     def fingerprint(self) -> str:
         return sha256_json({"spec": self.spec, "rows": self.rows})
 
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         for index in range(self.rows) if indices is None else indices:
             label = index % CLASSES
-            yield _Entry(index, f"{self.class_names[label]}/{index:08d}.JPEG", label, self.jpegs[index % POOL], None)
+            yield Entry(index, f"{self.class_names[label]}/{index:08d}.JPEG", label, self.jpegs[index % POOL], None)
 
 
 def _noise_jpeg(rng: np.random.Generator) -> bytes:

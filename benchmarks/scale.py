@@ -53,7 +53,7 @@ from d2c_pack.package import Package, write_package
 from d2c_pack.progress import progress_bar
 from d2c_pack.score import CACHE_SCHEMA, read_scores, score_features
 from d2c_pack.select import SELECTORS
-from d2c_pack.sources import ImageSource, _Entry
+from d2c_pack.sources import Entry, ImageSource
 
 IMAGENET_ROWS, IMAGENET_CLASSES = 1_281_167, 1000
 SMALLEST_CLASS, LARGEST_CLASS = 732, 1300
@@ -129,9 +129,9 @@ class SyntheticSource(ImageSource):
     def fingerprint(self) -> str:
         return sha256_json({"spec": self.spec, "rows": len(self)})
 
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         for index in range(len(self)) if indices is None else indices:
-            yield _Entry(index, self.layout.source_id(index), int(self.layout.labels[index]), self.image(index), None)
+            yield Entry(index, self.layout.source_id(index), int(self.layout.labels[index]), self.image(index), None)
 
 
 def _jpeg(index: int) -> bytes:

@@ -20,7 +20,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from d2c_pack.version import __version__
 
 API = ("build", "score_source", "select", "push", "verify", "load_backbone", "train")
 __all__ = ["__version__", *API]

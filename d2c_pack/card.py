@@ -21,9 +21,10 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from d2c_pack import __version__
 from d2c_pack.arrays import feature_dtype, feature_shape
 from d2c_pack.explore import PAGE_FILE
+from d2c_pack.sources import is_imagenet
+from d2c_pack.version import __version__
 
 if TYPE_CHECKING:
     from d2c_pack.package import Package
@@ -62,7 +63,7 @@ def size_category(num_rows: int) -> str:
 def card_data(package: Package, infos: DatasetInfosDict) -> DatasetCardData:
     """Metadata: names, licence, tags, size and the ``configs`` / ``dataset_info`` that ``datasets`` reads back."""
     recipe = package.recipe
-    licence = {**IMAGENET_LICENCE, "extra_gated_prompt": imagenet_terms()} if package.source.imagenet_derived else {"license": "unknown"}
+    licence = {**IMAGENET_LICENCE, "extra_gated_prompt": imagenet_terms()} if is_imagenet(package.source) else {"license": "unknown"}
     data = DatasetCardData(
         pretty_name=_pretty_name(recipe),
         task_categories=["text-to-image", "unconditional-image-generation"],
@@ -134,7 +135,7 @@ def render_card(package: Package, infos: DatasetInfosDict) -> str:
         samples=SAMPLES_FILE,
         explore=PAGE_FILE if package.recipe.get("explore") else None,
         repo_id=recipe.get("repo_id") or "ORG/NAME",
-        imagenet=package.source.imagenet_derived,
+        imagenet=is_imagenet(package.source),
     )
     return str(card)
 

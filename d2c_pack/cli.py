@@ -29,7 +29,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from d2c_pack import __version__
 from d2c_pack.configs import (
     PAGE_SIZE_NOTE,
     BuildConfig,
@@ -47,6 +46,7 @@ from d2c_pack.configs import (
 from d2c_pack.errors import UserError
 from d2c_pack.options import display_name, is_option, is_required
 from d2c_pack.recipe import read_recipe
+from d2c_pack.version import __version__
 
 app = typer.Typer(
     name="d2c-pack",

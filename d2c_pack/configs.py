@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {name}"
 DEFAULT_VISUAL_ENCODER = "facebook/dinov2-base"
 PROJECTOR_DIM = 2048  # REPA's projector width
+DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"  # the latent space of the official SiT and DiT checkpoints
 COMMIT_BYTES = 5 * 1024**3  # a push commit records at most this much: what a re-run may have to upload again if the Hub lost uncommitted objects
 FID_SAMPLES = 50_000  # FID-50K, the protocol DiT, SiT and REPA report
 DEVICE_HELP = "'auto' (this rank's GPU if any, else the CPU), 'cpu', 'cuda', 'cuda:1', …"
@@ -153,8 +154,15 @@ class TrainConfig(SourceArgs):
     data: str | None = flag(None, help="Condensed dataset to train on: a folder built by `d2c-pack build`, or a Hub ORG/NAME[@REVISION].", panel=SOURCE)
     out: str = flag(help="Run folder; re-running with the same folder resumes from its newest checkpoint.", panel=OUTPUT)
     model: str = flag("SiT-XL/2", help="Backbone, e.g. SiT-XL/2, SiT-B/4, SiT-T/4 (tiny, for demos).", panel=MODEL)
-    resolution: int | None = flag(None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest; a different value is refused), else 256.", panel=MODEL)
-    vae: str | None = flag("stabilityai/sd-vae-ft-ema", help="diffusers AutoencoderKL for images without a latent column, or 'none' for pixel space.", panel=MODEL)
+    resolution: int | None = flag(
+        None, help="Image resolution R of the ADM centre crop; with --data the subset's (from its manifest, or its latent column and --vae; a different value is refused), else 256.", panel=MODEL
+    )
+    vae: str | None = flag(
+        "auto",
+        help=f"diffusers AutoencoderKL: 'auto' is a latent column's (from the manifest) or, for images, {DEFAULT_VAE}; 'none' for pixel space. "
+        "A latent column without a d2c-pack manifest needs the VAE that made it named.",
+        panel=MODEL,
+    )
     text: bool = flag(True, help="Condition on text_embedding/text_mask through the DC-Embedding (--data with text columns).", panel=MODEL)
     align: bool = flag(True, help="Add the visual-alignment loss against visual_tokens (--data with visual columns).", panel=MODEL)
     class_cond: bool = flag(True, help="Condition on the class label.", panel=MODEL)
@@ -194,6 +202,11 @@ class TrainConfig(SourceArgs):
             raise UserError("give exactly one of --data (a condensed dataset) and --source (images)")
         if self.source is not None and (self.text or self.align):
             raise UserError("--text and --align need the columns of a condensed dataset: use --data, or pass --no-text --no-align")
+
+    @property
+    def image_vae(self) -> str | None:
+        """The VAE that turns images into the model's inputs: ``--vae``, the default for ``auto``; None for pixel space."""
+        return DEFAULT_VAE if self.vae == "auto" else self.vae
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -40,11 +40,11 @@ import pyarrow.parquet as pq
 from markupsafe import Markup
 from PIL import Image, ImageOps
 
-from d2c_pack import __version__
 from d2c_pack.configs import REJECTED_GROUPS, SELECTED_THUMBNAILS, THUMBNAIL_SIZE
 from d2c_pack.errors import UserError
 from d2c_pack.progress import progress_bar
 from d2c_pack.sources import _DECODE_ERRORS, ImageSource, open_source
+from d2c_pack.version import __version__
 
 if TYPE_CHECKING:
     from d2c_pack.package import Package

@@ -29,7 +29,6 @@ import pyarrow as pa
 import yaml
 from datasets.info import DatasetInfosDict
 
-from d2c_pack import __version__
 from d2c_pack.arrays import array_values, feature_shape
 from d2c_pack.attach import Attached
 from d2c_pack.card import render_card, sample_positions, write_assets
@@ -39,6 +38,7 @@ from d2c_pack.fingerprint import sha256_file
 from d2c_pack.score import Scores
 from d2c_pack.shard_writer import WrittenFile, arrow_tables, cpu_workers, table_slices, write_split
 from d2c_pack.sources import ImageSource
+from d2c_pack.version import __version__
 
 RECIPE_FILE = Path("d2c") / "recipe.yaml"
 MANIFEST_FILE = Path("d2c") / "manifest.json"

@@ -1,4 +1,4 @@
-"""Image preprocessing: any PIL image to 8-bit RGB, the ADM centre crop, and tensor conversion.
+"""Image preprocessing: any PIL image to 8-bit RGB, the ADM centre crop, and tensor conversion (also of a whole source).
 
 The crop is the one DiT, SiT, REPA and edm2 train on (``center_crop_arr`` in DiT's
 ``train.py``), reproduced pixel for pixel so that scores and latents computed here match
@@ -7,9 +7,17 @@ what those models saw during training.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from d2c_pack.errors import UserError
+
+if TYPE_CHECKING:
+    from d2c_pack.sources import ImageSource
 
 _UINT16_MAX = 65535
 _INT32_MAX = 2**31 - 1
@@ -85,3 +93,24 @@ def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     """Inverse of ``image_to_tensor``: (3, H, W) in [-1, 1] → RGB image (clamped, rounded)."""
     pixels = ((tensor.detach().float().cpu() + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
     return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+class SourceCrops(Dataset):
+    """(uint8 ADM crop (3, R, R), label) for the source images at ``indices``; None for a corrupt one."""
+
+    def __init__(self, source: ImageSource, resolution: int, indices: list[int]):
+        if not source.random_access:
+            raise UserError(f"training needs random access to {source.spec}: use a non-streaming source")
+        self.source = source
+        self.resolution = resolution
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int] | None:
+        record = self.source.get(self.indices[position])
+        if record is None:
+            return None
+        crop = np.array(center_crop_adm(record.image, self.resolution))  # (R, R, 3) uint8
+        return torch.from_numpy(crop).permute(2, 0, 1), record.label

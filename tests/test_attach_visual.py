@@ -19,9 +19,9 @@ from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model
 
 from d2c_pack.attach.visual import VisualEncoder, dinov2_inputs, encoder_input_size
 from d2c_pack.configs import DEFAULT_VISUAL_ENCODER
-from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError
 from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.registry import resolve_model_path
 from d2c_pack.sources import open_source
 from d2c_pack.train.encoder import classifier_inputs
 

@@ -4,6 +4,7 @@ evaluator defines them, exact on identical sets, sensitive to degradation, offli
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import urllib.error
 from pathlib import Path
@@ -335,3 +336,19 @@ def test_missing_inception_weights_offline_is_a_user_error(tmp_path: Path, monke
     torch.save({"fc.weight": torch.zeros(1)}, tmp_path / "small.pth")
     with pytest.raises(UserError, match="does not hold torch-fidelity's Inception"):
         inception_network(tmp_path / "small.pth")
+
+
+def test_eval_data_takes_its_reference_from_the_manifest_and_never_guesses(tmp_path: Path) -> None:
+    built = tmp_path / "built"
+    (built / "d2c").mkdir(parents=True)
+    manifest = {"source": {"spec": "demo:digits"}, "inputs": {"visual_encoder": ENCODER}}
+    (built / "d2c" / "manifest.json").write_text(json.dumps(manifest))
+    assert evaluation.subset_defaults(str(built)) == ("demo:digits", ENCODER)
+    (built / "d2c" / "manifest.json").write_text(json.dumps(manifest | {"inputs": {"visual_encoder": "facebook/dinov2-base"}}))
+    assert evaluation.subset_defaults(str(built)) == ("demo:digits", evaluation.INCEPTION)
+    # A dataset d2c-pack did not build says nothing of the source it came from: no "hf:DATA with Inception" guess.
+    (built / "d2c" / "manifest.json").unlink()
+    with pytest.raises(UserError, match="no d2c/manifest.json.*pass --reference"):
+        evaluation.subset_defaults(str(built))
+    with pytest.raises(UserError, match="pass --reference"):
+        evaluation.subset_defaults(str(tmp_path / "missing"))

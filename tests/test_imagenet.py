@@ -20,7 +20,7 @@ from d2c_pack.cli import app
 from d2c_pack.errors import SourceError
 from d2c_pack.score import ScoreConfig, read_scores, score_source
 from d2c_pack.select import auto_interval, parse_budget
-from d2c_pack.sources import open_source
+from d2c_pack.sources import is_imagenet, open_source
 
 # tench (0), crane the bird (134), Chihuahua (151), crane the machine (517), toilet tissue (999)
 SYNSETS = {"n01440764": 0, "n02012849": 134, "n02085620": 151, "n03126707": 517, "n15075141": 999}
@@ -80,11 +80,30 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_synset_folders_get_the_official_index_and_the_whole_label_space(layouts: dict[str, Path]) -> None:
     source = open_source(str(layouts["folder"]))
     assert source.num_classes == 1000 and source.class_names == list(imagenet.class_names())
-    assert source.class_names[151] == "Chihuahua" and source.imagenet_labels and source.imagenet_derived
+    assert source.class_names[151] == "Chihuahua" and source.imagenet_labels and is_imagenet(source)
     assert [c for c, size in enumerate(source.class_sizes) if size] == sorted(SYNSETS.values())
     assert sum(source.class_sizes) == len(source) == PER_CLASS * len(SYNSETS)
     records = list(source.iter_records())
     assert {r.source_id: r.label for r in records} == {stem: SYNSETS[synset] for synset, stem, _ in imagenet_files()}
+
+
+def test_the_licence_follows_the_classes_never_the_name(layouts: dict[str, Path], tmp_path: Path) -> None:
+    cats = tmp_path / "imagenet-style-cats"
+    for index, name in enumerate(("cat", "dog")):
+        (cats / name).mkdir(parents=True)
+        (cats / name / "a.png").write_bytes(encode(noise_image((8, 8), index), "PNG"))
+    assert not is_imagenet(open_source(str(cats)))
+    assert is_imagenet(open_source(str(layouts["parquet"])))  # the 1,000 names, in a file named anything
+    # WordNet ids that are not ImageNet-1k's classes (ImageNet-21k's), as folders or as ClassLabel names.
+    scans = tmp_path / "scans"
+    for index, synset in enumerate(("n00004475", "n00005787")):
+        (scans / synset).mkdir(parents=True)
+        (scans / synset / "a.png").write_bytes(encode(noise_image((8, 8), index), "PNG"))
+    assert is_imagenet(open_source(str(scans)))
+    rows = {"image": [{"bytes": encode(noise_image((8, 8), 0), "PNG"), "path": None}], "label": [1]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["n00004475", "n00005787"])})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "plants.parquet"))
+    assert is_imagenet(open_source(str(tmp_path / "plants.parquet")))
 
 
 def test_repeated_imagenet_names_are_told_apart_by_wordnet_id() -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,8 @@ from PIL import Image
 from d2c_pack import card as card_module
 from d2c_pack.build import build
 from d2c_pack.cli import app
+from d2c_pack.errors import UserError
+from d2c_pack.fingerprint import weight_files_sha256
 from d2c_pack.package import column_array
 from d2c_pack.verify import LocalFolder, verify
 
@@ -74,6 +77,17 @@ def test_manifest_names_every_model_with_weight_file_hashes(built: Path) -> None
     assert manifest["models"]["text_encoder"]["name"] == "demo:minilm" and "model.safetensors" in manifest["models"]["text_encoder"]["files"]
     assert manifest["source"]["images"] == 37 and manifest["seeds"] == {"noise_and_random_selection": 0}
     assert set(manifest["files"]) == {p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file()} - {"d2c/manifest.json"}
+
+
+def test_a_model_whose_weights_cannot_be_hashed_is_an_error_not_an_empty_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UserError, match="cannot hash the weights of 'someone/not-downloaded'.*hf download someone/not-downloaded"):
+        weight_files_sha256("someone/not-downloaded")
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="holds no .*safetensors"):
+        weight_files_sha256(str(tmp_path / "no-weights"))
+    assert weight_files_sha256("demo:digits-encoder").keys() == {"model.safetensors"}
 
 
 def test_column_array_keeps_the_stored_dtype(built: Path) -> None:

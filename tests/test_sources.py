@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -198,6 +199,40 @@ def test_image_folder_fingerprint(image_folder: Path) -> None:
     changed.write_bytes(encode(noise((5, 5), 12), "PNG"))
     os.utime(changed, ns=(0, 1))
     assert open_source(str(image_folder)).fingerprint() != added
+
+
+def copied_with_new_times(folder: Path, target: Path) -> Path:
+    """A copy of ``folder`` as `cp -r` makes it: same bytes, every file with a new modification time."""
+    copy = Path(shutil.copytree(folder, target, copy_function=shutil.copyfile))
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(1, 1_000_000_007))
+    return copy
+
+
+def test_image_folder_fingerprint_is_content_not_place_or_time(image_folder: Path, tmp_path: Path) -> None:
+    first = open_source(str(image_folder)).fingerprint()
+    copy = copied_with_new_times(image_folder, tmp_path / "elsewhere" / "copy")
+    assert open_source(str(copy)).fingerprint() == first
+    edited = copy / "n01443537" / "d.bmp"
+    before = edited.stat()
+    edited.write_bytes(encode(noise((7, 5), 42), "BMP"))  # other pixels: same size (uncompressed), same time
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert edited.stat().st_size == before.st_size
+    assert open_source(str(copy)).fingerprint() != first
+
+
+def test_parquet_fingerprint_is_content_not_place_or_time(tmp_path: Path) -> None:
+    dataset, _ = labelled_dataset()
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    dataset.select(range(4)).to_parquet(str(folder / "part-0.parquet"))
+    dataset.select(range(4, 7)).to_parquet(str(folder / "part-1.parquet"))
+    repo = write_hub_repo(tmp_path / "repo", dataset)
+    for spec, copy in ((str(folder), str(copied_with_new_times(folder, tmp_path / "a" / "shards"))), (f"hf:{repo}", f"hf:{copied_with_new_times(repo, tmp_path / 'b' / 'repo')}")):
+        assert open_source(copy).fingerprint() == open_source(spec).fingerprint()
+    shard = tmp_path / "a" / "shards" / "part-1.parquet"
+    dataset.select([6, 5, 4]).to_parquet(str(shard))  # the same rows in another order
+    assert open_source(str(shard.parent)).fingerprint() != open_source(str(folder)).fingerprint()
 
 
 def test_file_gone_after_listing_is_skipped(image_folder: Path) -> None:

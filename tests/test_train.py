@@ -6,13 +6,17 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
+import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_vae
 from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors.torch import load_file
 
 from d2c_pack import cli, distributed
+from d2c_pack.arrays import array_feature
 from d2c_pack.build import BuildConfig
 from d2c_pack.demo import flow
 from d2c_pack.errors import UserError
@@ -110,6 +114,22 @@ def test_training_in_vae_latent_space(tmp_path: Path) -> None:
     model, config, _ = load_for_sampling(model_dir, vae=str(tmp_path / "other-vae"))
     with pytest.raises(UserError, match="other weights"):
         generate(model, config, torch.tensor([0]), Sampling(steps=2))
+
+
+def test_a_latent_column_without_a_manifest_needs_its_vae_named(tmp_path: Path) -> None:
+    """No guess of the SD VAE and R = 8 × the latent side: --vae names the VAE, whose own factors and downsampling then count."""
+    features = datasets.Features({"label": datasets.ClassLabel(names=["a", "b"]), "latent": array_feature((8, 4, 4), "float16")})
+    rows = {"label": [0, 1], "latent": np.zeros((2, 8, 4, 4), np.float16)}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "latents"))
+    config = dict(data=str(tmp_path / "latents"), out=str(tmp_path / "run"), model="SiT-T/2", text=False, align=False, device="cpu", workers=0)
+    with pytest.raises(UserError, match="no d2c-pack manifest naming the VAE.*--vae"):
+        prepare_data(TrainConfig(**config), torch.device("cpu"))
+    vae = AutoencoderKL.from_pretrained(make_tiny_vae(tmp_path / "tiny-vae"))
+    data = prepare_data(TrainConfig(**config, vae=str(tmp_path / "tiny-vae")), torch.device("cpu"))
+    assert (data.image_size, data.input_size, data.in_channels) == (8, 4, 4)  # R = 4 × the VAE's 2× downsampling, not 32
+    assert (data.vae, data.vae_sha256, data.latent_scale) == ("tiny-vae", module_sha256(vae), vae.config.scaling_factor)
+    with pytest.raises(UserError, match="built at resolution 8"):
+        prepare_data(TrainConfig(**config, vae=str(tmp_path / "tiny-vae"), resolution=32), torch.device("cpu"))
 
 
 def test_batches_resume_at_any_step_and_cover_each_epoch() -> None:

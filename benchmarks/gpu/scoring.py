@@ -29,7 +29,7 @@ from benchmarks.gpu.specs import IMAGENET_TRAIN_IMAGES, NUM_CLASSES, Spec, build
 from d2c_pack.chunks import ChunkBatches, chunks_of
 from d2c_pack.latents import PixelSpace, VaeSpace
 from d2c_pack.score import DifficultyScorer, _scored_rows, image_noise
-from d2c_pack.sources import ImageSource, _Entry
+from d2c_pack.sources import Entry, ImageSource
 
 JPEG_SIZE = (500, 375)  # ImageNet's most common image size
 DISTINCT_JPEGS = 32
@@ -148,9 +148,9 @@ class JpegSource(ImageSource):
     def fingerprint(self) -> str:
         return f"bench:jpeg:{self.count}"
 
-    def _entries(self, indices: list[int] | None) -> Iterator[_Entry]:
+    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         for i in range(self.count) if indices is None else indices:
-            yield _Entry(i, f"bench/{i:08d}.jpg", i % NUM_CLASSES, self.jpegs[i % len(self.jpegs)], None)
+            yield Entry(i, f"bench/{i:08d}.jpg", i % NUM_CLASSES, self.jpegs[i % len(self.jpegs)], None)
 
 
 def _synthetic_jpeg(seed: int) -> bytes:

@@ -50,12 +50,15 @@ class TrainingSetup:
         return (encoder_input_size(self.spec.resolution) // self.spec.dinov2["patch_size"]) ** 2
 
 
+SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs (OFFICIAL_VAE's)
+
+
 def training_setup(spec: Spec, device: torch.device) -> TrainingSetup:
     """SiT with DC-Embedding (text_dim of the T5) and projector (visual_dim of DINOv2), built by the trainer."""
     resolution = spec.resolution
     data = TrainingData(
         None, [f"class {c}" for c in range(NUM_CLASSES)], in_channels=4, input_size=resolution // 8, image_size=resolution,
-        vae=OFFICIAL_VAE, vae_sha256=None, from_latent_column=True, text_dim=spec.text_dim, visual_dim=spec.visual_dim,
+        vae=OFFICIAL_VAE, vae_sha256=None, from_latent_column=True, latent_scale=SD_VAE_SCALE, text_dim=spec.text_dim, visual_dim=spec.visual_dim,
     )  # fmt: skip
     config = TrainConfig(data="synthetic", out="unused", model=spec.trainee, resolution=resolution, workers=0, device=str(device))
     run = _new_run(config, data, Context(rank=0, world_size=1, device=device))

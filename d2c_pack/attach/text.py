@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from d2c_pack.configs import DEFAULT_PROMPT_TEMPLATE
-from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
+from d2c_pack.registry import resolve_model_path
 
 TEXT_LENGTH = 16  # L: tokens kept per caption (padded / truncated)
 _WORDNET_SUFFIX = re.compile(r" \(n\d{8}\)$")

@@ -22,9 +22,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from d2c_pack.demo import resolve_model_path
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
+from d2c_pack.registry import resolve_model_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +51,16 @@ def dinov2_inputs(crops: torch.Tensor, resolution: int, *, antialias: bool = Fal
     size = encoder_input_size(resolution)
     # Antialiasing only matters (and only applies) when shrinking.
     return F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias and size < resolution)
+
+
+def classifier_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, 3, R, R) uint8 crops → (B, 3, S, S): a classifier's input as :mod:`d2c_pack.train.encoder` trains it and ``eval`` judges with it.
+
+    Antialiased, unlike the visual attach step's (REPA's) inputs: ``d2c_pack/demo/digits-encoder``
+    was trained on these, and the encoder trainer still rebuilds it. It classifies REPA's inputs as
+    well (99.9% of the digits either way).
+    """
+    return dinov2_inputs(crops, resolution, antialias=True)
 
 
 class _Backbone(NamedTuple):

@@ -24,10 +24,10 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from d2c_pack.demo import DEMO_BACKBONES
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.models.d2c import PROJECTOR_DIM, D2CSiT
 from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
+from d2c_pack.registry import resolve_model_path
 
 Prediction = Literal["velocity", "epsilon"]
 PREDICTIONS: tuple[str, ...] = ("velocity", "epsilon")
@@ -213,10 +213,8 @@ def backbone_weights_file(path: str | Path, *, use_ema: bool = True) -> Path:
 
 
 def resolve_backbone_path(path: str | Path) -> Path:
-    """A path as given, or the packaged weights of an embedded demo model (``demo:digits``)."""
-    if str(path) in DEMO_BACKBONES:
-        return DEMO_BACKBONES[str(path)]
-    return Path(path)
+    """A path as given, or the weights a plugin model name stands for (``demo:digits``, :mod:`d2c_pack.registry`)."""
+    return Path(resolve_model_path(str(path)))
 
 
 def read_config(folder: Path) -> BackboneConfig:

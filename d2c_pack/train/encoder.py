@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import Dinov2Config, Dinov2ForImageClassification
 
-from d2c_pack.attach.visual import dinov2_inputs, encoder_input_size
+from d2c_pack.attach.visual import classifier_inputs, encoder_input_size
 from d2c_pack.configs import EncoderTrainConfig
 from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError
-from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.preprocess import SourceCrops
 from d2c_pack.progress import progress_bar
 from d2c_pack.sources import ImageSource
 from d2c_pack.train.data import EpochPermutationBatches
@@ -46,35 +46,6 @@ EVAL_BATCH = 256
 LOAD_BATCH = 256
 
 
-def classifier_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(B, 3, R, R) uint8 crops → (B, 3, S, S): the classifier's input, trained on and judged on.
-
-    Antialiased, unlike the visual attach step's (REPA's) inputs: ``d2c_pack/demo/digits-encoder``
-    was trained on these, and this recipe still rebuilds it. It classifies REPA's inputs as well
-    (99.9% of the digits either way).
-    """
-    return dinov2_inputs(crops, resolution, antialias=True)
-
-
-class SourceCrops(Dataset):
-    """(uint8 ADM crop (3, R, R), label) for the source images at ``indices``; None for a corrupt one."""
-
-    def __init__(self, source: ImageSource, resolution: int, indices: list[int]):
-        if not source.random_access:
-            raise UserError(f"training needs random access to {source.spec}: use a non-streaming source")
-        self.source = source
-        self.resolution = resolution
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int] | None:
-        record = self.source.get(self.indices[position])
-        if record is None:
-            return None
-        crop = np.array(center_crop_adm(record.image, self.resolution))  # (R, R, 3) uint8
-        return torch.from_numpy(crop).permute(2, 0, 1), record.label
 
 
 def train_encoder(config: EncoderTrainConfig) -> Path:

@@ -32,17 +32,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from d2c_pack.attach.visual import VisualEncoder
+from d2c_pack.attach.visual import VisualEncoder, classifier_inputs
 from d2c_pack.configs import default_work_dir
-from d2c_pack.demo import resolve_model_path
 from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError, first_line, require
 from d2c_pack.fingerprint import module_sha256, sha256_file, sha256_json
-from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.preprocess import SourceCrops, center_crop_adm
 from d2c_pack.progress import progress_bar
+from d2c_pack.registry import resolve_model_path
 from d2c_pack.sources import ImageSource, open_source
 from d2c_pack.train.adm_npz import IMAGES, LABELS, ImageBatches, array_names, read_arrays
-from d2c_pack.train.encoder import SourceCrops, classifier_inputs
 from d2c_pack.train.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
 from d2c_pack.train.sample import generate_batches, load_for_sampling, sample_labels, to_uint8
 from d2c_pack.train.sampling import Sampling
@@ -482,14 +481,15 @@ def subset_defaults(data: str) -> tuple[str, str]:
     """The reference and features ``eval --data DATA`` uses unless told otherwise.
 
     Reference: the source the subset was condensed from (its manifest), so FID says how close the
-    samples come to the full data; else the subset itself. Features: the subset's own visual
-    encoder when it is a demo model (Inception means nothing on 32-pixel digits), else Inception.
+    samples come to the full data. Features: the subset's own visual encoder when it is a demo model
+    (Inception means nothing on 32-pixel digits), else Inception. A dataset without a d2c-pack
+    manifest names neither: that is an error, not a guess.
     """
     from d2c_pack.verify import locate, read_manifest
 
     try:
         manifest = read_manifest(locate(data))
-    except UserError:
-        return f"hf:{data}", INCEPTION
+    except UserError as err:
+        raise UserError(f"{err}; eval --data takes its reference from a d2c-pack build's manifest: pass --reference (and --features) instead") from None
     encoder = manifest["inputs"].get("visual_encoder") or ""
     return manifest["source"]["spec"], encoder if encoder.startswith("demo:") else INCEPTION

@@ -40,7 +40,7 @@ from d2c_pack import distributed
 from d2c_pack.arrays import feature_shape
 from d2c_pack.configs import TrainConfig
 from d2c_pack.errors import UserError
-from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space, vae_reference
+from d2c_pack.latents import LatentSpace, PixelSpace, VaeSpace, load_latent_space
 from d2c_pack.models import (
     BackboneConfig,
     ClassText,
@@ -59,7 +59,6 @@ from d2c_pack.train.data import (
 )
 from d2c_pack.train.transport import interpolate, velocity_loss
 
-SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAEs, for latent columns whose manifest does not record theirs
 DEFAULT_RESOLUTION = 256
 OPTIMIZER_NAME = "optimizer.pt"
 SETTINGS_NAME = "train_config.yaml"
@@ -81,7 +80,7 @@ class TrainingData:
     vae_sha256: str | None  # its weights' hash, which a local copy given at sampling time must match
     from_latent_column: bool  # x₁ comes from the latent column, so no VAE runs while training
     space: LatentSpace = dataclasses.field(default_factory=PixelSpace)  # turns images into model inputs
-    latent_scale: float = SD_VAE_SCALE  # x₁ = (latent − shift) · scale, the VAE's own factors
+    latent_scale: float = 1.0  # x₁ = (latent − shift) · scale, the VAE's own factors
     latent_shift: float = 0.0
     text_dim: int | None = None
     visual_dim: int | None = None
@@ -90,7 +89,7 @@ class TrainingData:
 
 def _image_data(dataset, class_names: list[str], config: TrainConfig, resolution: int, device: torch.device) -> TrainingData:
     """Images become the model's inputs through ``--vae`` (loaded here) or stay pixels."""
-    space = load_latent_space(config.vae, device)
+    space = load_latent_space(config.image_vae, device)
     size = resolution // space.downsample
     if not isinstance(space, VaeSpace):
         return TrainingData(dataset, class_names, space.channels, size, resolution, None, None, from_latent_column=False, space=space)
@@ -100,12 +99,38 @@ def _image_data(dataset, class_names: list[str], config: TrainConfig, resolution
     )  # fmt: skip
 
 
-def training_resolution(config: TrainConfig, manifest: dict | None, latent_side: int | None) -> int:
-    """R: the subset's (its manifest, else 8 × its latent side), which ``--resolution`` may only repeat; else the flag or 256."""
-    built = manifest["recipe"]["resolution"] if manifest else (8 * latent_side if latent_side else None)
+def training_resolution(config: TrainConfig, built: int | None) -> int:
+    """R: the subset's (``built``: its manifest's, or its latents' side × the VAE's downsampling), which ``--resolution`` may only repeat; else the flag or 256."""
     if built is not None and config.resolution not in (None, built):
         raise UserError(f"{config.data} was built at resolution {built}; leave out --resolution {config.resolution} (or build the subset at that resolution)")
     return built or config.resolution or DEFAULT_RESOLUTION
+
+
+def _latent_column_data(config: TrainConfig, manifest: dict | None, names: list[str], moments: tuple[int, ...], device: torch.device) -> TrainingData:
+    """The latent column's space — VAE, its weights' hash, scale, shift — and R, from the manifest, else from ``--vae``.
+
+    Nothing is assumed (not the SD VAE's scale, not R = 8 × the latent side): a manifest that does
+    not record them, or a dataset without a manifest and without ``--vae``, is refused.
+    """
+    channels, side = moments[0] // 2, moments[1]  # (2C, h, w): posterior mean ‖ std
+    if manifest is not None:
+        inputs = manifest["inputs"]
+        recorded = ("vae", "vae_sha256", "latent_scaling_factor", "latent_shift_factor")
+        if missing := [key for key in recorded if key not in inputs]:
+            raise UserError(f"the manifest of {config.data} does not record {', '.join(missing)} of its latent column: rebuild it with this d2c-pack")
+        return TrainingData(
+            None, names, channels, side, training_resolution(config, manifest["recipe"]["resolution"]), inputs["vae"], inputs["vae_sha256"],
+            from_latent_column=True, latent_scale=inputs["latent_scaling_factor"], latent_shift=inputs["latent_shift_factor"],
+        )  # fmt: skip
+    if config.vae in (None, "auto"):
+        raise UserError(f"{config.data} has a latent column but no d2c-pack manifest naming the VAE that made it: pass --vae NAME (and train on the d2c-pack build itself where there is one)")
+    space = load_latent_space(config.vae, device)
+    if space.channels != channels:
+        raise UserError(f"the VAE {config.vae!r} makes {space.channels}-channel latents, the latent column of {config.data} has {channels} channels")
+    return TrainingData(
+        None, names, channels, side, training_resolution(config, side * space.downsample), space.reference, space.sha256,
+        from_latent_column=True, latent_scale=space.scaling_factor, latent_shift=space.shift_factor,
+    )  # fmt: skip
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
@@ -119,16 +144,9 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
     _require_labelled_images(config.data, features)
     names = features["label"].names
     if "latent" in features:
-        moments = feature_shape(features["latent"])  # (2C, h, w): posterior mean ‖ std
-        resolution = training_resolution(config, manifest, moments[1])
-        inputs = (manifest or {}).get("inputs", {})
-        vae = inputs.get("vae", config.vae and vae_reference(config.vae))
-        data = TrainingData(
-            None, names, moments[0] // 2, moments[1], resolution, vae, inputs.get("vae_sha256"), from_latent_column=True,
-            latent_scale=inputs.get("latent_scaling_factor", SD_VAE_SCALE), latent_shift=inputs.get("latent_shift_factor", 0.0),
-        )  # fmt: skip
+        data = _latent_column_data(config, manifest, names, feature_shape(features["latent"]), device)
     else:
-        data = _image_data(None, names, config, training_resolution(config, manifest, None), device)
+        data = _image_data(None, names, config, training_resolution(config, manifest and manifest["recipe"]["resolution"]), device)
     columns = ["latent"] if data.from_latent_column else ["image"]
     if config.text:
         _require(features, ("text_embedding", "text_mask"), "--no-text")
