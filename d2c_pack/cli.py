@@ -25,11 +25,13 @@ from rich.table import Table
 
 from d2c_pack import __version__
 from d2c_pack.build import BuildConfig, build, describe_build
+from d2c_pack.card import update_card
 from d2c_pack.demo.flow import DemoConfig, run_demo
 from d2c_pack.errors import UserError
 from d2c_pack.explore import PAGE_SIZE_NOTE, explore
 from d2c_pack.hub import PushConfig, push
 from d2c_pack.hub_retry import hub_failure, hub_problem
+from d2c_pack.layout import MANIFEST_FILE
 from d2c_pack.recipe import merge_recipe, read_recipe
 from d2c_pack.score import ScoreConfig, read_scores, score_source, summarize
 from d2c_pack.train.encoder import EncoderTrainConfig, train_encoder
@@ -363,3 +365,21 @@ def main() -> None:
         message = err if failure is None else f"a request to the Hub failed: {hub_problem(failure)}"
         stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
+
+
+@app.command("card")
+def card_command(
+    folder: Annotated[Path, typer.Argument(help="A dataset folder built by `d2c-pack build`.")],
+    license: Annotated[str | None, typer.Option(help="New licence: a Hub licence id (cc-by-4.0, mit, other, …) or 'imagenet'; '' = automatic.", show_default=False)] = None,
+    description: Annotated[str | None, typer.Option(help="New Markdown description under the card's title; '' = none.", show_default=False)] = None,
+    pretty_name: Annotated[str | None, typer.Option(help="New title of the card; '' = automatic.", show_default=False)] = None,
+) -> None:
+    """Render the dataset card (README.md) again from the manifest, with a new licence, description or title, and re-seal the manifest.
+
+    The settings are recorded in d2c/recipe.yaml and the manifest: `verify` passes, `push` accepts the folder, and a rebuild from the recipe gives the same card. A hand edit of README.md fails `verify`.
+
+    Example: d2c-pack card out/digits-d2c --license cc-by-4.0 --description "Digits condensed to 10% for a quick test."
+    """
+    path = update_card(folder, license=license, description=description, pretty_name=pretty_name)
+    print(f"wrote {path}; {folder / MANIFEST_FILE} re-sealed")
+
