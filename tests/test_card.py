@@ -128,6 +128,9 @@ def test_the_card_command_refuses_a_folder_that_fails_verification(folder: Path)
 
 
 def test_push_accepts_a_folder_whose_card_was_changed(hub: hub_server.HubServer, folder: Path) -> None:
+    (folder / "README.md").write_text((folder / "README.md").read_text().replace("license: unknown", "license: cc-by-4.0"))
+    with pytest.raises(UserError, match="fails verification .*`d2c-pack card DIR`"):
+        push(PushConfig(repo_id="tester/card", source_dir=str(folder), tag="v1.0"))  # a hand edit
     update_card(folder, license="cc-by-4.0")
     push(PushConfig(repo_id="tester/card", source_dir=str(folder), tag="v1.0"))
     pushed = locate("tester/card@v1.0")
