@@ -126,7 +126,7 @@ def synthesize(setup: Setup, pool: list[bytes]) -> Layout:
             "source": "synthetic:explore", "split": "train", "scorer": "DiT-XL-2-256x256.pt", "selector": "interval", "budget": f"{setup.per_class}/class",
             "image_column": "image", "label_column": "label", "id_column": None, "revision": None, "repo_id": "benchmark/imagenet-explore",
         },
-        "source": {"spec": "synthetic:explore", "split": "train"},
+        "source": {"spec": "synthetic:explore", "name": "synthetic:explore", "split": "train"},
         "models": {"scorer": {"name": "DiT-XL-2-256x256.pt"}},
         "selection": {"rows": len(chosen), "interval": None, "interval_strides": None, "per_class_budget": per_class},
         "unreadable": [],

@@ -48,8 +48,9 @@ import d2c_pack
 from d2c_pack.arrays import feature_dtype, feature_shape
 from d2c_pack.attach import Attached
 from d2c_pack.attach.columns import ColumnGroup
+from d2c_pack.contents import Package, Selection
 from d2c_pack.fingerprint import sha256_json
-from d2c_pack.package import Package, Selection, write_package
+from d2c_pack.package import write_package
 from d2c_pack.score import Scores
 from d2c_pack.sources import Entry, ImageSource
 from d2c_pack.verify import LocalFolder, verify
@@ -152,7 +153,7 @@ def synthetic_package(setup: Setup) -> Package:
         "source": source.spec, "split": "train", "revision": None, "scorer": "synthetic", "timesteps": TIMESTEPS,
         "selector": "random", "budget": "all", "resolution": setup.resolution, "seed": setup.seed,
     }  # fmt: skip
-    inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": "0" * 64, "scorer_prediction": "epsilon"}
+    inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": "0" * 64, "scorer_prediction": "epsilon", "scorer_vae_sha256": None}
     return Package(source, scores, selection, recipe, inputs, Attached([SyntheticColumns(setup)]), {}, True)
 
 

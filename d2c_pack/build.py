@@ -17,11 +17,14 @@ import pyarrow.parquet as pq
 
 from d2c_pack import distributed
 from d2c_pack.attach import attach_columns, visual_cls_features
+from d2c_pack.card import CARD_SETTINGS, update_card
 from d2c_pack.configs import BuildConfig
+from d2c_pack.contents import NAMED_INPUTS, Package, Selection, published_name, shown_name
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import weight_files_sha256
 from d2c_pack.latents import vae_reference
-from d2c_pack.package import DATA_DIR, MANIFEST_FILE, Package, Selection, build_identity, read_build_identity, write_package
+from d2c_pack.layout import DATA_DIR, MANIFEST_FILE
+from d2c_pack.package import build_identity, read_build_identity, write_package
 from d2c_pack.rowfile import RowFile
 from d2c_pack.score import Scores, read_cache_key, read_scores, score_features, score_source
 from d2c_pack.select import auto_interval, difficulty_ranks, interval_stride, parse_budget, select
@@ -67,7 +70,7 @@ def selection_features(
 def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
     """Every model the build ran, with the sha256 of its weight files (and of the VAEs' weights, found wherever they were loaded from)."""
     roles = {"scorer": config.scorer, "text_encoder": config.text_encoder, "captioner": config.captioner, "visual_encoder": config.visual_encoder, "vae": config.vae}
-    models = {role: {"name": name, "files": weight_files_sha256(name)} for role, name in roles.items() if name}
+    models = {role: {"name": shown_name(name), "files": weight_files_sha256(name)} for role, name in roles.items() if name}
     if config.vae:
         models["vae"]["name"] = vae_reference(config.vae)
     if scorer_vae_sha256:
@@ -76,8 +79,10 @@ def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
 
 
 def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
-    """The build's settings with every automatic choice made explicit: a recipe that rebuilds the same folder."""
+    """The build's settings with every automatic choice made explicit: a recipe that rebuilds the same folder,
+    given again the sources and models it names by a local path (left out: published files name no local path)."""
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
+    recipe |= {key: published_name(recipe[key]) for key in NAMED_INPUTS}
     if selection.interval is not None:
         recipe["interval"] = str(selection.interval)
     return recipe
@@ -109,14 +114,22 @@ def build(config: BuildConfig) -> Path | None:
         "source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"],
         "scorer_vae_sha256": key["vae_sha256"], **attached.identity, "selection_features": feature_name,
     }  # fmt: skip
+    inputs |= {name: shown_name(inputs[name]) for name in NAMED_INPUTS if name in inputs}  # the encoders, as published
     recipe = resolved_recipe(config, selection)
     package = Package(source, scores, selection, recipe, inputs, attached, used_models(config, key["vae_sha256"]), config.with_scores, config.max_shard_size)
     existing = read_build_identity(out)
     if existing == build_identity(package):
         return out  # already built from exactly these settings and inputs
+    if existing is not None and _without_card_settings(existing) == _without_card_settings(build_identity(package)):
+        update_card(out, **{key: package.recipe[key] or "" for key in CARD_SETTINGS})  # only the card changes
+        return out
     if existing is not None and not config.overwrite:
         raise UserError(f"{out} holds a dataset built with other settings or inputs (or by an older d2c-pack); pass --overwrite to replace it or choose another --out")
     return write_package(package, out)
+
+
+def _without_card_settings(identity: dict) -> dict:
+    return identity | {"recipe": {k: v for k, v in identity["recipe"].items() if k not in CARD_SETTINGS}}
 
 
 def describe_build(out: Path) -> str:

@@ -32,6 +32,7 @@ from rich.table import Table
 from d2c_pack.configs import (
     PAGE_SIZE_NOTE,
     BuildConfig,
+    CardConfig,
     DemoConfig,
     EncoderTrainConfig,
     EvalConfig,
@@ -262,6 +263,14 @@ def _inspect(config: InspectConfig) -> None:
     print_tables(describe(locate(config.name)))
 
 
+def _card(config: CardConfig) -> str:
+    from d2c_pack.card import update_card
+    from d2c_pack.layout import MANIFEST_FILE
+
+    path = update_card(Path(config.folder), license=config.license, description=config.description, pretty_name=config.pretty_name)
+    return f"wrote {path}; {Path(config.folder) / MANIFEST_FILE} re-sealed"
+
+
 def _explore(config: ExploreConfig) -> str:
     from d2c_pack.explore import explore
 
@@ -347,6 +356,16 @@ config_command(
     recipe=False,
 )
 config_command(
+    "card",
+    CardConfig,
+    _card,
+    "Render the dataset card (README.md) again from the manifest, with a new licence, description or title, and re-seal the manifest. "
+    "The settings are recorded in d2c/recipe.yaml and the manifest: `verify` passes, `push` accepts the folder, and a rebuild from the "
+    "recipe gives the same card. A hand edit of README.md fails `verify`.",
+    ['d2c-pack card out/digits-d2c --license cc-by-4.0 --description "Digits condensed to 10% for a quick test."'],
+    recipe=False,
+)
+config_command(
     "explore",
     ExploreConfig,
     _explore,
@@ -372,3 +391,4 @@ def main() -> None:
         message = err if failure is None else f"a request to the Hub failed: {hub_problem(failure)}"
         stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
+

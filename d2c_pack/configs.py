@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from d2c_pack.errors import UserError
-from d2c_pack.options import ATTACH, EVALUATION, MODEL, OUTPUT, RUN, SAMPLING, SCORING, SELECTION, SOURCE, TRAINING, flag
+from d2c_pack.options import ATTACH, CARD, EVALUATION, MODEL, OUTPUT, RUN, SAMPLING, SCORING, SELECTION, SOURCE, TRAINING, flag
 from d2c_pack.select.selectors import SELECTORS
 from d2c_pack.train.sampling import LABEL_MODES, SAMPLERS, GuidanceInterval, Sampling
 
@@ -135,6 +135,14 @@ class BuildConfig(AttachArgs, ScoreConfig):
     explore: bool = flag(False, help="Also write assets/explore.html (linked from the card): every class's difficulty ranking with kept and rejected images, as `d2c-pack explore` writes it.", panel=OUTPUT)
     max_shard_size: str = flag("500MB", help="Largest parquet shard (uncompressed Arrow size).", panel=OUTPUT)
     repo_id: str | None = flag(None, help="Hub repository the subset will be pushed to, for the card's usage snippets (ORG/NAME).", panel=OUTPUT)
+    license: str | None = flag(
+        None,
+        help="The card's licence, a Hub licence id (e.g. cc-by-4.0, mit, other) or 'imagenet' for ImageNet's terms (private and gated on push); "
+        "default: 'imagenet' for ImageNet-derived data, else 'unknown'. `d2c-pack card` changes it later.",
+        panel=CARD,
+    )
+    description: str | None = flag(None, help="Markdown paragraph(s) the card shows under its title.", panel=CARD)
+    pretty_name: str | None = flag(None, help="The card's title (default: SOURCE condensed by D2C (BUDGET, SELECTOR)).", panel=CARD)
     overwrite: bool = flag(False, help="Replace an existing dataset folder built with other settings.", panel=OUTPUT)
 
     def __post_init__(self) -> None:
@@ -381,6 +389,16 @@ class VerifyConfig(DatasetArg):
 @dataclasses.dataclass(kw_only=True)
 class InspectConfig(DatasetArg):
     """Settings of ``d2c-pack inspect``."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class CardConfig:
+    """Settings of ``d2c-pack card``: the card settings to change (None: unchanged, '': back to automatic)."""
+
+    folder: str = flag(help="A dataset folder built by `d2c-pack build`.", argument=True)
+    license: str | None = flag(None, help="New licence: a Hub licence id (cc-by-4.0, mit, other, …) or 'imagenet'; '' = automatic.", panel=CARD)
+    description: str | None = flag(None, help="New Markdown description under the card's title; '' = none.", panel=CARD)
+    pretty_name: str | None = flag(None, help="New title of the card; '' = automatic.", panel=CARD)
 
 
 # What an explore page holds (explore.py draws it; stated here for explore's --help).

@@ -41,13 +41,13 @@ from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from d2c_pack.configs import REJECTED_GROUPS, SELECTED_THUMBNAILS, THUMBNAIL_SIZE
+from d2c_pack.contents import Package, shown_name
 from d2c_pack.errors import UserError
 from d2c_pack.progress import progress_bar
 from d2c_pack.sources import _DECODE_ERRORS, ImageSource, open_source
 from d2c_pack.version import __version__
 
 if TYPE_CHECKING:
-    from d2c_pack.package import Package
     from d2c_pack.verify import Location
 
 logger = logging.getLogger("d2c_pack.explore")
@@ -122,7 +122,7 @@ def from_location(location: Location, source: str | None) -> Explorable:
     recipe, selection = manifest["recipe"], manifest["selection"]
     strides = selection.get("interval_strides")
     settings = settings_rows(
-        source=f"{manifest['source']['spec']} (split {manifest['source']['split']})",
+        source=f"{manifest['source']['name']} (split {manifest['source']['split']})",
         scorer=manifest["models"].get("scorer", {}).get("name", recipe["scorer"]),
         recipe=recipe, interval=selection["interval"], strides=tuple(strides) if strides else None,
         per_class=selection["per_class_budget"], rows=selection["rows"], scored=len(scores.labels),
@@ -132,7 +132,7 @@ def from_location(location: Location, source: str | None) -> Explorable:
     if source is not None:
         opened = _open_build_source(source, recipe)
         rejected = source_reader(opened, scores.ids, unreadable=len(manifest["unreadable"]))
-    return Explorable(page_title(recipe), class_names, scores, settings, _subset_reader(location, _shards(present, "data"), scores.ids), rejected)
+    return Explorable(page_title(recipe, manifest["source"]["name"]), class_names, scores, settings, _subset_reader(location, _shards(present, "data"), scores.ids), rejected)
 
 
 def from_package(package: Package) -> Explorable:
@@ -142,19 +142,19 @@ def from_package(package: Package) -> Explorable:
     selected[selection.positions] = True
     columns = ScoreColumns(scores.labels, scores.scores, selection.ranks, selected, pa.array(scores.source_ids, pa.string()))
     settings = settings_rows(
-        source=f"{package.source.spec} (split {package.recipe['split']})",
+        source=f"{shown_name(package.source.spec)} (split {package.recipe['split']})",
         scorer=package.models.get("scorer", {}).get("name", package.recipe["scorer"]),
         recipe=package.recipe, interval=selection.interval, strides=selection.stride_range(), per_class=selection.per_class,
         rows=len(selection.positions), scored=len(scores),
     )  # fmt: skip
     settings.append(("built by", f"d2c-pack {__version__}"))
     reader = _indexed_reader(package.source, scores.indices)
-    return Explorable(page_title(package.recipe), package.source.class_names, columns, settings, reader, reader)
+    return Explorable(page_title(package.recipe, shown_name(package.source.spec)), package.source.class_names, columns, settings, reader, reader)
 
 
-def page_title(recipe: dict) -> str:
-    """The subset's name: the same for a folder, its Hub copy and the page built into it."""
-    return f"{recipe.get('repo_id') or recipe['source']} (D2C, {recipe['budget']}, {recipe['selector']})"
+def page_title(recipe: dict, source_name: str) -> str:
+    """The subset's name: the same for a folder, its Hub copy and the page built into it (``source_name``: as the manifest shows it)."""
+    return f"{recipe.get('repo_id') or source_name} (D2C, {recipe['budget']}, {recipe['selector']})"
 
 
 def settings_rows(

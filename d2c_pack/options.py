@@ -19,6 +19,7 @@ MODEL = "Model"
 TRAINING = "Training"
 SAMPLING = "Sampling"
 EVALUATION = "Evaluation"
+CARD = "Dataset card"
 OUTPUT = "Output"
 RUN = "Run"
 

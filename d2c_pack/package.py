@@ -5,8 +5,11 @@
     OUT/README.md                            dataset card: YAML metadata (configs, dataset_info) + body
     OUT/data/train-00000-of-0000N.parquet    the selected rows (``row_features``)
     OUT/scores/train-00000-of-00001.parquet  optional config "scores": every scored source image
-    OUT/d2c/recipe.yaml                      the fully resolved recipe (usable as ``--recipe``)
+    OUT/d2c/recipe.yaml                      the fully resolved recipe (usable as ``--recipe``; local paths left out)
     OUT/d2c/manifest.json                    provenance, and sha256 + size of every other file
+
+No file names a local path (:mod:`d2c_pack.contents`). The card is rendered from the manifest
+(:mod:`d2c_pack.card`), so ``d2c-pack card`` can render it again without the build's inputs.
 
 Everything is written into ``.OUT.partial`` beside OUT and renamed into place at the end, so a
 folder named OUT is always complete (a killed run leaves the partial folder, which the next run
@@ -26,27 +29,19 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
-import yaml
 from datasets.info import DatasetInfosDict
 
 from d2c_pack.arrays import array_values, feature_shape
-from d2c_pack.attach import Attached
 from d2c_pack.card import render_card, sample_positions, write_assets
+from d2c_pack.contents import Package, shown_name
 from d2c_pack.errors import UserError
 from d2c_pack.explore import write_explore_page
 from d2c_pack.fingerprint import sha256_file
-from d2c_pack.score import Scores
+from d2c_pack.layout import CARD_FILE, DATA_DIR, LAYOUT_VERSION, MANIFEST_FILE, RECIPE_FILE, SCORES_DIR, manifest_text, recipe_text
 from d2c_pack.shard_writer import WrittenFile, arrow_tables, cpu_workers, table_slices, write_split
-from d2c_pack.sources import ImageSource
+from d2c_pack.sources import is_imagenet
 from d2c_pack.version import __version__
 
-RECIPE_FILE = Path("d2c") / "recipe.yaml"
-MANIFEST_FILE = Path("d2c") / "manifest.json"
-DATA_DIR = "data"
-SCORES_DIR = "scores"
-# How the files are laid out; part of a build's identity, so that a folder an older version wrote is
-# rebuilt rather than taken for done. 2: shards written directly, arrays as nested fixed-size lists.
-LAYOUT_VERSION = 2
 SCORE_ROWS = 8192  # "scores" rows handed to the shard writer at a time
 
 
@@ -77,37 +72,6 @@ def score_features(class_names: list[str], timesteps: int) -> datasets.Features:
     )
 
 
-@dataclasses.dataclass
-class Selection:
-    """What the Select phase chose, as positions into a :class:`~d2c_pack.score.Scores`."""
-
-    positions: np.ndarray  # (M,) ascending
-    ranks: np.ndarray  # (N,) difficulty rank of every scored image within its class, 0 = easiest
-    per_class: list[int]  # the budget m_c of each class
-    interval: int | None  # the stride k of interval sampling
-    strides: list[int] | None = None  # the stride interval sampling used in each class (< k where a class is short; 0: taken whole)
-
-    def stride_range(self) -> tuple[int, int] | None:
-        """(min, max) of the strides used in the classes that were sampled, not taken whole; None without interval sampling."""
-        used = [stride for stride in self.strides or () if stride > 0]
-        return (min(used), max(used)) if used else None
-
-
-@dataclasses.dataclass
-class Package:
-    """Everything that goes into one condensed dataset folder."""
-
-    source: ImageSource
-    scores: Scores
-    selection: Selection
-    recipe: dict  # the build's settings, every automatic choice resolved
-    inputs: dict  # what identifies the inputs: source fingerprint, scorer and attach models' sha256
-    attached: Attached
-    models: dict  # role → {"name", "files": {weight file: sha256}}, for the manifest
-    with_scores: bool = True
-    max_shard_size: str = "500MB"
-
-
 def write_package(package: Package, out: Path, *, workers: int | None = None) -> Path:
     """Writes the dataset folder ``out`` through a temporary sibling folder; returns ``out``.
 
@@ -132,10 +96,11 @@ def write_package(package: Package, out: Path, *, workers: int | None = None) ->
         tables = table_slices(_score_rows(package, scores), SCORE_ROWS)
         split = write_split(tables, scores, partial, SCORES_DIR, package.max_shard_size, total=len(package.scores), workers=workers)
         infos[SCORES_DIR], written = split.info, written | split.files
-    (partial / "README.md").write_text(render_card(package, infos))
+    provenance = _provenance(package)
+    (partial / CARD_FILE).write_text(render_card(provenance, infos))
     (partial / RECIPE_FILE).parent.mkdir()
-    (partial / RECIPE_FILE).write_text(yaml.safe_dump(package.recipe, sort_keys=False, allow_unicode=True))
-    (partial / MANIFEST_FILE).write_text(json.dumps(_manifest(package, partial, written), indent=2) + "\n")
+    (partial / RECIPE_FILE).write_text(recipe_text(package.recipe))
+    (partial / MANIFEST_FILE).write_text(manifest_text(provenance | {"files": _file_list(partial, written)}))
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
@@ -156,18 +121,20 @@ def read_build_identity(out: Path) -> dict | None:
     return {"recipe": manifest["recipe"], "inputs": manifest["inputs"], "layout": manifest.get("layout")}
 
 
-def _manifest(package: Package, folder: Path, written: dict[str, WrittenFile]) -> dict:
-    """Provenance and every file's sha256 and size: the shards' as they were written, the small files' read back."""
+def _provenance(package: Package) -> dict:
+    """The manifest but its file list: what was built from what, and what the card is rendered from."""
     selection, scores = package.selection, package.scores
     chosen_labels = scores.labels[selection.positions]
     source = package.source
+    scored_per_class = np.bincount(scores.labels, minlength=len(selection.per_class)).tolist()
     return {
         "tool": "d2c-pack",
         "version": __version__,
         **build_identity(package),
         "source": {
-            "spec": source.spec, "split": package.recipe["split"], "revision": package.recipe["revision"],
-            "fingerprint": package.inputs["source_fingerprint"], "images": len(source), "classes": source.num_classes,
+            "spec": package.recipe["source"], "name": shown_name(source.spec), "split": package.recipe["split"],
+            "revision": package.recipe["revision"], "fingerprint": package.inputs["source_fingerprint"], "images": len(source),
+            "classes": source.num_classes, "imagenet": is_imagenet(source),
             "class_images": source.class_sizes,  # images listed per class, unreadable ones included
         },  # fmt: skip
         "models": package.models,
@@ -176,15 +143,20 @@ def _manifest(package: Package, folder: Path, written: dict[str, WrittenFile]) -
             "rows": len(selection.positions),
             "interval": selection.interval,
             "interval_strides": list(selection.stride_range() or ()) or None,  # [min, max] used; below k where a class is short
+            "reach": list(selection.reach(scored_per_class) or ()) or None,  # [min, max] share of a class's ranking interval picks can reach
             "per_class_budget": selection.per_class,
             "per_class_rows": np.bincount(chosen_labels, minlength=len(selection.per_class)).tolist(),
         },
         "unreadable": [{"source_id": source_id, "reason": reason} for _, source_id, reason in scores.errors],
-        "files": {
-            name: dataclasses.asdict(written.get(name) or WrittenFile(sha256_file(path), path.stat().st_size))
-            for path in sorted(folder.rglob("*"))
-            if path.is_file() and (name := path.relative_to(folder).as_posix()) != MANIFEST_FILE.as_posix()
-        },
+    }
+
+
+def _file_list(folder: Path, written: dict[str, WrittenFile]) -> dict:
+    """Every file's sha256 and size: the shards' as they were written, the small files' read back."""
+    return {
+        name: dataclasses.asdict(written.get(name) or WrittenFile(sha256_file(path), path.stat().st_size))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and (name := path.relative_to(folder).as_posix()) != MANIFEST_FILE.as_posix()
     }
 
 

@@ -29,11 +29,12 @@ from d2c_pack.arrays import feature_dtype, feature_shape
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.hub_retry import hub_errors, with_retries
-from d2c_pack.package import MANIFEST_FILE
+from d2c_pack.layout import CARD_FILE, MANIFEST_FILE
 from d2c_pack.shard_writer import cpu_workers
 
 MANIFEST = MANIFEST_FILE.as_posix()
 READ_BLOCK = 1 << 18
+CARD_HINT = "; change the card's licence, description or title with `d2c-pack card DIR`, not by hand"
 T = TypeVar("T")
 
 
@@ -147,10 +148,11 @@ def verify(location: Location) -> list[str]:
     with ThreadPoolExecutor(location.hash_workers, thread_name_prefix="sha256") as pool:
         digests = dict(zip(same_size, pool.map(location.sha256, same_size)))
     for path, expected in listed.items():
+        hint = CARD_HINT if path == CARD_FILE else ""
         if path not in digests:
-            problems.append(f"{path}: size {present[path].size} differs from the manifest's {expected['size']}")
+            problems.append(f"{path}: size {present[path].size} differs from the manifest's {expected['size']}{hint}")
         elif digests[path] != expected["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest (altered or corrupted)")
+            problems.append(f"{path}: sha256 differs from the manifest (altered or corrupted){hint}")
     if "README.md" in present:
         problems += _schema_problems(location, present)
     return problems
@@ -207,7 +209,7 @@ def describe(location: Location) -> list[Table]:
     for key, value in (
         ("rows", f"{selection['rows']:,}"),
         ("classes", f"{len(per_class)} ({per_class.min()}–{per_class.max()} rows per class)"),
-        ("source", f"{manifest['source']['spec']} ({manifest['source']['images']:,} images)"),
+        ("source", f"{manifest['source']['name']} ({manifest['source']['images']:,} images)"),
         ("selector", recipe["selector"] + _interval_text(selection)),
         ("budget", recipe["budget"]),
         ("scorer", manifest["models"].get("scorer", {}).get("name", recipe["scorer"])),

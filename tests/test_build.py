@@ -91,8 +91,10 @@ def test_recipe_is_resolved_and_rebuilds_the_same_bytes(tmp_path: Path, inputs, 
     assert recipe["interval"] == "2"  # auto: round(0.75 · 12 / 4) = 2
     assert recipe["budget"] == "4/class"
     assert not {"out", "work", "device", "workers"} & set(recipe)
+    assert recipe["source"] is None and recipe["scorer"] is None  # local paths are not published: a rebuild gives them again
     # The recipe is a valid --recipe: the command line rebuilds the same bytes elsewhere.
-    args = ["build", "--recipe", str(first / "d2c/recipe.yaml"), "--out", str(tmp_path / "again"), "--work", str(tmp_path / "w2"), "--workers", "0", "--device", "cpu"]
+    args = ["build", "--recipe", str(first / "d2c/recipe.yaml"), "--source", str(inputs[0]), "--scorer", str(inputs[1])]
+    args += ["--out", str(tmp_path / "again"), "--work", str(tmp_path / "w2"), "--workers", "0", "--device", "cpu"]
     monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

@@ -36,7 +36,7 @@ BUILD_KILL_POINTS = [
     ("d2c_pack.package:write_split", 1, "after"),  # packaging: data shard written
     ("d2c_pack.package:write_assets", 1, "after"),  # packaging: card figures written
     ("d2c_pack.package:write_split", 2, "after"),  # packaging: scores shard written
-    ("d2c_pack.package:_manifest", 1, "after"),  # packaging: everything but the manifest and the final rename
+    ("d2c_pack.package:_file_list", 1, "after"),  # packaging: everything but the manifest and the final rename
 ]
 
 

@@ -73,7 +73,9 @@ def test_manifest_names_every_model_with_weight_file_hashes(built: Path) -> None
     manifest = json.loads((built / "d2c/manifest.json").read_text())
     scorer = manifest["models"]["scorer"]
     (name, digest), = scorer["files"].items()
-    assert name == Path(scorer["name"]).name and digest == hashlib.sha256(Path(scorer["name"]).read_bytes()).hexdigest()
+    weights = built.parent / "scorer" / "SiT-tiny-16.pt"
+    assert scorer["name"] == name == weights.name  # a local model by its file name alone: no local path is published
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert manifest["models"]["text_encoder"]["name"] == "demo:minilm" and "model.safetensors" in manifest["models"]["text_encoder"]["files"]
     assert manifest["source"]["images"] == 37 and manifest["seeds"] == {"noise_and_random_selection": 0}
     assert set(manifest["files"]) == {p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file()} - {"d2c/manifest.json"}

@@ -492,4 +492,5 @@ def subset_defaults(data: str) -> tuple[str, str]:
     except UserError as err:
         raise UserError(f"{err}; eval --data takes its reference from a d2c-pack build's manifest: pass --reference (and --features) instead") from None
     encoder = manifest["inputs"].get("visual_encoder") or ""
-    return manifest["source"]["spec"], encoder if encoder.startswith("demo:") else INCEPTION
+    # A local source is not named in the manifest (no published file holds a local path): then the subset itself.
+    return manifest["source"]["spec"] or f"hf:{data}", encoder if encoder.startswith("demo:") else INCEPTION
