@@ -58,6 +58,7 @@ from d2c_pack.verify import LocalFolder, verify
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parents[1] / "tests"))  # the local Hub server of the push stage
 from row_size import features as attach_features  # noqa: E402  (the declared ImageNet-256 Attach features)
+from train_in_place import SYNTHETIC_LATENT_INPUTS, train_in_place_benchmark  # noqa: E402
 
 CLASSES = 1000
 POOL = 32  # distinct JPEGs and distinct array rows, reused round-robin
@@ -154,6 +155,7 @@ def synthetic_package(setup: Setup) -> Package:
         "selector": "random", "budget": "all", "resolution": setup.resolution, "seed": setup.seed,
     }  # fmt: skip
     inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": "0" * 64, "scorer_prediction": "epsilon", "scorer_vae_sha256": None}
+    inputs |= SYNTHETIC_LATENT_INPUTS  # the latent column's VAE, which training reads from the manifest
     return Package(source, scores, selection, recipe, inputs, Attached([SyntheticColumns(setup)]), {}, True)
 
 
@@ -207,8 +209,6 @@ def run_push(setup: Setup) -> dict:
 def run_train(setup: Setup) -> dict:
     """``train_steps`` steps of SiT-S/2 reading the folder in place (``benchmarks/train_in_place.py``, in a process of
     its own): training and reader-alone rows/s, the trainer's peak RSS and what it wrote to the ``datasets`` cache."""
-    from train_in_place import train_in_place_benchmark
-
     result: dict = {}
     figures = timed(lambda: result.update(train_in_place_benchmark(
         str(setup.out), setup.train_steps, batch_size=setup.train_batch_size, workers=setup.train_workers, device="cpu"

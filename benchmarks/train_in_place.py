@@ -36,6 +36,10 @@ from d2c_pack.fingerprint import sha256_file
 from d2c_pack.shard_writer import ROW_GROUP_BYTES, parquet_options
 from d2c_pack.verify import MANIFEST
 
+# What a build's manifest records of the VAE behind its latent column (training reads it from there): the SD VAE's
+# name and scale, and a placeholder hash, since the synthetic latents come from no VAE.
+SYNTHETIC_LATENT_INPUTS = {"vae": "stabilityai/sd-vae-ft-ema", "vae_sha256": "0" * 64, "latent_scaling_factor": 0.18215, "latent_shift_factor": 0.0}
+
 
 def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16, 2048), visual_dim=768, rows_per_group: int | None = None, shards=2) -> Path:
     """A folder shaped like a latent build (data/ shards + d2c/manifest.json) with random rows; no image column.
@@ -64,7 +68,8 @@ def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16,
     # The manifest lists the shards, as a build's does: training reads the listed shards in place.
     files = {path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size} for path in sorted(folder.glob("data/*.parquet"))}
     (folder / MANIFEST).parent.mkdir()
-    (folder / MANIFEST).write_text(json.dumps({"recipe": {"resolution": resolution}, "inputs": {}, "files": files}) + "\n")
+    manifest = {"recipe": {"resolution": resolution}, "inputs": SYNTHETIC_LATENT_INPUTS, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest) + "\n")
     return folder
 
 
@@ -98,13 +103,13 @@ def train_in_place_benchmark(
 ) -> dict:
     """Trains ``steps`` steps of ``model`` from ``data`` in its own process; rows/s (training and reader alone),
     peak RSS of its largest process, and the peak bytes it wrote to an empty HF_DATASETS_CACHE."""
-    flags = {"model": model, "device": device, "text": text, "align": align, "vae": "none"}
+    flags = {"model": model, "device": device, "text": text, "align": align}
     with tempfile.TemporaryDirectory() as scratch:
         cache, out = Path(scratch) / "hf-datasets-cache", Path(scratch) / "run"
         cache.mkdir()
         command = [
             sys.executable, "-m", "d2c_pack", "train", "--data", data, "--out", str(out), "--model", model, "--steps", str(steps),
-            "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--vae", "none", "--log-every", "1",
+            "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--log-every", "1",
             "--ckpt-every", str(steps), "--text" if text else "--no-text", "--align" if align else "--no-align",
         ]  # fmt: skip
         log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the run

@@ -223,10 +223,7 @@ def test_image_folder_fingerprint_is_content_not_place_or_time(image_folder: Pat
 
 def test_parquet_fingerprint_is_content_not_place_or_time(tmp_path: Path) -> None:
     dataset, _ = labelled_dataset()
-    folder = tmp_path / "shards"
-    folder.mkdir()
-    dataset.select(range(4)).to_parquet(str(folder / "part-0.parquet"))
-    dataset.select(range(4, 7)).to_parquet(str(folder / "part-1.parquet"))
+    folder = parquet_shards(tmp_path / "shards", dataset)
     repo = write_hub_repo(tmp_path / "repo", dataset)
     for spec, copy in ((str(folder), str(copied_with_new_times(folder, tmp_path / "a" / "shards"))), (f"hf:{repo}", f"hf:{copied_with_new_times(repo, tmp_path / 'b' / 'repo')}")):
         assert open_source(copy).fingerprint() == open_source(spec).fingerprint()
@@ -315,12 +312,17 @@ def test_parquet_file(tmp_path: Path) -> None:
     assert [r.index for r in source.iter_records([6, 1])] == [1, 6]
 
 
-def test_folder_of_parquet_shards(tmp_path: Path) -> None:
-    dataset, blobs = labelled_dataset()
-    folder = tmp_path / "shards"
+def parquet_shards(folder: Path, dataset) -> Path:
+    """``dataset`` as a folder of two parquet shards (rows 0–3 and 4–6)."""
     folder.mkdir()
     dataset.select(range(4)).to_parquet(str(folder / "part-0.parquet"))
     dataset.select(range(4, 7)).to_parquet(str(folder / "part-1.parquet"))
+    return folder
+
+
+def test_folder_of_parquet_shards(tmp_path: Path) -> None:
+    dataset, blobs = labelled_dataset()
+    folder = parquet_shards(tmp_path / "shards", dataset)
     check_records(open_source(str(folder)), blobs)
 
 
