@@ -59,10 +59,21 @@ app = typer.Typer(
 stderr = Console(stderr=True)
 _show_tracebacks = False
 
-RecipeOption = Annotated[
-    str | None,
-    typer.Option(help="YAML recipe (path, or name of a shipped recipe) carrying any of this command's flags; flags given here override it."),
-]
+
+@dataclasses.dataclass(frozen=True)
+class CommandSpec:
+    """What a command is made of: the source of its ``--help`` and of the CLI reference (``d2c_pack.cli_reference``)."""
+
+    config_class: type
+    help: str
+    examples: list[str]
+    recipe: bool
+
+
+COMMANDS: dict[str, CommandSpec] = {}  # name → spec, in registration order
+
+RECIPE_HELP = "YAML recipe (path, or name of a shipped recipe) carrying any of this command's flags; flags given here override it."
+RecipeOption = Annotated[str | None, typer.Option(help=RECIPE_HELP)]
 
 
 def _version(value: bool) -> None:
@@ -103,6 +114,7 @@ def config_command(
             come from the recipe instead of the command line).
         recipe_ignores: Recipe keys skipped rather than refused (another command's settings).
     """
+    COMMANDS[name] = CommandSpec(config_class, help, examples, recipe)
     fields = [f for f in dataclasses.fields(config_class) if is_option(f)]
     namespace = vars(sys.modules[config_class.__module__])
 
