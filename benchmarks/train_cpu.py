@@ -2,9 +2,13 @@
 
 Each variant runs `d2c-pack train --recipe demo` in its own process (so its peak RSS is its own),
 for `--steps` steps; steps/s is taken from the metrics of the second half of the run (after
-warm-up). Builds the demo subset first if `--data` does not exist. Prints a table, writes JSON.
+warm-up). Builds the demo subset first if `--data` does not exist. With `--imagenet-rows N`, the
+D2C variant also trains on N synthetic ImageNet-shaped rows (benchmarks/train_in_place.py's build:
+latent moments 8×32×32, text 16×2048, DINOv2-B tokens 256×768), where the same SiT-T/4 sees the
+same 64 tokens: the ratio of the two step times is what ImageNet's wider columns cost. Prints a
+table, writes JSON.
 
-    python benchmarks/train_cpu.py [--steps 40] [--data runs/bench-demo-data]
+    python benchmarks/train_cpu.py [--steps 40] [--data runs/bench-demo-data] [--imagenet-rows 512] [--d2c-only]
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_in_place import synthetic_build  # noqa: E402
+
 VARIANTS = {
     "D2C (text + align + class)": [],
     "no text": ["--no-text"],
@@ -28,6 +35,7 @@ VARIANTS = {
     "no class": ["--no-class-cond"],
     "plain SiT (class only)": ["--no-text", "--no-align"],
 }
+IMAGENET = "D2C on ImageNet-shaped rows"
 
 
 def run_variant(data: Path, flags: list[str], steps: int, batch_size: int) -> dict:
@@ -51,18 +59,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data", default="runs/bench-demo-data")
+    parser.add_argument("--imagenet-rows", type=int, default=0, help="also train the D2C variant on this many synthetic ImageNet-shaped rows")
+    parser.add_argument("--d2c-only", action="store_true", help="leave out the variants with a component off")
     parser.add_argument("--json", default="benchmarks/results/train_cpu.json")
     args = parser.parse_args()
     data = Path(args.data)
     if not data.exists():
         subprocess.run([sys.executable, "-m", "d2c_pack", "build", "--recipe", "demo", "--out", str(data)], check=True)
-    results = {name: run_variant(data, flags, args.steps, args.batch_size) for name, flags in VARIANTS.items()}
+    variants = dict(list(VARIANTS.items())[:1]) if args.d2c_only else VARIANTS
+    results = {name: run_variant(data, flags, args.steps, args.batch_size) for name, flags in variants.items()}
+    if args.imagenet_rows:
+        with tempfile.TemporaryDirectory() as scratch:
+            imagenet = synthetic_build(Path(scratch) / "imagenet", args.imagenet_rows, 256)
+            results[IMAGENET] = run_variant(imagenet, ["--resolution", "256"], args.steps, args.batch_size)
+        results[IMAGENET]["step_time_vs_demo"] = results["D2C (text + align + class)"]["steps_per_second"] / results[IMAGENET]["steps_per_second"]
 
     table = Table(title=f"demo SiT-T/4 training on the demo subset, batch {args.batch_size}, {os.cpu_count()} CPU cores")
-    for column in ("variant", "steps/s", "images/s", "peak RSS"):
+    for column in ("variant", "steps/s", "images/s", "peak RSS", "step time vs demo"):
         table.add_column(column, justify="right")
     for name, row in results.items():
-        table.add_row(name, f"{row['steps_per_second']:.2f}", f"{row['images_per_second']:.0f}", f"{row['peak_rss_mb']:.0f} MB")
+        ratio = f"{row['step_time_vs_demo']:.2f}×" if "step_time_vs_demo" in row else ""
+        table.add_row(name, f"{row['steps_per_second']:.2f}", f"{row['images_per_second']:.0f}", f"{row['peak_rss_mb']:.0f} MB", ratio)
     Console().print(table)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     payload = {"steps": args.steps, "batch_size": args.batch_size, "machine": platform.platform(), "cpus": os.cpu_count(), "results": results}

@@ -191,8 +191,8 @@ class TrainConfig(SourceArgs):
     seed: int = flag(0, help="Seed of initialisation, batch order, noise and dropout.", panel=TRAINING)
     data_memory_gb: float | None = flag(
         None,
-        help="GiB of decoded training columns a process may hold in memory (on the GPU when they fit a quarter of it, else pinned); "
-        "a larger subset is read in place. Default: half the available RAM over the node's processes; 0 reads in place.",
+        help="GiB of decoded training columns a process may hold in memory (on the GPU when they fit a quarter of its free memory, "
+        "else in RAM); a larger subset is read in place. Default: half the available RAM over the node's processes; 0 reads in place.",
         panel=TRAINING,
     )
     workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).", panel=RUN)

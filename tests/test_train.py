@@ -233,3 +233,12 @@ def test_the_demo_reuses_the_quickstarts_score_cache_and_checkpoints_every_minut
     quickstart = BuildConfig(**read_recipe("demo"))  # `d2c-pack build --recipe demo`
     assert seen["build"].work == quickstart.work == str(tmp_path / "d2c-cache")  # conftest points the default cache here
     assert seen["train"].ckpt_every_seconds is not None and seen["train"].ckpt_every_seconds <= 60
+
+
+def test_a_time_based_checkpoint_is_taken_at_log_steps_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock is read where the metrics are (no host sync of its own): with every step "a minute", checkpoints land on log steps."""
+    saved = []
+    save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda run, out: saved.append(run.step) or save(run, out))
+    train(tiny_config(tmp_path, steps=5, log_every=2, ckpt_every=100, ckpt_every_seconds=1e-9))
+    assert saved == [2, 4, 5]  # the log steps, and the last step (always logged and checkpointed)

@@ -6,10 +6,11 @@ columns keep their stored dtypes (fp16 latents and tokens at half the bytes, int
 uint8 ADM crops) and become the trainer's dtypes after the gather, on the training device: the
 same float32 / int64 values the in-place path gives, so both train bit for bit alike.
 
-On CUDA the columns go to the GPU when they take at most a quarter of its free memory, else into
-pinned host memory (batches are then copied without blocking); subsets larger than the memory
-budget (``--data-memory-gb``, by default half the available RAM shared by the node's processes)
-are read in place instead.
+On CUDA the columns go to the GPU when they take at most a quarter of its free memory, else they
+stay in host memory and each batch is gathered into pinned memory and copied without blocking
+(as a DataLoader's ``pin_memory``; the columns themselves are not pinned, which would round their
+allocation up to a power of two). Subsets larger than the memory budget (``--data-memory-gb``, by
+default half the available RAM shared by the node's processes) are read in place instead.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class SubsetArrays:
 
     ``columns`` holds ``label`` (int64) and the other columns as stored (``latent``, ``text_embedding``,
     ``visual_tokens`` fp16, ``text_mask`` int8, ``image`` uint8 (N, 3, R, R) ADM crops); they live on
-    ``device`` or in (pinned) host memory. :meth:`gather` returns rows as the trainer takes them.
+    ``device`` or in host memory. :meth:`gather` returns rows as the trainer takes them.
     """
 
     columns: dict[str, torch.Tensor]
@@ -133,7 +134,7 @@ def decode_columns(
 
     Decoded chunk by chunk (a build by its row groups) from the Arrow buffers straight into the
     columns' final place: the GPU of ``device`` if they fit in a quarter of its free memory, else
-    (pinned, on CUDA) host memory. ``announce``: say in one line on stderr where the rows go.
+    host memory. ``announce``: say in one line on stderr where the rows go.
     """
     layout = column_layout(subset.features, columns, resolution)
     rows = len(subset)
@@ -142,11 +143,10 @@ def decode_columns(
     if size > budget:
         _say(announce, f"training data: {where} exceed the memory budget of {_size(budget)} (--data-memory-gb): read in place")
         return None
-    home, pinned = torch.device("cpu"), False
-    if device.type == "cuda":
-        home, pinned = (device, False) if size <= torch.cuda.mem_get_info(device)[0] // GPU_SHARE else (home, True)
-    _say(announce, f"training data: {where} decoded into {'GPU' if home.type == 'cuda' else 'pinned host' if pinned else 'host'} memory")
-    arrays = {name: torch.empty((rows, *shape), dtype=dtype, device=home, pin_memory=pinned) for name, (shape, dtype) in layout.items()}
+    on_gpu = device.type == "cuda" and size <= torch.cuda.mem_get_info(device)[0] // GPU_SHARE
+    home = device if on_gpu else torch.device("cpu")
+    _say(announce, f"training data: {where} decoded into {'GPU' if on_gpu else 'host'} memory")
+    arrays = {name: torch.empty((rows, *shape), dtype=dtype, device=home) for name, (shape, dtype) in layout.items()}
     start = 0
     with progress_bar("decode", total=rows) as advance:
         for table in _chunks(subset, list(layout)):
