@@ -4,9 +4,11 @@ For each row size a synthetic latent build (benchmarks/train_in_place.py's, cut 
 a build cuts them) is written under --work, and batches of --batch-size rows in the trainer's
 order (EpochPermutationBatches) are fetched by:
 
-- memory, gather: ``index_select`` of the stored columns (fp16, int8), what the host of a GPU run
-  does per step when the columns live in (pinned) host memory; the float32 conversion runs on the GPU;
-- memory, to float32: ``SubsetArrays.gather`` as a CPU run calls it (gather, then float32/int64 here);
+- memory, gather: ``index_select`` of the stored columns (fp16, int8) into batch buffers allocated
+  once, what the host of a GPU run does per step when the columns live in host memory (its pinned
+  buffers come from torch's caching host allocator); the float32 conversion runs on the GPU;
+- memory, to float32: ``SubsetArrays.gather`` as a CPU run calls it (gather, then float32/int64 here,
+  into new tensors: on Linux a new 100 MB tensor is fresh pages, and their first touch costs as much as the copy);
 - in place: ``ShardRows`` (``--data-memory-gb 0``), a DataLoader batch without workers;
 - datasets torch: ``load_dataset(folder, split="train").with_format("torch")[indices]``.
 
@@ -71,10 +73,12 @@ def measure(folder: Path, batch_size: int, memory_batches: int, slow_batches: in
     arrays = decode_columns(shards, COLUMNS, 0, device=torch.device("cpu"), budget=sys.maxsize, announce=False)
     decode = len(arrays) / (time.perf_counter() - tic)
 
+    buffers = {name: torch.empty((batch_size, *column.shape[1:]), dtype=column.dtype) for name, column in arrays.columns.items()}
+
     def gather(indices: list[int]) -> None:
         index = torch.tensor(indices)
-        for column in arrays.columns.values():
-            torch.index_select(column, 0, index)
+        for name, column in arrays.columns.items():
+            torch.index_select(column, 0, index, out=buffers[name])
 
     in_place = ShardRows(shards, COLUMNS, 0)
     cached, datasets.config.HF_DATASETS_CACHE = datasets.config.HF_DATASETS_CACHE, str(cache)
