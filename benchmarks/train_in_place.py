@@ -1,7 +1,8 @@
 """Training from a build read in place: rows/s, peak RSS and peak extra disk of `d2c-pack train --data BUILD`.
 
-`d2c-pack train` runs in its own process with HF_DATASETS_CACHE pointed at an empty folder, whose
-size is polled while it runs (the Arrow copy the `datasets` path writes there); train rows/s is
+`d2c-pack train --data-memory-gb 0` (rows read in place, not decoded into memory; see
+benchmarks/data_path.py for that) runs in its own process with HF_DATASETS_CACHE pointed at an
+empty folder, whose size is polled while it runs (the Arrow copy the `datasets` path writes there); train rows/s is
 the mean of the metrics of the second half of the run (after warm-up). On a CPU the model
 dominates, so the reader is also timed alone: the DataLoader over the same batches, no model.
 `--data` is a built folder or a Hub ORG/NAME[@REV]; without it a synthetic latent build is written
@@ -41,23 +42,26 @@ from d2c_pack.verify import MANIFEST
 SYNTHETIC_LATENT_INPUTS = {"vae": "stabilityai/sd-vae-ft-ema", "vae_sha256": "0" * 64, "latent_scaling_factor": 0.18215, "latent_shift_factor": 0.0}
 
 
-def synthetic_build(folder: Path, rows: int, resolution: int, *, text_shape=(16, 2048), visual_dim=768, rows_per_group: int | None = None, shards=2) -> Path:
+def synthetic_build(
+    folder: Path, rows: int, resolution: int, *, text_shape=(16, 2048), visual_dim=768, visual_tokens: int | None = None, rows_per_group: int | None = None, shards=2
+) -> Path:
     """A folder shaped like a latent build (data/ shards + d2c/manifest.json) with random rows; no image column.
 
+    ``visual_tokens``: tokens per row (default: DINOv2-B/14's at 224 px, one per 16 px of R).
     ``rows_per_group``: parquet row group size (default: as many rows as a build puts in ``ROW_GROUP_BYTES``)."""
-    side, grid = resolution // 8, resolution // 16  # SD-VAE latent side; DINOv2-B/14 token grid at 224 → 16 px per token
+    side, tokens = resolution // 8, visual_tokens or (resolution // 16) ** 2  # SD-VAE latent side; DINOv2-B/14 tokens
     features = datasets.Features({
         "label": datasets.ClassLabel(num_classes=10),
         "latent": array_feature((8, side, side), "float16"),
         "text_embedding": array_feature(text_shape, "float16"),
         "text_mask": array_feature(text_shape[:1], "int8"),
-        "visual_tokens": array_feature((grid * grid, visual_dim), "float16"),
+        "visual_tokens": array_feature((tokens, visual_dim), "float16"),
     })  # fmt: skip
     rng = np.random.default_rng(0)
     noise = lambda *shape: rng.random((rows, *shape), dtype=np.float32).astype(np.float16)  # noqa: E731  (incompressible, like real values)
     table = datasets.Dataset.from_dict({
         "label": rng.integers(0, 10, rows), "latent": noise(8, side, side), "text_embedding": noise(*text_shape),
-        "text_mask": np.ones((rows, text_shape[0]), np.int8), "visual_tokens": noise(grid * grid, visual_dim),
+        "text_mask": np.ones((rows, text_shape[0]), np.int8), "visual_tokens": noise(tokens, visual_dim),
     }, features=features)  # fmt: skip
     (folder / "data").mkdir(parents=True)
     options = parquet_options(features)  # a build's encodings: decoding speed depends on them (dictionaries cost 4×)
@@ -85,7 +89,7 @@ def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int,
     from d2c_pack.train.data import EpochPermutationBatches, collate_rows
     from d2c_pack.train.loop import TrainConfig, prepare_data
 
-    config = TrainConfig(data=data, out="unused", batch_size=batch_size, workers=workers, **flags)
+    config = TrainConfig(data=data, out="unused", batch_size=batch_size, workers=workers, data_memory_gb=0, **flags)
     cached, datasets.config.HF_DATASETS_CACHE = datasets.config.HF_DATASETS_CACHE, str(cache)
     try:
         rows = prepare_data(config, torch.device("cpu")).dataset
@@ -110,7 +114,7 @@ def train_in_place_benchmark(
         command = [
             sys.executable, "-m", "d2c_pack", "train", "--data", data, "--out", str(out), "--model", model, "--steps", str(steps),
             "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--log-every", "1",
-            "--ckpt-every", str(steps), "--text" if text else "--no-text", "--align" if align else "--no-align",
+            "--ckpt-every", str(steps), "--text" if text else "--no-text", "--align" if align else "--no-align", "--data-memory-gb", "0",
         ]  # fmt: skip
         log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the run
         with log.open("w") as stderr:

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from d2c_pack.version import __version__
 
-API = ("build", "score_source", "select", "push", "verify", "load_backbone", "train")
+API = ("build", "score_source", "select", "push", "verify", "load_backbone", "train", "load_subset")
 __all__ = ["__version__", *API]
 
 if TYPE_CHECKING:
-    from d2c_pack.api import build, load_backbone, push, score_source, select, train, verify  # noqa: F401
+    from d2c_pack.api import build, load_backbone, load_subset, push, score_source, select, train, verify  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

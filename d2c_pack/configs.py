@@ -189,11 +189,19 @@ class TrainConfig(SourceArgs):
     ema_decay: float = flag(0.9999, help="EMA decay of the exported weights, from step 0 as SiT/REPA (the EMA starts as a copy of the model).", panel=TRAINING)
     ema_warmup: bool = flag(False, help="Warm the decay up as diffusers' EMAModel, min(decay, (1 + step) / (10 + step)): for runs of a few hundred steps.", panel=TRAINING)
     seed: int = flag(0, help="Seed of initialisation, batch order, noise and dropout.", panel=TRAINING)
+    data_memory_gb: float | None = flag(
+        None,
+        help="GiB of decoded training columns a process may hold in memory (on the GPU when they fit a quarter of its free memory, "
+        "else in RAM); a larger subset is read in place. Default: half the available RAM over the node's processes; 0 reads in place.",
+        panel=TRAINING,
+    )
     workers: int = flag(4, help="DataLoader worker processes per rank (0 = load in the main process).", panel=RUN)
-    log_every: int = flag(100, help="Steps between metrics.jsonl lines.", panel=OUTPUT)
+    log_every: int = flag(100, help="Steps between metrics.jsonl lines, each the mean over its steps.", panel=OUTPUT)
     ckpt_every: int = flag(10_000, help="Steps between checkpoints.", panel=OUTPUT)
     ckpt_every_seconds: float | None = flag(
-        None, help="Also checkpoint once this many seconds of training have passed since the last checkpoint (only the newest such one is kept).", panel=OUTPUT
+        None,
+        help="Also checkpoint at the first log step once this many seconds of training have passed since the last checkpoint (only the newest such one is kept).",
+        panel=OUTPUT,
     )
     device: str = flag("auto", help=DEVICE_HELP, panel=RUN)
     compile: bool = flag(False, help="torch.compile the backbone.", panel=RUN)
@@ -206,6 +214,8 @@ class TrainConfig(SourceArgs):
         if self.model not in BACKBONES:
             raise UserError(f"unknown model {self.model!r}; choose one of: {', '.join(BACKBONES)}")
         _positive(self, ("steps", "batch_size", "log_every", "ckpt_every", "ckpt_every_seconds", "resolution"))
+        if self.data_memory_gb is not None and self.data_memory_gb < 0:
+            raise UserError(f"--data-memory-gb must be 0 or more, got {self.data_memory_gb}")
         if (self.source is None) == (self.data is None):
             raise UserError("give exactly one of --data (a condensed dataset) and --source (images)")
         if self.source is not None and (self.text or self.align):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
+from host_sync import HostSyncs
 from hub_server import HubServer
 from safetensors.torch import load_file
 
@@ -26,6 +27,7 @@ from d2c_pack.models import BACKBONES, load_backbone, load_class_text
 from d2c_pack.models.d2c import D2CSiT, DCEmbedding
 from d2c_pack.train.data import SubsetRows, collate_rows
 from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, step_randomness, train
+from d2c_pack.train.memory import SubsetArrays
 from d2c_pack.train.shards import ParquetShards, ShardRows
 
 hub = hub_server.hub
@@ -241,7 +243,7 @@ def assert_same_weights(run_a: Path, run_b: Path, step: int) -> None:
 
 def test_a_build_trains_in_place_like_through_datasets(tmp_path: Path, subsets) -> None:
     cache = Path(datasets.config.HF_DATASETS_CACHE)
-    train(config(tmp_path / "in-place", subsets["pixels"], steps=3, ckpt_every=3, workers=2))
+    train(config(tmp_path / "in-place", subsets["pixels"], steps=3, ckpt_every=3, workers=2, data_memory_gb=0))
     assert not cache.exists() or not any(cache.rglob("*"))  # no Arrow copy of the shards anywhere
     copy = tmp_path / "saved"  # the same rows as a save_to_disk folder: the datasets path
     datasets.load_dataset(str(subsets["pixels"]), split="train").save_to_disk(str(copy))
@@ -287,3 +289,60 @@ def test_a_hub_build_trains_from_its_snapshot_in_place(hub: HubServer, tmp_path:
     assert sorted(downloaded) == sorted(p.relative_to(subsets["latent"]).as_posix() for p in (subsets["latent"] / "data").glob("*.parquet"))
     train(config(tmp_path / "local", subsets["latent"], model="SiT-T/2", steps=2, vae="stabilityai/never-downloaded"))
     assert_same_weights(tmp_path / "run", tmp_path / "local/run", 2)
+
+
+@pytest.mark.parametrize("kind", ["pixels", "latent"])
+def test_columns_in_memory_train_like_rows_read_in_place_and_a_subset_over_budget_is_read_in_place(tmp_path: Path, subsets, kind: str, capsys) -> None:
+    flags = {"model": "SiT-T/2", "vae": "stabilityai/never-downloaded"} if kind == "latent" else {}
+    train(config(tmp_path / "memory", subsets[kind], steps=3, ckpt_every=3, **flags))
+    assert capsys.readouterr().err.count("training data: 12 rows") == 1
+    train(config(tmp_path / "in-place", subsets[kind], steps=3, ckpt_every=3, data_memory_gb=0, **flags))
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training data:")]
+    assert len(said) == 1 and said[0].endswith("exceed the memory budget of 0 B (--data-memory-gb): read in place"), said
+    assert_same_weights(tmp_path / "memory/run", tmp_path / "in-place/run", 3)
+    in_memory = prepare_data(config(tmp_path, subsets[kind], **flags), torch.device("cpu"), announce=False).dataset
+    in_place = prepare_data(config(tmp_path, subsets[kind], data_memory_gb=0, **flags), torch.device("cpu"), announce=False).dataset
+    assert isinstance(in_memory, SubsetArrays) and isinstance(in_place, ShardRows)
+    stored = {name: column.dtype for name, column in in_memory.columns.items()}
+    assert stored["text_embedding"] == torch.float16 and stored["text_mask"] == torch.int8 and stored.get("latent", torch.float16) == torch.float16
+    assert stored.get("image", torch.uint8) == torch.uint8  # ADM crops as uint8: a quarter of the decoded float32 pixels
+    order = [5, 0, 11, 5]
+    gathered, rows = in_memory.gather(order), collate_rows(in_place.__getitems__(order))
+    assert gathered.keys() == rows.keys() - {"positions"}
+    for name, values in gathered.items():
+        assert values.dtype == rows[name].dtype and torch.equal(values, rows[name]), name
+
+
+def test_training_steps_read_the_device_only_at_log_steps(tmp_path: Path, subsets) -> None:
+    """40 steps, 2 log steps and a time-based checkpoint check: a handful of host syncs, none per step."""
+    with HostSyncs() as syncs:
+        train(config(tmp_path, subsets["pixels"], steps=40, log_every=20, ckpt_every=40, ckpt_every_seconds=3600))
+    assert syncs.count <= 10, syncs.calls
+    assert sum(n for call, n in syncs.calls.items() if call.endswith(" tolist")) == 2, syncs.calls  # one read per log step
+
+
+def test_a_log_step_records_the_mean_of_its_steps(tmp_path: Path, subsets) -> None:
+    every = [json.loads(line) for line in (train(config(tmp_path / "a", subsets["pixels"], log_every=1)).parent / "metrics.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (train(config(tmp_path / "b", subsets["pixels"], log_every=2)).parent / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in pairs] == [2, 4]
+    for line, (first, second) in zip(pairs, zip(every[::2], every[1::2])):
+        for key in ("loss", "velocity_loss", "align_loss", "grad_norm"):
+            assert line[key] == pytest.approx((first[key] + second[key]) / 2, rel=1e-6), key
+        assert line["images_per_second"] > 0
+
+
+def test_load_subset_gives_the_trainers_columns_in_memory(subsets) -> None:
+    import d2c_pack
+
+    arrays = d2c_pack.load_subset(subsets["latent"])
+    assert sorted(arrays.columns) == ["label", "latent", "text_embedding", "text_mask", "visual_tokens"] and len(arrays) == 12
+    assert arrays.columns["latent"].dtype == torch.float16 and arrays.class_names == ["ant", "bee", "cat"]
+    reference = datasets.load_dataset(str(subsets["latent"]), split="train").with_format("torch")[[3, 7]]
+    batch = arrays.gather(torch.tensor([3, 7]))
+    for name in ("latent", "visual_tokens", "text_embedding"):
+        assert batch[name].dtype == torch.float32 and torch.equal(batch[name], reference[name].float()), name
+    assert torch.equal(batch["label"], reference["label"]) and torch.equal(batch["text_mask"], reference["text_mask"].long())
+    pixels = d2c_pack.load_subset(subsets["pixels"], columns=["image"])
+    assert sorted(pixels.columns) == ["image", "label"] and pixels.columns["image"].shape == (12, 3, 16, 16)
+    with pytest.raises(UserError, match="no latent column"):
+        d2c_pack.load_subset(subsets["pixels"], columns=["latent"])

@@ -233,3 +233,29 @@ def test_the_demo_reuses_the_quickstarts_score_cache_and_checkpoints_every_minut
     quickstart = BuildConfig(**read_recipe("demo"))  # `d2c-pack build --recipe demo`
     assert seen["build"].work == quickstart.work == str(tmp_path / "d2c-cache")  # conftest points the default cache here
     assert seen["train"].ckpt_every_seconds is not None and seen["train"].ckpt_every_seconds <= 60
+
+
+def test_a_time_based_checkpoint_is_taken_at_log_steps_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock is read where the metrics are (no host sync of its own): with every step "a minute", checkpoints land on log steps."""
+    saved = []
+    save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda run, out: saved.append(run.step) or save(run, out))
+    train(tiny_config(tmp_path, steps=5, log_every=2, ckpt_every=100, ckpt_every_seconds=1e-9))
+    assert saved == [2, 4, 5]  # the log steps, and the last step (always logged and checkpointed)
+
+
+def test_the_host_sync_counter_counts_the_projects_calls_only() -> None:
+    from host_sync import HostSyncs
+
+    from d2c_pack.preprocess import tensor_to_image
+
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.AdamW(model.parameters())  # on the CPU its step reads its step counters: torch's own syncs
+    with HostSyncs() as syncs:
+        model(torch.ones(2, 3)).sum().backward()
+        optimizer.step()
+        torch.ones(2).tolist()  # this file is not the project
+        tensor_to_image(torch.zeros(3, 2, 2))  # .cpu() and .numpy() in d2c_pack/preprocess.py; the dtype-only .to() is no copy
+        torch.zeros(2).to("cpu")  # a blocking copy, but not the project's
+    assert sorted(call.rsplit(" ", 1)[1] for call in syncs.calls) == ["cpu", "numpy"] and syncs.count == 2, syncs.calls
+    assert all(call.startswith("d2c_pack/preprocess.py:") for call in syncs.calls)

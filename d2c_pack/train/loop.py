@@ -13,6 +13,13 @@ batch order, noise, t, latent sampling, class and text dropout — is drawn for 
 batch from a generator seeded by (seed, s), and each rank takes its samples' share, so the
 RNG state *is* the step counter, a resumed run reproduces an uninterrupted one bit for bit, and
 N processes under ``torchrun`` train like one process with the same global batch.
+
+The hot loop does not wait for the device between log steps: the step's randomness is drawn on
+the device, the subset's columns are gathered from memory (see :mod:`d2c_pack.train.memory`),
+and the logged values are summed on the device and read once per log step. A time-based
+checkpoint (``--ckpt-every-seconds``) is decided at log steps, on rank 0's clock, inside the
+same read: it lands on the first log step after the seconds have passed and, since every step's
+randomness comes from (seed, step), never changes the trained weights.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -34,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from d2c_pack import distributed
 from d2c_pack.arrays import feature_shape
@@ -57,6 +65,7 @@ from d2c_pack.train.data import (
     open_subset,
     subset_rows,
 )
+from d2c_pack.train.memory import SubsetArrays, decode_columns, memory_budget
 from d2c_pack.train.transport import interpolate, velocity_loss
 
 DEFAULT_RESOLUTION = 256
@@ -64,14 +73,15 @@ OPTIMIZER_NAME = "optimizer.pt"
 SETTINGS_NAME = "train_config.yaml"
 STATE_NAME = "state.json"
 # Settings that may change between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "ckpt_every_seconds", "workers"})
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "ckpt_every_seconds", "workers", "data_memory_gb"})
+LOGGED = ("velocity_loss", "align_loss", "loss")  # the losses metrics.jsonl records, besides grad_norm
 
 
 @dataclasses.dataclass
 class TrainingData:
     """What the loader reads and what the model is built for."""
 
-    dataset: torch.utils.data.Dataset
+    dataset: Dataset | SubsetArrays  # the columns in memory, or rows read in place / from the source
     class_names: list[str]
     in_channels: int
     input_size: int
@@ -133,8 +143,12 @@ def _latent_column_data(config: TrainConfig, manifest: dict | None, names: list[
     )  # fmt: skip
 
 
-def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
-    """Opens --source or --data and works out the model's input space from what the data provides."""
+def prepare_data(config: TrainConfig, device: torch.device, *, announce: bool = True) -> TrainingData:
+    """Opens --source or --data and works out the model's input space from what the data provides.
+
+    A subset's training columns are decoded into memory when they fit ``--data-memory-gb``, else read
+    in place; ``announce`` says which in one line on stderr.
+    """
     if config.source is not None:
         source = config.open_source()
         resolution = config.resolution or DEFAULT_RESOLUTION
@@ -152,12 +166,15 @@ def prepare_data(config: TrainConfig, device: torch.device) -> TrainingData:
         _require(features, ("text_embedding", "text_mask"), "--no-text")
         columns += ["text_embedding", "text_mask"]
         data.text_dim = feature_shape(features["text_embedding"])[1]
-        data.class_text = first_caption_per_class(subset_rows(subset, ["text_embedding", "text_mask"], data.image_size), len(names))
     if config.align:
         _require(features, ("visual_tokens",), "--no-align")
         columns.append("visual_tokens")
         data.visual_dim = feature_shape(features["visual_tokens"])[1]
-    data.dataset = subset_rows(subset, columns, data.image_size)
+    budget = memory_budget(config.data_memory_gb)
+    data.dataset = decode_columns(subset, columns, data.image_size, device=device, budget=budget, announce=announce) or subset_rows(subset, columns, data.image_size)
+    if config.text:
+        captions = data.dataset if isinstance(data.dataset, SubsetArrays) else subset_rows(subset, ["text_embedding", "text_mask"], data.image_size)
+        data.class_text = first_caption_per_class(captions, len(names))
     return data
 
 
@@ -178,14 +195,14 @@ def _require(features, columns: tuple[str, ...], switch: str) -> None:
 def first_caption_per_class(rows, num_classes: int) -> ClassText:
     """Each class's first caption embedding: the text a class is sampled with (zeros for an empty class).
 
-    ``rows``: the subset's rows with the text columns (``SubsetRows`` or ``ShardRows``).
+    ``rows``: the subset's rows with the text columns (``SubsetArrays``, ``SubsetRows`` or ``ShardRows``).
     """
     classes, first = np.unique(rows.labels(), return_index=True)
     captions = collate_rows([rows[int(i)] for i in first])
     embedding = torch.zeros(num_classes, *captions["text_embedding"].shape[1:], dtype=torch.float16)
     mask = torch.zeros(num_classes, captions["text_mask"].shape[1], dtype=torch.int8)
-    embedding[classes] = captions["text_embedding"].half()
-    mask[classes] = captions["text_mask"].to(torch.int8)
+    embedding[classes] = captions["text_embedding"].half().cpu()
+    mask[classes] = captions["text_mask"].to(torch.int8).cpu()
     return ClassText(embedding, mask)
 
 
@@ -210,7 +227,7 @@ def train(config: TrainConfig) -> Path:
     settings = _resumable_settings(out, config)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    data = prepare_data(config, context.device)
+    data = prepare_data(config, context.device, announce=context.is_main)
     run = _new_run(config, data, context)
     checkpoint, report = latest_checkpoint(out), None
     if checkpoint is not None:
@@ -232,20 +249,24 @@ def train(config: TrainConfig) -> Path:
         len(data.dataset), config.batch_size, seed=config.seed, start_step=run.step, num_steps=config.steps,
         rank=context.rank, world_size=context.world_size,
     )  # fmt: skip
-    loader = DataLoader(data.dataset, batch_sampler=batches, num_workers=config.workers, collate_fn=collate_rows, pin_memory=context.device.type == "cuda")
     metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step) if context.is_main else None
+    means = _RunningMeans(context)
     with progress_bar("train", total=config.steps, completed=run.step) as advance:
         tic, seen, saved_at = time.perf_counter(), 0, time.monotonic()
-        for batch in loader:
-            logged = _train_step(run, forward, batch, offset=batches.rank_slice.start)
+        for batch in _batches(data.dataset, batches, config, context):
+            means.add(_train_step(run, forward, batch, offset=batches.rank_slice.start))
             run.step += 1
             seen += config.batch_size
-            advance(description=f"train loss {logged['loss']:.4f}")
-            if metrics and (run.step % config.log_every == 0 or run.step == config.steps):
-                metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
+            advance()
+            timed_out = False
+            if run.step % config.log_every == 0 or run.step == config.steps:
+                late = config.ckpt_every_seconds is not None and time.monotonic() - saved_at >= config.ckpt_every_seconds
+                logged, timed_out = means.read(late)
+                advance(0, description=f"train loss {logged['loss']:.4f}")
+                if metrics:
+                    metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
                 tic, seen = time.perf_counter(), 0
-            scheduled = run.step % config.ckpt_every == 0 or run.step == config.steps
-            if scheduled or _seconds_passed(saved_at, config.ckpt_every_seconds, context):
+            if run.step % config.ckpt_every == 0 or run.step == config.steps or timed_out:
                 save_checkpoint(run, out)
                 saved_at = time.monotonic()
                 if context.is_main:
@@ -253,15 +274,43 @@ def train(config: TrainConfig) -> Path:
     return out / "model"
 
 
-def _seconds_passed(since: float, seconds: float | None, context: distributed.Context) -> bool:
-    """Whether ``seconds`` have passed since ``since`` on rank 0's clock; every rank gets rank 0's answer, as
-    they all take part in a checkpoint. A step-based schedule alone (None) never asks."""
-    if seconds is None:
-        return False
-    passed = torch.tensor(float(time.monotonic() - since >= seconds), device=context.device)
-    if context.world_size > 1:
-        dist.broadcast(passed, src=0)
-    return bool(passed.item())
+def _batches(rows: Dataset | SubsetArrays, sampler: EpochPermutationBatches, config: TrainConfig, context: distributed.Context) -> Iterator[dict[str, torch.Tensor]]:
+    """This rank's batch of each step: gathered from the columns in memory, else loaded by a DataLoader (in place, ``--source``)."""
+    if isinstance(rows, SubsetArrays):
+        for step in range(sampler.start_step, sampler.num_steps):
+            yield rows.gather(torch.from_numpy(sampler.global_indices(step)[sampler.rank_slice]))
+        return
+    yield from DataLoader(rows, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_rows, pin_memory=context.device.type == "cuda")
+
+
+class _RunningMeans:
+    """The logged values summed on the device step by step, and read — reduced over ranks, one host sync — at log steps.
+
+    What a log step records is the mean over the steps since the previous log step (and over ranks).
+    """
+
+    def __init__(self, context: distributed.Context):
+        self.context = context
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        stacked = torch.stack([value.float() for value in values.values()])
+        self.names, self.count = list(values), self.count + 1
+        self.sums = stacked if self.sums is None else self.sums + stacked
+
+    def read(self, late: bool) -> tuple[dict[str, float], bool]:
+        """The means since the last read, and whether rank 0 found a time-based checkpoint due (``late`` on rank 0)."""
+        # Rank 0's flag rides along in the same reduction, so every rank takes its decision at no extra sync.
+        flag = self.sums.new_full((1,), float(late and self.context.is_main))
+        reduced = torch.cat([self.sums, flag])
+        if self.context.world_size > 1:
+            dist.all_reduce(reduced)
+        *sums, due = reduced.tolist()
+        means = {name: total / (self.count * self.context.world_size) for name, total in zip(self.names, sums)}
+        self.sums, self.count = None, 0
+        return means, due > 0
 
 
 def _remove_interim_checkpoints(out: Path, before: int, every: int) -> None:
@@ -271,20 +320,24 @@ def _remove_interim_checkpoints(out: Path, before: int, every: int) -> None:
             shutil.rmtree(folder)
 
 
-def step_randomness(run: Run, batch_size: int) -> dict[str, torch.Tensor]:
-    """Noise, t, latent-sampling noise and dropout for every sample of the global batch of this step."""
+def step_randomness(run: Run, batch_size: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Noise, t, latent-sampling noise and dropout for every sample of the global batch of this step.
+
+    Drawn on ``device`` (no copy from the host) by a generator of that device seeded by (seed, step);
+    a CUDA generator draws other numbers than the CPU's, but the same ones on every rank and run.
+    """
     seed = int(np.random.SeedSequence([run.config.seed, run.step]).generate_state(1)[0])
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     shape = (batch_size, run.data.in_channels, run.data.input_size, run.data.input_size)
     randomness = {
-        "t": torch.rand(batch_size, generator=generator),
-        "noise": torch.randn(shape, generator=generator),
-        "latent_noise": torch.randn(shape, generator=generator),
+        "t": torch.rand(batch_size, generator=generator, device=device),
+        "noise": torch.randn(shape, generator=generator, device=device),
+        "latent_noise": torch.randn(shape, generator=generator, device=device),
     }
     # Class and text drop together (the fully unconditional input CFG uses, 10% of samples as in SiT/REPA); the text
     # alone may drop besides. Both draws are always made, so the other randomness does not depend on the settings.
-    randomness["drop_class"] = torch.rand(batch_size, generator=generator) < run.config.class_dropout
-    randomness["drop_text"] = randomness["drop_class"] | (torch.rand(batch_size, generator=generator) < run.config.text_dropout)
+    randomness["drop_class"] = torch.rand(batch_size, generator=generator, device=device) < run.config.class_dropout
+    randomness["drop_text"] = randomness["drop_class"] | (torch.rand(batch_size, generator=generator, device=device) < run.config.text_dropout)
     return randomness
 
 
@@ -342,27 +395,24 @@ def training_losses(run: Run, forward: torch.nn.Module, batch: dict[str, torch.T
     return losses
 
 
-def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], offset: int) -> dict[str, float]:
+def _train_step(run: Run, forward: torch.nn.Module, batch: dict[str, torch.Tensor], offset: int) -> dict[str, torch.Tensor]:
+    """One optimisation step on this rank's ``batch``, whose rows sit from ``offset`` on in the global batch.
+
+    ``positions`` (a DataLoader's batch) says which of this rank's rows are there; without it all are.
+    Returns the losses and the gradient norm, on the device: nothing here waits for it.
+    """
     config, device = run.config, run.context.device
-    chosen = offset + batch.pop("positions")  # this rank's samples, as positions in the global batch
-    randomness = {k: v[chosen].to(device) for k, v in step_randomness(run, config.batch_size).items()}
+    positions = batch.pop("positions", None)
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    chosen = slice(offset, offset + len(batch["label"])) if positions is None else offset + positions.to(device, non_blocking=True)
+    randomness = {k: v[chosen] for k, v in step_randomness(run, config.batch_size, device).items()}
     losses = training_losses(run, forward, batch, randomness)
     run.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     run.optimizer.step()
     update_ema(run.ema, run.model, ema_decay_at(run.step, config.ema_decay, config.ema_warmup))
-    logged = {name: losses[name].detach() for name in ("velocity_loss", "align_loss", "loss") if name in losses}
-    return _mean_over_ranks(logged | {"grad_norm": grad_norm.detach()}, run.context)
-
-
-def _mean_over_ranks(values: dict[str, torch.Tensor], context: distributed.Context) -> dict[str, float]:
-    stacked = torch.stack([v.float() for v in values.values()])
-    if context.world_size > 1:
-        dist.all_reduce(stacked)
-        stacked /= context.world_size
-    return dict(zip(values, stacked.tolist()))
+    return {name: losses[name].detach() for name in LOGGED if name in losses} | {"grad_norm": grad_norm.detach()}
 
 
 def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
