@@ -209,8 +209,10 @@ def _sample(config: SampleConfig) -> str:
 
     settings = dict(checkpoint=config.checkpoint, out=config.out, sampling=config.sampling(), device=config.device, vae=config.vae)
     if config.out.endswith(".npz"):
-        return f"wrote {sample_npz(num_samples=config.num_samples, **settings)}"
-    return f"wrote {sample_grid(per_class=config.per_class, classes=config.class_list(), **settings)}"
+        written = sample_npz(num_samples=config.num_samples, **settings)
+    else:
+        written = sample_grid(per_class=config.per_class, classes=config.class_list(), **settings)
+    return "" if written is None else f"wrote {written}"  # None: a rank other than 0 under torchrun
 
 
 def _eval(config: EvalConfig) -> None:
