@@ -104,5 +104,6 @@ class Sampling:
         return {
             "sampler": self.sampler, "sampling_steps": self.steps, "cfg_scale": self.cfg_scale,
             "guidance_interval": [interval.low, interval.high], "guidance_time": interval.time, "seed": self.seed,
-            "batch_size": self.batch_size, "labels": self.labels, "precision": self.precision, "cfg_channels": self.cfg_channels,
+            "batch_size": self.batch_size, "labels": self.labels,
+            "sampling_precision": self.precision, "cfg_channels": self.cfg_channels,  # not "precision": eval's metric
         }  # fmt: skip
