@@ -348,6 +348,7 @@ class EvalConfig(SamplingArgs, ModelArgs):
     features: str | None = flag(None, help="'inception' (the ADM evaluator's network: FID, sFID, IS, precision, recall), or a visual encoder (e.g. demo:digits-encoder) whose CLS features FID and precision/recall use (default: see --data).", panel=EVALUATION)
     inception_weights: str | None = flag(None, help="Local file of torch-fidelity's Inception weights (default: the library's download).", panel=EVALUATION)
     num_samples: int = flag(FID_SAMPLES, help=NUM_SAMPLES_HELP, panel=EVALUATION)
+    workers: int = flag(4, help="DataLoader processes decoding reference images the first time their features are computed (then cached; 0 = in the main process).", panel=RUN)
     json: str | None = flag(None, help="Also write the results to this JSON file.", panel=OUTPUT)
 
     def __post_init__(self) -> None:
