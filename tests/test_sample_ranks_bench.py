@@ -11,5 +11,5 @@ def test_tiny_run_times_both_and_finds_the_files_identical(tmp_path: Path) -> No
     (result,) = run_tiny_benchmark("sample_ranks.py", tmp_path, timeout=300)["results"]
     assert (result["num_samples"], result["sampling_steps"], result["ranks"]) == (6, 2, 2)
     assert result["identical"] is True
-    assert result["one_process_seconds"] > 0 and result["ranks_seconds"] > 0
-    assert result["ratio"] == result["ranks_seconds"] / result["one_process_seconds"]
+    (one,), (ranks,) = result["one_process_seconds"], result["ranks_seconds"]  # --tiny runs each once
+    assert one > 0 and ranks > 0 and result["ratio"] == ranks / one
