@@ -221,8 +221,10 @@ def _sample(config: SampleConfig) -> str:
 
     settings = dict(checkpoint=config.checkpoint, out=config.out, sampling=config.sampling(), device=config.device, vae=config.vae)
     if config.out.endswith(".npz"):
-        return f"wrote {sample_npz(num_samples=config.num_samples, **settings)}"
-    return f"wrote {sample_grid(per_class=config.per_class, classes=config.class_list(), **settings)}"
+        written = sample_npz(num_samples=config.num_samples, **settings)
+    else:
+        written = sample_grid(per_class=config.per_class, classes=config.class_list(), **settings)
+    return "" if written is None else f"wrote {written}"  # None: a rank other than 0 under torchrun
 
 
 def _eval(config: EvalConfig) -> None:
@@ -233,12 +235,14 @@ def _eval(config: EvalConfig) -> None:
         raise UserError("give --reference (an ADM reference batch or images to compare with) or --data (the subset the model was trained on)")
     common = dict(
         reference=config.reference or default_reference, features=config.features or default_features, device=config.device,
-        inception_weights=config.inception_weights,
+        inception_weights=config.inception_weights, workers=config.workers,
     )  # fmt: skip
     if config.samples is not None:
         results = evaluate_npz(config.samples, batch_size=config.batch_size, **common)
     else:
         results = evaluate(config.checkpoint, num_samples=config.num_samples, sampling=config.sampling(), vae=config.vae, **common)
+    if results is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     print(f"{results['samples']}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
     table = Table("metric", "value")
     for key in ("fid", "sfid", "inception_score", "precision", "recall", "accuracy"):

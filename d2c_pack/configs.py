@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from d2c_pack.errors import UserError
 from d2c_pack.options import ATTACH, CARD, EVALUATION, MODEL, OUTPUT, RUN, SAMPLING, SCORING, SELECTION, SOURCE, TRAINING, flag
 from d2c_pack.select.selectors import SELECTORS
-from d2c_pack.train.sampling import LABEL_MODES, SAMPLERS, GuidanceInterval, Sampling
+from d2c_pack.train.sampling import CFG_CHANNELS, LABEL_MODES, PRECISIONS, SAMPLERS, GuidanceInterval, Sampling
 
 if TYPE_CHECKING:
     from d2c_pack.hub_retry import RetryPolicy
@@ -288,14 +288,24 @@ class SamplingArgs:
         panel=SAMPLING,
     )
     seed: int = flag(0, help="Noise (and random label) seed: sample i has the noise of (seed, i), whatever the batch size.", panel=SAMPLING)
-    batch_size: int = flag(256, help="Samples per batch (and images per batch of eval's feature network).", panel=RUN)
+    cfg_channels: str = flag(
+        "all",
+        help=f"Latent channels guidance applies to: {' or '.join(CFG_CHANNELS)} (all: REPA; 3: the first 3 of 4, as the official DiT/SiT forward_with_cfg and SiT's published samples).",
+        panel=SAMPLING,
+    )
+    precision: str = flag(
+        "fp32",
+        help=f"Network precision while sampling: {' or '.join(PRECISIONS)} (fp32 with TF32 matmuls on a GPU, as DiT/SiT; bf16: autocast, the time grid stays float64).",
+        panel=RUN,
+    )
+    batch_size: int = flag(256, help="Samples per batch (and images per batch of eval's feature network); under torchrun, per rank.", panel=RUN)
     device: str = flag("auto", help=DEVICE_HELP, panel=RUN)
 
     def sampling(self) -> Sampling:
         """The settings as one ``Sampling``; the guidance interval in SiT time, or REPA's low/high (one convention, not both)."""
         return Sampling(
             sampler=self.sampler, steps=self.sampling_steps, cfg_scale=self.cfg_scale, guidance_interval=self._interval(),
-            seed=self.seed, batch_size=self.batch_size, labels=self.labels,
+            seed=self.seed, batch_size=self.batch_size, labels=self.labels, precision=self.precision, cfg_channels=self.cfg_channels,
         )  # fmt: skip
 
     def _interval(self) -> GuidanceInterval:
@@ -348,6 +358,7 @@ class EvalConfig(SamplingArgs, ModelArgs):
     features: str | None = flag(None, help="'inception' (the ADM evaluator's network: FID, sFID, IS, precision, recall), or a visual encoder (e.g. demo:digits-encoder) whose CLS features FID and precision/recall use (default: see --data).", panel=EVALUATION)
     inception_weights: str | None = flag(None, help="Local file of torch-fidelity's Inception weights (default: the library's download).", panel=EVALUATION)
     num_samples: int = flag(FID_SAMPLES, help=NUM_SAMPLES_HELP, panel=EVALUATION)
+    workers: int = flag(4, help="DataLoader processes decoding reference images the first time their features are computed (then cached; 0 = in the main process).", panel=RUN)
     json: str | None = flag(None, help="Also write the results to this JSON file.", panel=OUTPUT)
 
     def __post_init__(self) -> None:

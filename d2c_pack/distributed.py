@@ -35,6 +35,42 @@ class Context:
         if self.world_size > 1:
             dist.barrier()
 
+    def batches(self, total: int, batch_size: int) -> list[range]:
+        """This rank's batches of items 0 … total − 1, one per round.
+
+        Batch b is items [b·B, (b + 1)·B), the batches a single process takes; round k is batches
+        k·W … k·W + W − 1 and rank r takes batch k·W + r. So items are batched alike whatever the
+        world size, and a round gathered in rank order is the next W batches. In the last round a
+        rank may get an empty range: every rank takes part in every round's :meth:`gather`.
+        """
+        count = -(-total // batch_size)
+        rounds = -(-count // self.world_size)
+        starts = ((k * self.world_size + self.rank) * batch_size for k in range(rounds))
+        return [range(min(start, total), min(start + batch_size, total)) for start in starts]
+
+    def gather(self, tensor: torch.Tensor | None) -> list[torch.Tensor] | None:
+        """Rank 0 gets every rank's ``tensor`` (None: nothing this round) in rank order; the other ranks get None.
+
+        The tensors may differ in length (dim 0) but not otherwise; they are on this rank's device
+        (NCCL's, or the CPU for gloo). A collective: every rank calls it, once per round.
+        """
+        if self.world_size == 1:
+            return [] if tensor is None else [tensor]
+        shapes: list[tuple | None] = [None] * self.world_size
+        dist.all_gather_object(shapes, None if tensor is None else (tuple(tensor.shape), tensor.dtype))
+        known = [shape for shape in shapes if shape is not None]
+        if not known:
+            return [] if self.is_main else None
+        (_, *rest), dtype = known[0]
+        padded = torch.zeros(max(shape[0] for shape, _ in known), *rest, dtype=dtype, device=self.device)
+        if tensor is not None:
+            padded[: len(tensor)] = tensor
+        received = [torch.empty_like(padded) for _ in range(self.world_size)] if self.is_main else None
+        dist.gather(padded, received, dst=0)
+        if not self.is_main:
+            return None
+        return [part[: shape[0][0]] for part, shape in zip(received, shapes) if shape is not None]
+
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → this rank's GPU if there is one, else the CPU; otherwise the named device."""

@@ -14,8 +14,10 @@ step counters of CPU AdamW, are the library's business.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -73,3 +75,10 @@ def _caller() -> str | None:
     if frame is None or not frame.f_code.co_filename.startswith(PROJECT):
         return None
     return f"{Path(frame.f_code.co_filename).relative_to(Path(PROJECT).parent)}:{frame.f_lineno}"
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[Counter[str]]:
+    """The project's host-sync calls made inside the block, counted by ``file:line name`` (see :class:`HostSyncs`)."""
+    with HostSyncs() as syncs:
+        yield syncs.calls

@@ -6,6 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -15,12 +18,13 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+import torch_fidelity.metric_prc as prc
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from d2c_pack.errors import UserError
 from d2c_pack.sources import open_source
-from d2c_pack.train import evaluation
+from d2c_pack.train import evaluation, metrics
 from d2c_pack.train.adm_npz import ImageBatches
 from d2c_pack.train.evaluation import (
     FeatureAccumulator,
@@ -94,17 +98,40 @@ def adm_inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
     return float(np.mean(scores))
 
 
-def adm_precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3) -> tuple[float, float]:
-    def squared_distances(u, v):
-        return np.maximum((u**2).sum(1)[:, None] - 2 * u @ v.T + (v**2).sum(1)[None, :], 0)
+def adm_batch_pairwise_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """ADM's ``_batch_pairwise_distances`` in the inputs' dtype, as TensorFlow runs it on a GPU (sums and matmuls accumulated in float32)."""
+    norm_u = np.square(u).sum(1, dtype=np.float32).astype(u.dtype).reshape(-1, 1)
+    norm_v = np.square(v).sum(1, dtype=np.float32).astype(v.dtype).reshape(1, -1)
+    return np.maximum(norm_u - 2 * (u.astype(np.float32) @ v.astype(np.float32).T).astype(u.dtype) + norm_v, 0.0)
 
-    def radii(features):
-        return np.partition(squared_distances(features, features), np.arange(k + 1), axis=1)[:, k]
 
-    distances = squared_distances(reference, samples)  # (M, N)
-    samples_in = (distances <= radii(reference)[:, None]).any(0)  # each sample inside some reference ball
-    reference_in = (distances <= radii(samples)[None, :]).any(1)
-    return float(samples_in.mean()), float(reference_in.mean())
+def adm_distance_block(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """ADM's ``DistanceBlock.distance_block``: float16 distances when all finite, else float32 ones."""
+    with np.errstate(over="ignore", invalid="ignore"):  # TensorFlow overflows silently
+        distances = adm_batch_pairwise_distances(u.astype(np.float16), v.astype(np.float16))
+    if np.isfinite(distances).all():
+        return distances.astype(np.float32)
+    return adm_batch_pairwise_distances(u.astype(np.float32), v.astype(np.float32))
+
+
+def adm_precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, batch: int = 10_000) -> tuple[float, float]:
+    """ADM's ``ManifoldEstimator``: ``manifold_radii`` of both sets, then ``evaluate_pr`` (reference first), in blocks of ``batch``."""
+
+    def manifold_radii(features):
+        radii = np.zeros(len(features), dtype=np.float32)
+        for begin1 in range(0, len(features), batch):
+            row = np.concatenate([adm_distance_block(features[begin1 : begin1 + batch], features[b2 : b2 + batch]) for b2 in range(0, len(features), batch)], 1)
+            radii[begin1 : begin1 + batch] = np.partition(row, np.arange(k + 1), axis=1)[:, k]
+        return radii
+
+    radii_1, radii_2 = manifold_radii(reference), manifold_radii(samples)
+    reference_in, samples_in = np.zeros(len(reference), bool), np.zeros(len(samples), bool)
+    for begin_1 in range(0, len(reference), batch):
+        for begin_2 in range(0, len(samples), batch):
+            dist32 = adm_distance_block(reference[begin_1 : begin_1 + batch], samples[begin_2 : begin_2 + batch])
+            reference_in[begin_1 : begin_1 + batch] |= (dist32 <= radii_2[begin_2 : begin_2 + batch][None, :]).any(1)
+            samples_in[begin_2 : begin_2 + batch] |= (dist32 <= radii_1[begin_1 : begin_1 + batch][:, None]).any(0)
+    return float(samples_in.astype(np.float64).mean()), float(reference_in.astype(np.float64).mean())
 
 
 def test_moments_and_frechet_distance_match_numpy_and_the_adm_formula() -> None:
@@ -137,11 +164,34 @@ def test_precision_recall_match_the_adm_manifold_estimator() -> None:
     reference = rng.normal(size=(400, 8)).astype(np.float32)
     samples = np.concatenate([rng.normal(size=(250, 8)), rng.normal(3.0, 0.5, size=(150, 8))]).astype(np.float32)  # 150 off the manifold
     precision, recall = precision_recall(torch.from_numpy(samples), torch.from_numpy(reference))
-    expected = adm_precision_recall(reference.astype(np.float64), samples.astype(np.float64))
-    assert (precision, recall) == pytest.approx(expected, abs=1e-6)  # torch-fidelity averages in float32; one point moves 2.5e-3
+    assert (precision, recall) == adm_precision_recall(reference, samples)
     assert 0.4 < precision < 0.7 and recall > 0.5  # the off-manifold samples are not precise
     with pytest.raises(ValueError, match="k = 3"):
         precision_recall(torch.from_numpy(samples[:3]), torch.from_numpy(reference))
+
+
+def test_precision_recall_use_adms_float16_distances_not_float32() -> None:
+    """1,500 points in 32 dimensions: float32 distances (torch-fidelity's) move precision by 2e-3; ADM's float16 ones are matched exactly."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(1500, 32)).astype(np.float32) * 2
+    samples = (rng.normal(size=(1500, 32)) * 1.1).astype(np.float32) * 2
+    ours = precision_recall(torch.from_numpy(samples), torch.from_numpy(reference))
+    assert ours == adm_precision_recall(reference, samples)
+    float32 = prc.calculate_precision_recall_part(torch.from_numpy(samples), torch.from_numpy(reference), neighborhood=3, batch_size=10_000)
+    assert abs(ours[0] - float32[0]) > 1e-3  # what the float16 rounding changes here
+
+
+def test_precision_recall_fall_back_to_float32_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block whose float16 distances overflow is computed in float32, the others stay float16, as ADM decides per block."""
+    monkeypatch.setattr(metrics, "PR_BATCH", 200)
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(500, 16)).astype(np.float32) * 3
+    reference[200:400] *= 60  # ‖x‖² ≈ 5e5 > 65504: these blocks overflow float16
+    samples = (rng.normal(size=(450, 16)) * 3.3).astype(np.float32)
+    samples[:100] *= 60
+    ours = precision_recall(torch.from_numpy(samples), torch.from_numpy(reference))
+    assert ours == adm_precision_recall(reference, samples, batch=200)
+    assert not torch.isfinite(metrics._squared_distances(torch.from_numpy(reference[200:400]).half(), torch.from_numpy(samples).half())).all()
 
 
 # --- features and references ---
@@ -352,3 +402,32 @@ def test_eval_data_takes_its_reference_from_the_manifest_and_never_guesses(tmp_p
         evaluation.subset_defaults(str(built))
     with pytest.raises(UserError, match="pass --reference"):
         evaluation.subset_defaults(str(tmp_path / "missing"))
+
+
+def test_torchrun_eval_gives_the_metrics_of_one_process(tmp_path: Path) -> None:
+    """2 ranks sample and score 13 samples in batches of 4 (rank 1's second batch has 1): the same JSON to the bit, one report."""
+    args = [
+        "eval", "demo:digits", "--reference", "demo:digits", "--features", ENCODER, "--num-samples", "13", "--batch-size", "4",
+        "--sampling-steps", "2", "--cfg-scale", "1.5", "--device", "cpu", "--workers", "0",
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "D2C_PACK_CACHE": str(tmp_path / "cache")}
+    one = subprocess.run([sys.executable, "-m", "d2c_pack", *args, "--json", str(tmp_path / "one.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
+    two = subprocess.run([*torchrun, *args, "--json", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    results = json.loads((tmp_path / "two.json").read_text())
+    assert results == json.loads((tmp_path / "one.json").read_text()) and results["num_samples"] == 13
+    assert results["precision"] is not None and results["accuracy"] is not None
+    assert two.stdout.count("fid") == 1  # rank 0 alone reports
+
+
+def test_npz_images_are_read_by_ranges(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=images)
+    reader = ImageBatches(tmp_path / "samples.npz")
+    parts = [range(0, 3), range(6, 9), range(10, 10)]  # a rank's share: skips 3..5, then an empty last batch
+    batches = list(reader.read(parts))
+    assert [len(batch) for batch in batches] == [3, 3, 0]
+    assert np.array_equal(batches[0], images[0:3]) and np.array_equal(batches[1], images[6:9])
+    assert np.array_equal(np.concatenate(list(reader.batches(4))), images)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import math
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,12 +16,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from host_sync import count_host_syncs
 from PIL import Image
 from torchdiffeq import odeint
 
+from d2c_pack.distributed import Context
 from d2c_pack.errors import UserError
 from d2c_pack.models import ClassText, backbone_config, save_backbone
-from d2c_pack.train.sample import generate, generate_batches, load_for_sampling, sample_grid, sample_labels, sample_npz, to_uint8
+from d2c_pack.train.sample import (
+    generate,
+    generate_batches,
+    load_for_sampling,
+    sample_generators,
+    sample_grid,
+    sample_labels,
+    sample_npz,
+    to_uint8,
+)
 from d2c_pack.train.sampling import Sampling
 from d2c_pack.train.transport import (
     Condition,
@@ -24,6 +41,8 @@ from d2c_pack.train.transport import (
     euler_maruyama_sample,
     euler_ode_sample,
     heun_ode_sample,
+    integrate,
+    time_grid,
     velocity,
 )
 
@@ -369,3 +388,121 @@ def test_run_folders_and_text_conditioned_models(tmp_path: Path) -> None:
     assert load_for_sampling(tmp_path / "bare")[2] is None
     with pytest.raises(UserError, match="holds no model"):
         load_for_sampling(tmp_path / "run" / "checkpoints" / "0000006.partial")
+
+
+class CountFromTheFirstStep(torch.nn.Module):
+    """The model, with host syncs counted from its first call (the first sampling step) to the end of ``stack``."""
+
+    def __init__(self, model: torch.nn.Module, stack: contextlib.ExitStack):
+        super().__init__()
+        self.model, self.y_embedder, self.stack = model, model.y_embedder, stack
+        self.syncs: collections.Counter | None = None
+
+    def forward(self, *args):
+        if self.syncs is None:
+            self.syncs = self.stack.enter_context(count_host_syncs())
+        return self.model(*args)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "euler-maruyama"])
+def test_no_host_sync_inside_a_sampling_step(demo, sampler: str) -> None:
+    """No step reads a tensor back or copies noise from the host: the grid and guidance are host floats, the SDE's noise is drawn where the samples are."""
+    model, config, _ = demo
+    sampling = Sampling(sampler=sampler, steps=4, cfg_scale=2.0, guidance_interval=GuidanceInterval(0.2, 0.8))
+    noise = torch.randn(3, config.in_channels, config.input_size, config.input_size, generator=torch.Generator().manual_seed(0))
+    with contextlib.ExitStack() as stack:
+        stepped = CountFromTheFirstStep(model, stack)
+        integrate(stepped, noise, Condition(torch.tensor([0, 4, 9])), sampling, generator=sample_generators(0, range(3)))
+    assert stepped.syncs == collections.Counter()
+
+    with count_host_syncs() as syncs:  # the counter sees what it should
+        torch.ones(2).to("cpu").sum().item()  # from this test file: not d2c-pack's
+        Context(0, 1, torch.device("cpu")).batches(3, 2)
+        sample_labels(3, 10, "random", 0)  # torch.from_numpy, no sync
+    assert syncs == collections.Counter()
+    with count_host_syncs() as syncs:  # before the first batch: the labels' range checked, the schedule computed once
+        generate_batches(model, config, torch.tensor([3]))
+    assert {key.split(":")[0] for key in syncs} == {"d2c_pack/train/sample.py", "d2c_pack/train/transport.py"}
+
+
+def random_sit(in_channels: int = 4, num_classes: int = 3) -> torch.nn.Module:
+    """A tiny SiT with SiT's learned-σ layout (2C outputs) and random weights throughout (its zero-initialised layers too)."""
+    config = backbone_config("SiT-T/4", image_size=8, num_classes=num_classes, vae=None, in_channels=in_channels, learn_sigma=True)
+    model = config.build()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def sit_forward_with_cfg(forward, x, t, y, cfg_scale):
+    """Our transcription of SiT's ``models.py`` ``forward_with_cfg`` (``self.forward`` passed in)."""
+    half = x[: len(x) // 2]
+    combined = torch.cat([half, half], dim=0)
+    model_out = forward(combined, t, y)
+    eps, rest = model_out[:, :3], model_out[:, 3:]
+    cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+    half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+    eps = torch.cat([half_eps, half_eps], dim=0)
+    return torch.cat([eps, rest], dim=1)
+
+
+def test_cfg_channels_3_is_sits_forward_with_cfg() -> None:
+    model = random_sit()
+    sit_forward = lambda x, t, y: model(x, t, y).chunk(2, dim=1)[0]  # noqa: E731  SiT's forward drops the learned σ
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 2])
+    doubled = (torch.cat([x, x]), torch.full((4,), 0.3), torch.cat([labels, torch.full_like(labels, 3)]))
+    with torch.no_grad():
+        sit = sit_forward_with_cfg(sit_forward, *doubled, 4.0)[:2]  # the conditional half, as SiT's sample.py keeps
+        ours = velocity(model, x, 0.3, Condition(labels), cfg_scale=4.0, guided_channels=3)
+        every = velocity(model, x, 0.3, Condition(labels), cfg_scale=4.0)
+    assert torch.equal(ours, sit)
+    assert torch.equal(every[:, :3], sit[:, :3]) and not torch.allclose(every[:, 3:], sit[:, 3:])  # REPA guides channel 4 too
+
+    # Through a sampler: Euler on the doubled batch, as SiT samples with forward_with_cfg as its model.
+    times = time_grid(4).tolist()
+    state = x
+    with torch.no_grad():
+        for t0, t1 in itertools.pairwise(times):
+            state = state + (t1 - t0) * sit_forward_with_cfg(sit_forward, torch.cat([state, state]), torch.full((4,), t0), doubled[2], 4.0)[:2]
+    assert torch.equal(euler_ode_sample(model, x, labels, Sampling(steps=3, cfg_scale=4.0, cfg_channels="3")), state)
+    assert not torch.equal(euler_ode_sample(model, x, labels, Sampling(steps=3, cfg_scale=4.0)), state)
+    with pytest.raises(UserError, match="--cfg-channels"):
+        Sampling(cfg_channels="2")
+
+
+def test_bf16_precision_samples_close_to_fp32(demo) -> None:
+    model, config, _ = demo
+    labels = torch.tensor([1, 5, 8])
+    settings = {"sampler": "heun", "steps": 3, "cfg_scale": 1.5, "seed": 4}
+    full = generate(model, config, labels, Sampling(**settings))
+    half = generate(model, config, labels, Sampling(precision="bf16", **settings))
+    assert half.dtype == torch.float32 and not torch.equal(half, full)  # the network ran in bfloat16
+    assert (half - full).abs().mean() < 0.02, (half - full).abs().mean()
+    assert torch.equal(generate(model, config, labels, Sampling(**settings)), full)  # autocast ends with the call
+    with pytest.raises(UserError, match="--precision"):
+        Sampling(precision="fp16")
+
+
+def test_rank_batches_are_one_process_batches_shared_round_robin() -> None:
+    for total, batch_size, world in [(7, 3, 2), (13, 4, 3), (2, 5, 2), (9, 3, 3)]:
+        shares = [Context(rank, world, torch.device("cpu")).batches(total, batch_size) for rank in range(world)]
+        assert len({len(share) for share in shares}) == 1  # every rank takes part in every round
+        rounds = [part for parts in zip(*shares) for part in parts if part]
+        assert rounds == [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+def test_torchrun_two_ranks_write_the_npz_of_one_process(tmp_path: Path) -> None:
+    """Rank 0 gathers and writes; the file is byte for byte one process's (7 samples in batches of 3: rank 1's last batch is empty)."""
+    args = ["sample", "demo:digits", "--num-samples", "7", "--batch-size", "3", "--sampling-steps", "2", "--sampler", "euler-maruyama", "--cfg-scale", "1.5", "--device", "cpu"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "d2c_pack", *args, "--out", str(tmp_path / "one.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
+    two = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+    assert two.stdout.count("wrote") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]

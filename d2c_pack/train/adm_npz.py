@@ -79,12 +79,22 @@ class ImageBatches:
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Consecutive batches (B, H, W, 3), the last one shorter."""
+        return self.read(range(start, min(start + batch_size, len(self))) for start in range(0, len(self), batch_size))
+
+    def read(self, parts: Iterable[range]) -> Iterator[np.ndarray]:
+        """The images of each range (B, H, W, 3), ranges in ascending order; skipped images are seeked past."""
         image_bytes = int(np.prod(self.shape[1:]))
         with self._member() as (file, _, _):
-            for start in range(0, len(self), batch_size):
-                batch = np.empty((min(batch_size, len(self) - start), *self.shape[1:]), np.uint8)
+            first = file.tell()
+            for part in parts:
+                batch = np.empty((len(part), *self.shape[1:]), np.uint8)
+                if not part:
+                    yield batch
+                    continue
+                if file.tell() != first + part.start * image_bytes:
+                    file.seek(first + part.start * image_bytes)
                 if (read := file.readinto(memoryview(batch).cast("B"))) != batch.nbytes:
-                    raise UserError(f"{self.path}: {self.name} ends after {start + read // image_bytes} of {len(self)} images")
+                    raise UserError(f"{self.path}: {self.name} ends after {part.start + read // image_bytes} of {len(self)} images")
                 yield batch
 
     @contextlib.contextmanager

@@ -17,13 +17,21 @@ Samples are generated from a model, or read from an ADM ``.npz`` (``arr_0`` uint
 The reference is an ADM reference batch (``VIRTUAL_imagenet256_labeled.npz``: its ``mu``/``sigma``
 and ``mu_s``/``sigma_s`` for FID/sFID, its 10,000 images for precision/recall) or any image
 source, whose statistics and the features of 10,000 evenly spaced images are computed once
-and cached. Real and generated images enter alike: uint8 R×R ADM crops.
+(with DataLoader workers, ``--workers``) and cached. Real and generated images enter alike: uint8
+R×R ADM crops.
+
+Under ``torchrun`` each rank samples (or reads) its share of the batches and runs the feature
+network on them on its own GPU; rank 0 gathers the features batch by batch in index order, so
+its statistics are summed in the order of a single process and the metrics are the same to the
+bit. Rank 0 alone reads the reference and computes the metrics; the other ranks return None.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,9 +40,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from d2c_pack import distributed
 from d2c_pack.attach.visual import VisualEncoder, classifier_inputs
 from d2c_pack.configs import default_work_dir
-from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError, first_line, require
 from d2c_pack.fingerprint import module_sha256, sha256_file, sha256_json
 from d2c_pack.preprocess import SourceCrops, center_crop_adm
@@ -201,17 +209,20 @@ class FeatureAccumulator:
     @torch.no_grad()
     def update(self, crops: torch.Tensor) -> None:
         """Adds a batch of uint8 crops (B, 3, R, R)."""
-        features = self.network(crops)
+        self.add(self.network(crops))
+
+    def add(self, features: ImageFeatures) -> None:
+        """Adds the features of the next batch of images."""
         self.pool.update(features.pool)
         if features.spatial is not None:
             self.spatial = self.spatial or Moments(features.spatial.shape[1])
             self.spatial.update(features.spatial)
         if self.logits is not None and features.logits is not None:
             self.logits.append(features.logits.cpu())
-        positions = np.arange(self.seen, self.seen + len(crops))
+        positions = np.arange(self.seen, self.seen + len(features.pool))
         chosen = positions if self.keep is None else positions[np.isin(positions, self.keep)]
         self.kept.append(features.pool[torch.from_numpy(chosen - self.seen).to(features.pool.device)].float().cpu())
-        self.seen += len(crops)
+        self.seen += len(features.pool)
 
     def reference(self) -> Reference:
         return Reference(self.pool.statistics(), self.spatial and self.spatial.statistics(), torch.cat(self.kept))
@@ -349,28 +360,45 @@ def score_samples(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
     total: int,
     network: FeatureNetwork,
-    reference: Reference,
+    reference: Reference | None,
     *,
     classifier: nn.Module | None = None,
     device: torch.device | str = "cpu",
-) -> dict:
+    context: distributed.Context | None = None,
+) -> dict | None:
     """The metrics of uint8 sample batches (B, 3, R, R) with their labels (B,) (None: unknown) against ``reference``.
 
     Only one batch of images is held; the pool features (N × D floats) and logits are kept for
-    precision/recall and IS.
+    precision/recall and IS. Under ``torchrun`` (``context``) ``batches`` are this rank's, one per
+    round of :meth:`~d2c_pack.distributed.Context.batches` (empty ones included); rank 0, the only
+    one with the ``reference``, gathers every rank's features and returns the metrics, the other
+    ranks None.
     """
-    if reference.statistics.mu.shape != (network.num_features,):
+    context = context or distributed.Context(0, 1, torch.device(device))
+    if reference is not None and reference.statistics.mu.shape != (network.num_features,):
         raise UserError(f"the reference statistics have {reference.statistics.mu.shape[0]} features, the feature network gives {network.num_features}")
     accumulator = FeatureAccumulator(network, logits=True)
     correct = labelled = 0
-    with progress_bar("eval", total=total) as advance:
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        advance = stack.enter_context(progress_bar("eval", total=total)) if context.is_main else None
         for crops, labels in batches:
             crops = crops.to(device)
-            accumulator.update(crops)
-            if classifier is not None and labels is not None:
-                correct += int((classifier_predictions(classifier, crops, crops.shape[-1]).cpu() == labels).sum())
-                labelled += len(labels)
-            advance(len(crops))
+            features = network(crops) if len(crops) else None
+            hits = None
+            if features is not None and classifier is not None and labels is not None:
+                hits = (classifier_predictions(classifier, crops, crops.shape[-1]) == labels.to(crops.device)).to(torch.uint8)  # (B,)
+            # One batch at a time and in rank order: rank 0 adds them as one process would.
+            parts = [context.gather(None if features is None else getattr(features, name)) for name in ("pool", "spatial", "logits")]
+            hits = context.gather(hits)
+            if not context.is_main:
+                continue
+            for pool, spatial, logits in itertools.zip_longest(*parts):
+                accumulator.add(ImageFeatures(pool, spatial, logits))
+                advance(len(pool))
+            correct += sum(int(h.sum()) for h in hits)
+            labelled += sum(len(h) for h in hits)
+    if not context.is_main:
+        return None
     if accumulator.seen < 2:
         raise UserError(f"FID needs at least 2 samples, got {accumulator.seen}")
     samples = accumulator.reference()
@@ -403,27 +431,32 @@ def evaluate(
     work_dir: str | Path | None = None,
     workers: int = 0,
     vae: str | None = None,
-) -> dict:
+) -> dict | None:
     """The metrics of ``num_samples`` samples of a model against ``reference`` (see ``score_samples``).
 
     Labels are drawn as ``sampling.labels`` says (uniformly at random, DiT/SiT/REPA's sampling, or
     ``balanced``, i mod C); sample i has the noise of (sampling.seed, i), as in ``sample_npz``.
     ``sampling.batch_size`` is also the feature network's batch. ``device``: 'auto' is the GPU if
-    any, else the CPU. The result holds the metrics and every setting they depend on.
+    any, else the CPU (under ``torchrun``, this rank's GPU). The result holds the metrics and every
+    setting they depend on; None on the ranks other than 0.
     """
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 for FID, got {num_samples}")
-    device = pick_device(device)
-    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
+    context = distributed.init(device)
+    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae)
     resolution = config.image_size
     targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
-    images = generate_batches(model, config, targets, sampling, class_text=class_text)
-    network = load_features(features, resolution, inception_weights=inception_weights, device=device)
-    statistics = load_reference(
-        reference, network, resolution, work_dir=work_dir, device=device, batch_size=sampling.batch_size, workers=workers
+    parts = context.batches(num_samples, sampling.batch_size)
+    images = generate_batches(model, config, targets, sampling, class_text=class_text, batches=parts)
+    network = load_features(features, resolution, inception_weights=inception_weights, device=context.device)
+    statistics = _main_reference(
+        context, reference, network, resolution, work_dir=work_dir, device=context.device, batch_size=sampling.batch_size, workers=workers
     )  # fmt: skip
-    batches = ((to_uint8(batch), targets[start : start + len(batch)]) for start, batch in _with_offsets(images))
-    metrics = score_samples(batches, num_samples, network, statistics, classifier=load_classifier(features, config.num_classes, device), device=device)
+    batches = ((to_uint8(batch), targets[part.start : part.stop]) for part, batch in zip(parts, images))
+    classifier = load_classifier(features, config.num_classes, context.device)
+    metrics = score_samples(batches, num_samples, network, statistics, classifier=classifier, device=context.device, context=context)
+    if metrics is None:
+        return None
     settings = {"samples": str(checkpoint), "reference": _spec(reference), "features": features, "resolution": resolution}
     return metrics | settings | sampling.record()
 
@@ -439,38 +472,39 @@ def evaluate_npz(
     inception_weights: str | Path | None = None,
     work_dir: str | Path | None = None,
     workers: int = 0,
-) -> dict:
+) -> dict | None:
     """The metrics of the images of an ADM sample ``.npz`` (no model needed).
 
     With encoder features whose classifier has ``num_classes`` outputs (default: the file's
     largest label + 1) and labels in ``arr_1``, also the classifier accuracy. ``device``: 'auto'
-    is the GPU if any, else the CPU.
+    is the GPU if any, else the CPU. Under ``torchrun`` each rank reads and scores its share of the
+    batches; ranks other than 0 return None.
     """
-    device = pick_device(device)
+    context = distributed.init(device)
     images = ImageBatches(samples)
     resolution = images.shape[1]
     targets = read_arrays(samples, (LABELS,)).get(LABELS)
     if targets is not None and len(targets) != len(images):
         raise UserError(f"{samples}: {len(targets)} labels ({LABELS}) for {len(images)} images ({IMAGES})")
     targets = None if targets is None else torch.from_numpy(targets.astype(np.int64))
-    network = load_features(features, resolution, inception_weights=inception_weights, device=device)
-    statistics = load_reference(reference, network, resolution, work_dir=work_dir, device=device, batch_size=batch_size, workers=workers)
+    network = load_features(features, resolution, inception_weights=inception_weights, device=context.device)
+    statistics = _main_reference(context, reference, network, resolution, work_dir=work_dir, device=context.device, batch_size=batch_size, workers=workers)
     classes = num_classes or (int(targets.max()) + 1 if targets is not None and len(targets) else 0)
-    classifier = load_classifier(features, classes, device) if targets is not None else None
+    classifier = load_classifier(features, classes, context.device) if targets is not None else None
+    parts = context.batches(len(images), batch_size)
     batches = (
-        (torch.from_numpy(batch).permute(0, 3, 1, 2), None if targets is None else targets[start : start + len(batch)])
-        for start, batch in _with_offsets(images.batches(batch_size))
+        (torch.from_numpy(batch).permute(0, 3, 1, 2), None if targets is None else targets[part.start : part.stop])
+        for part, batch in zip(parts, images.read(parts))
     )  # (B, 3, H, W) uint8
-    metrics = score_samples(batches, len(images), network, statistics, classifier=classifier, device=device)
+    metrics = score_samples(batches, len(images), network, statistics, classifier=classifier, device=context.device, context=context)
+    if metrics is None:
+        return None
     return metrics | {"samples": str(samples), "reference": _spec(reference), "features": features, "resolution": resolution}
 
 
-def _with_offsets(batches: Iterable) -> Iterator[tuple[int, object]]:
-    """(index of the batch's first item, batch)."""
-    start = 0
-    for batch in batches:
-        yield start, batch
-        start += len(batch)
+def _main_reference(context: distributed.Context, reference: str | ImageSource, *args, **options) -> Reference | None:
+    """``load_reference`` on rank 0, which alone needs it (and so alone computes and caches it); None elsewhere."""
+    return load_reference(reference, *args, **options) if context.is_main else None
 
 
 def _spec(reference: str | ImageSource) -> str:

@@ -1,18 +1,22 @@
 """Sampling from a trained backbone: PNG grids and ADM-evaluator ``.npz`` files.
 
 Sample i of a call is drawn from its own generator seeded by (seed, i), so the images depend
-on the seed and on their position only, never on the batch size.
+on the seed and on their position only, never on the batch size. Under ``torchrun`` each rank
+draws its share of the batches on its own GPU (:meth:`~d2c_pack.distributed.Context.batches`:
+the batches one process would draw, so the images do not depend on the world size either) and
+rank 0 gathers them in index order and writes the one output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from d2c_pack import distributed
 from d2c_pack.distributed import pick_device
 from d2c_pack.errors import UserError
 from d2c_pack.latents import load_latent_space
@@ -21,7 +25,7 @@ from d2c_pack.models.checkpoint import CONFIG_NAME, resolve_backbone_path
 from d2c_pack.progress import progress_bar
 from d2c_pack.train.adm_npz import write_samples
 from d2c_pack.train.sampling import LABEL_MODES, Sampling
-from d2c_pack.train.transport import Condition, integrate
+from d2c_pack.train.transport import Condition, integrate, numerics, schedule
 
 
 def load_for_sampling(
@@ -78,34 +82,52 @@ def sample_labels(num_samples: int, num_classes: int, mode: str, seed: int) -> t
     return torch.from_numpy(generator.integers(0, num_classes, num_samples))
 
 
-def sample_generators(seed: int, indices: range) -> list[torch.Generator]:
-    """One CPU generator per sample, seeded by (seed, index)."""
+def sample_generators(seed: int, indices: range, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample on ``device``, seeded by (seed, index)."""
     states = (np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] for i in indices)
-    return [torch.Generator().manual_seed(int(state)) for state in states]
+    return [torch.Generator(device).manual_seed(int(state)) for state in states]
 
 
 def generate_batches(
-    model: DiT, config: BackboneConfig, labels: torch.Tensor, sampling: Sampling = Sampling(), *, class_text: ClassText | None = None
+    model: DiT,
+    config: BackboneConfig,
+    labels: torch.Tensor,
+    sampling: Sampling = Sampling(),
+    *,
+    class_text: ClassText | None = None,
+    batches: Iterable[range] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """The images of ``generate`` batch by batch, each (B, 3, R, R) in [-1, 1] on the CPU.
+    """The images of ``generate`` batch by batch, each (B, 3, R, R) in [-1, 1] on the model's device.
 
+    ``batches``: the samples (positions in ``labels``) of each batch; default: consecutive batches
+    of ``sampling.batch_size``. An empty range gives an empty batch without running the model.
     The model is checked and the VAE loaded here, before the first batch is asked for.
     """
     check_sampling(config, labels, class_text)
-    space = load_latent_space(config.vae, next(model.parameters()).device, expected_sha256=config.vae_sha256)
+    device = next(model.parameters()).device
+    space = load_latent_space(config.vae, device, expected_sha256=config.vae_sha256)
     conditions = class_conditions(labels.cpu(), class_text if config.text_dim else None)
+    plan = schedule(sampling)  # the time grid and guidance of every step, once for all batches
+    if batches is None:
+        batches = [range(start, min(start + sampling.batch_size, len(labels))) for start in range(0, len(labels), sampling.batch_size)]
 
-    def batches() -> Iterator[torch.Tensor]:
-        device = next(model.parameters()).device
+    def images() -> Iterator[torch.Tensor]:
         shape = (config.in_channels, config.input_size, config.input_size)
-        for start in range(0, len(labels), sampling.batch_size):
-            generators = sample_generators(sampling.seed, range(start, min(start + sampling.batch_size, len(labels))))
+        for part in batches:
+            if not part:
+                yield torch.empty(0, 3, config.image_size, config.image_size, device=device)
+                continue
+            generators = sample_generators(sampling.seed, part)
             noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, C, H, W)
-            # The SDE goes on drawing each sample's Brownian increments from that sample's generator.
-            latents = integrate(model, noise, conditions[start : start + sampling.batch_size].to(device), sampling, generator=generators)
-            yield space.decode(latents).clamp(-1, 1).cpu()  # (B, 3, R, R)
+            # The SDE draws each sample's Brownian increments from a generator of its own, on the device (no
+            # step waits for a copy): on the CPU the one that drew its noise, on a GPU one seeded by (seed, i) too.
+            increments = generators if device.type == "cpu" else sample_generators(sampling.seed, part, device)
+            latents = integrate(model, noise, conditions[part.start : part.stop].to(device), sampling, generator=increments, plan=plan)
+            with numerics(device):
+                decoded = space.decode(latents).clamp(-1, 1)  # (B, 3, R, R)
+            yield decoded
 
-    return batches()
+    return images()
 
 
 def generate(
@@ -117,7 +139,25 @@ def generate(
     ``dopri5``, whose steps are chosen for the whole batch (SiT's behaviour), so that a sample
     depends on the batch it is drawn in.
     """
-    return torch.cat(list(generate_batches(model, config, labels, sampling, class_text=class_text)))
+    return torch.cat([batch.cpu() for batch in generate_batches(model, config, labels, sampling, class_text=class_text)])
+
+
+def generate_shared(
+    context: distributed.Context,
+    model: DiT,
+    config: BackboneConfig,
+    labels: torch.Tensor,
+    sampling: Sampling,
+    *,
+    class_text: ClassText | None = None,
+    convert: Callable[[torch.Tensor], torch.Tensor] = lambda images: images,
+) -> Iterator[list[torch.Tensor] | None]:
+    """This rank's share of ``generate``, round by round: rank 0 gets the round's ``convert``-ed batches in index order, other ranks None.
+
+    Each rank converts its own batch (to uint8, say) before the gather. Every rank must consume all the rounds.
+    """
+    batches = generate_batches(model, config, labels, sampling, class_text=class_text, batches=context.batches(len(labels), sampling.batch_size))
+    return (context.gather(convert(batch)) for batch in batches)
 
 
 def check_sampling(config: BackboneConfig, labels: torch.Tensor, class_text: ClassText | None) -> None:
@@ -144,7 +184,7 @@ def sample_grid(
     sampling: Sampling = Sampling(),
     device: str = "auto",
     vae: str | None = None,
-) -> Path:
+) -> Path | None:
     """Writes a PNG grid with one row per class (default: all) and ``per_class`` samples per row.
 
     Args:
@@ -153,21 +193,26 @@ def sample_grid(
         per_class: Samples per class.
         classes: The classes of the rows.
         sampling: How the samples are drawn (``sampling.labels`` does not apply: the rows set the classes).
-        device: 'auto' (the GPU if any, else the CPU), 'cpu', 'cuda', …
+        device: 'auto' (this rank's GPU if any, else the CPU), 'cpu', 'cuda', …
         vae: A local copy of the VAE the model was trained with.
 
     Returns:
-        The path written.
+        The path written; None on the ranks other than 0 under ``torchrun`` (which share the sampling).
     """
-    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
+    context = distributed.init(device)
+    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae)
     classes = list(range(config.num_classes)) if classes is None else classes
     if bad := [c for c in classes if not 0 <= c < config.num_classes]:
         raise UserError(f"class {bad[0]} is out of range: the model has {config.num_classes} classes")
-    images = generate(model, config, torch.tensor(classes).repeat_interleave(per_class), sampling, class_text=class_text)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images + 1) / 2, out, nrow=per_class, padding=1)
-    return out
+    labels = torch.tensor(classes).repeat_interleave(per_class)
+    rounds = list(generate_shared(context, model, config, labels, sampling, class_text=class_text))
+    if context.is_main:
+        images = torch.cat([batch.cpu() for batches in rounds for batch in batches])
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image((images + 1) / 2, out, nrow=per_class, padding=1)
+    context.barrier()  # every rank returns once the grid is written
+    return Path(out) if context.is_main else None
 
 
 def sample_npz(
@@ -178,24 +223,35 @@ def sample_npz(
     sampling: Sampling = Sampling(),
     device: str = "auto",
     vae: str | None = None,
-) -> Path:
+) -> Path | None:
     """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
 
     ``arr_0`` holds the images, uint8 (N, R, R, 3); ``arr_1`` their labels, int64 (N,), drawn as
     ``sample_labels`` does for ``sampling.labels``. The images are streamed into the archive batch
-    by batch (memory stays one batch), into a temporary file renamed when complete. ``checkpoint``,
-    ``device`` and ``vae`` are as in :func:`sample_grid`.
+    by batch (memory stays one round of batches), into a temporary file renamed when complete.
+    Under ``torchrun`` every rank samples its share and sends it, as uint8, to rank 0, which alone
+    writes the file; the file is byte for byte the one a single process writes. ``checkpoint``,
+    ``device`` and ``vae`` are as in :func:`sample_grid`; None is returned on ranks other than 0.
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be positive, got {num_samples}")
-    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
+    context = distributed.init(device)
+    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae)
     targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
-    batches = generate_batches(model, config, targets, sampling, class_text=class_text)
+    rounds = generate_shared(context, model, config, targets, sampling, class_text=class_text, convert=lambda batch: to_uint8(batch).permute(0, 2, 3, 1))
+    if not context.is_main:
+        for _ in rounds:  # this rank's batches go to rank 0
+            pass
+        context.barrier()
+        return None
     with progress_bar("sample", total=num_samples) as advance:
 
         def images() -> Iterator[np.ndarray]:
-            for batch in batches:
-                yield to_uint8(batch).permute(0, 2, 3, 1).numpy()  # (B, R, R, 3)
-                advance(len(batch))
+            for batches in rounds:
+                for batch in batches:
+                    yield batch.cpu().numpy()  # (B, R, R, 3)
+                    advance(len(batch))
 
-        return write_samples(out, images(), targets.numpy(), (config.image_size, config.image_size, 3))
+        path = write_samples(out, images(), targets.numpy(), (config.image_size, config.image_size, 3))
+    context.barrier()  # every rank returns once the file is complete
+    return path

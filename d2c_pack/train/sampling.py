@@ -15,6 +15,10 @@ from d2c_pack.errors import UserError
 
 SAMPLERS = ("euler", "heun", "euler-maruyama", "dopri5")
 LABEL_MODES = ("random", "balanced")
+PRECISIONS = ("fp32", "bf16")
+# Channels classifier-free guidance applies to: every one (REPA), or the first 3 (the official
+# DiT/SiT ``forward_with_cfg``, which its published samples were drawn with).
+CFG_CHANNELS = ("all", "3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,10 @@ class Sampling:
         seed: Sample i's noise comes from (seed, i); random labels from a stream of their own.
         batch_size: Samples per batch (the result does not depend on it, except with dopri5).
         labels: How the classes of a set of samples are drawn (one of ``LABEL_MODES``).
+        precision: ``fp32`` (TF32 matmuls on a GPU, as DiT/SiT sample) or ``bf16`` (the network
+            under bfloat16 autocast); the state and the float64 time grid stay as they are.
+        cfg_channels: ``all`` (REPA) or ``3``: guidance on the first 3 latent channels only, the
+            others conditional, as the official DiT/SiT ``forward_with_cfg``.
     """
 
     sampler: str = "euler"
@@ -59,6 +67,8 @@ class Sampling:
     seed: int = 0
     batch_size: int = 256
     labels: str = "random"
+    precision: str = "fp32"
+    cfg_channels: str = "all"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -78,6 +88,15 @@ class Sampling:
             raise UserError(f"--batch-size must be positive, got {self.batch_size}")
         if self.labels not in LABEL_MODES:
             raise UserError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.cfg_channels not in CFG_CHANNELS:
+            raise UserError(f"--cfg-channels must be one of {', '.join(CFG_CHANNELS)}, got {self.cfg_channels!r}")
+
+    @property
+    def guided_channels(self) -> int | None:
+        """How many leading channels guidance applies to (None: all)."""
+        return None if self.cfg_channels == "all" else int(self.cfg_channels)
 
     def record(self) -> dict:
         """The settings as JSON-ready keys, for results files."""
@@ -86,4 +105,5 @@ class Sampling:
             "sampler": self.sampler, "sampling_steps": self.steps, "cfg_scale": self.cfg_scale,
             "guidance_interval": [interval.low, interval.high], "guidance_time": interval.time, "seed": self.seed,
             "batch_size": self.batch_size, "labels": self.labels,
+            "sampling_precision": self.precision, "cfg_channels": self.cfg_channels,  # not "precision": eval's metric
         }  # fmt: skip

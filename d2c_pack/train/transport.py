@@ -9,14 +9,18 @@ Samplers integrate from t = 0 (noise) to t = 1 (data): Euler and Heun on the pro
 ODE dx/dt = v(x, t) (REPA's ``euler_sampler``), SiT's default adaptive ODE solver (torchdiffeq's
 ``dopri5``), and Euler–Maruyama on SiT's SDE (see :func:`euler_maruyama_sample`). The fixed-step
 samplers build their time grids in float64, as REPA does: a float32 grid moves grid points by
-~1e-8, enough to carry one across a guidance interval's edge.
+~1e-8, enough to carry one across a guidance interval's edge. The grid and the guidance scale of
+each step are host floats computed once (:class:`Schedule`), so that a step of euler, heun or
+euler-maruyama never waits for the device: no tensor is read back, and the SDE's Brownian
+increments are drawn by generators on the samples' device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -88,6 +92,25 @@ def guidance_scales(sampling: Sampling, num_points: int, last_step_size: float =
     return [sampling.cfg_scale if interval.low <= t <= interval.high else 1.0 for t in times]
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The fixed-step samplers' grid as host floats: SiT times (float64 grid), the guidance scale of a step
+    starting at each, and the size of the SDE's final noise-free step (0 for the ODEs)."""
+
+    times: tuple[float, ...]
+    scales: tuple[float, ...]
+    last_step_size: float = 0.0
+
+
+def schedule(sampling: Sampling, last_step_size: float = LAST_STEP_SIZE) -> Schedule:
+    """The grid ``sampling.sampler`` steps on: N + 1 points for euler and heun, N up to 1 − ``last_step_size`` for euler-maruyama.
+
+    Computed once for a whole run, before any step: the steps read plain floats.
+    """
+    num_points, last = (sampling.steps, last_step_size) if sampling.sampler == "euler-maruyama" else (sampling.steps + 1, 0.0)
+    return Schedule(tuple(time_grid(num_points, last).tolist()), tuple(guidance_scales(sampling, num_points, last)), last)
+
+
 def interpolate(x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Point x_t on the straight path from noise x₀ to data x₁ at times t (N,), and its velocity u."""
     t = t.view(-1, *([1] * (x1.dim() - 1)))  # (N, 1, 1, 1)
@@ -115,40 +138,51 @@ def velocity(
     cond: Condition,
     cfg_scale: float = 1.0,
     guidance_interval: GuidanceInterval | None = None,
+    *,
+    guided_channels: int | None = None,
 ) -> torch.Tensor:
     """The model's velocity at SiT time ``t`` (0 = noise, 1 = data), guided where asked.
 
     With ``cfg_scale > 1`` and ``t`` inside the closed ``guidance_interval`` (None: any t), classifier-free
     guidance v_u + s·(v_c − v_u) from one doubled batch: the conditional half, then the null class
-    with the null text. Unlike the official ``forward_with_cfg`` (which guides only the first three
-    channels, a DiT reproducibility quirk) every channel is guided. Elsewhere one conditional pass.
+    with the null text. Every channel is guided (REPA), or with ``guided_channels = 3`` only the
+    first three, the rest conditional, as the official DiT/SiT ``forward_with_cfg`` (a DiT
+    reproducibility quirk that SiT's published samples keep). Elsewhere one conditional pass.
+    ``t`` is a host float: nothing here waits for the device.
     """
-    times = torch.full((x.shape[0],), float(t), device=x.device)  # (N,)
+    times = torch.full((x.shape[0],), t, device=x.device)  # (N,)
     if cfg_scale <= 1.0 or (guidance_interval is not None and not guidance_interval.contains(t)):
         return _forward(model, x, times, cond)
     both = cond.cat(cond.null(model.y_embedder.num_classes))
     v_cond, v_null = _forward(model, torch.cat([x, x]), torch.cat([times, times]), both).chunk(2)  # (N, C, H, W) each
-    return v_null + cfg_scale * (v_cond - v_null)
+    guided = v_null + cfg_scale * (v_cond - v_null)
+    if guided_channels is None:
+        return guided
+    return torch.cat([guided[:, :guided_channels], v_cond[:, guided_channels:]], dim=1)
 
 
 @torch.no_grad()
-def euler_ode_sample(model: DiT, noise: torch.Tensor, cond: Condition | torch.Tensor, sampling: Sampling = Sampling()) -> torch.Tensor:
+def euler_ode_sample(
+    model: DiT, noise: torch.Tensor, cond: Condition | torch.Tensor, sampling: Sampling = Sampling(), *, plan: Schedule | None = None
+) -> torch.Tensor:
     """Integrates dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 with N = ``sampling.steps`` Euler steps.
 
     N counts intervals: the grid has N + 1 points, as REPA's. A step is guided (``sampling.cfg_scale``)
-    when its start is inside ``sampling.guidance_interval``.
+    when its start is inside ``sampling.guidance_interval``. ``plan``: ``schedule(sampling)`` if
+    already computed.
     """
     cond = as_condition(cond)
-    times = time_grid(sampling.steps + 1).tolist()
-    scales = guidance_scales(sampling, sampling.steps + 1)
+    plan = plan or schedule(sampling)
     x = noise.float()  # (N, C, H, W)
-    for (t0, t1), scale in zip(itertools.pairwise(times), scales):
-        x = x + (t1 - t0) * velocity(model, x, t0, cond, cfg_scale=scale)
+    for (t0, t1), scale in zip(itertools.pairwise(plan.times), plan.scales):
+        x = x + (t1 - t0) * velocity(model, x, t0, cond, cfg_scale=scale, guided_channels=sampling.guided_channels)
     return x
 
 
 @torch.no_grad()
-def heun_ode_sample(model: DiT, noise: torch.Tensor, cond: Condition | torch.Tensor, sampling: Sampling = Sampling()) -> torch.Tensor:
+def heun_ode_sample(
+    model: DiT, noise: torch.Tensor, cond: Condition | torch.Tensor, sampling: Sampling = Sampling(), *, plan: Schedule | None = None
+) -> torch.Tensor:
     """Heun's second-order method on dx/dt = v(x, t), t = 0 → 1: 2N − 1 network evaluations for N = ``sampling.steps``.
 
     N counts intervals, as in :func:`euler_ode_sample`. Each step averages the velocity
@@ -158,16 +192,16 @@ def heun_ode_sample(model: DiT, noise: torch.Tensor, cond: Condition | torch.Ten
     step's end takes the scale of its start, even where that end lies outside the interval.
     """
     cond = as_condition(cond)
-    times = time_grid(sampling.steps + 1).tolist()
-    scales = guidance_scales(sampling, sampling.steps + 1)
+    plan = plan or schedule(sampling)
+    channels = sampling.guided_channels
     x = noise.float()  # (N, C, H, W)
-    for step, ((t0, t1), scale) in enumerate(zip(itertools.pairwise(times), scales)):
-        v0 = velocity(model, x, t0, cond, cfg_scale=scale)  # (N, C, H, W)
+    for step, ((t0, t1), scale) in enumerate(zip(itertools.pairwise(plan.times), plan.scales)):
+        v0 = velocity(model, x, t0, cond, cfg_scale=scale, guided_channels=channels)  # (N, C, H, W)
         euler = x + (t1 - t0) * v0
         if step == sampling.steps - 1:
             x = euler
         else:
-            x = x + (t1 - t0) * 0.5 * (v0 + velocity(model, euler, t1, cond, cfg_scale=scale))
+            x = x + (t1 - t0) * 0.5 * (v0 + velocity(model, euler, t1, cond, cfg_scale=scale, guided_channels=channels))
     return x
 
 
@@ -196,7 +230,7 @@ def dopri5_ode_sample(
         # Like SiT, the network is evaluated where the last step overshoots t = 1 (the solver
         # interpolates back); there guidance is what it is at t = 1.
         scale = sampling.cfg_scale if interval.contains(min(float(t), 1.0)) else 1.0
-        return velocity(model, x, float(t), cond, cfg_scale=scale)
+        return velocity(model, x, float(t), cond, cfg_scale=scale, guided_channels=sampling.guided_channels)
 
     ends = torch.tensor([0.0, 1.0], device=noise.device)  # float32, as SiT's linspace(t0, t1, num_steps)
     # One-element lists, as SiT passes them: the solver then does SiT's arithmetic to the bit (scalars round differently).
@@ -212,7 +246,7 @@ def euler_maruyama_sample(
     sampling: Sampling = Sampling(sampler="euler-maruyama"),
     *,
     generator: Generators = None,
-    last_step_size: float = LAST_STEP_SIZE,
+    plan: Schedule | None = None,
 ) -> torch.Tensor:
     """SiT's SDE sampler (``diffusion_form="sigma"``, ``diffusion_norm=1``, last step ``"Mean"``).
 
@@ -231,18 +265,20 @@ def euler_maruyama_sample(
     default is N = 250.)
 
     ``generator`` draws the Brownian increments: one for the batch, or one per sample (so a
-    sample's noise does not depend on the batch it is drawn in).
+    sample's noise does not depend on the batch it is drawn in), each on its own device: give
+    generators on the samples' device, or every step copies its increments there.
+    ``plan``: ``schedule(sampling)`` if already computed (its ``last_step_size``, SiT's 0.04 by default).
     """
     cond = as_condition(cond)
-    times = time_grid(sampling.steps, last_step_size).tolist()
-    scales = guidance_scales(sampling, sampling.steps, last_step_size)
+    plan = plan or schedule(sampling)
+    channels = sampling.guided_channels
     x = noise.float()  # (N, C, H, W)
-    for (t0, t1), scale in zip(itertools.pairwise(times), scales):
+    for (t0, t1), scale in zip(itertools.pairwise(plan.times), plan.scales):
         dt = t1 - t0
         dw = gaussian(x.shape, generator, x.device) * dt**0.5  # (N, C, H, W)
-        x = x + sde_drift(velocity(model, x, t0, cond, cfg_scale=scale), x, t0) * dt + (2 * (1 - t0)) ** 0.5 * dw
-    end = times[-1]
-    return x + sde_drift(velocity(model, x, end, cond, cfg_scale=scales[-1]), x, end) * last_step_size
+        x = x + sde_drift(velocity(model, x, t0, cond, cfg_scale=scale, guided_channels=channels), x, t0) * dt + (2 * (1 - t0)) ** 0.5 * dw
+    end = plan.times[-1]
+    return x + sde_drift(velocity(model, x, end, cond, cfg_scale=plan.scales[-1], guided_channels=channels), x, end) * plan.last_step_size
 
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -251,21 +287,54 @@ def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def gaussian(shape: torch.Size | tuple[int, ...], generator: Generators, device: torch.device | str) -> torch.Tensor:
-    """Standard normal noise of ``shape`` moved to ``device``: from one CPU generator, one per sample (along dim 0), or the global RNG."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator).to(device)
-    if len(generator) != shape[0]:
+    """Standard normal noise of ``shape`` on ``device``: from one generator, one per sample (along dim 0), or the device's global RNG.
+
+    Each generator draws on its own device; only noise drawn elsewhere is copied to ``device``.
+    """
+    device = torch.device(device)
+    if generator is None:
+        return torch.randn(shape, device=device)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+    elif len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for {shape[0]} samples")
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
+    else:
+        noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator])
+    return noise if noise.device == device else noise.to(device)
 
 
-def integrate(model: DiT, noise: torch.Tensor, cond: Condition, sampling: Sampling, *, generator: Generators = None) -> torch.Tensor:
-    """Runs ``sampling.sampler`` from ``noise`` at t = 0 to t = 1 with its steps, guidance scale and interval.
+@contextlib.contextmanager
+def numerics(device: torch.device | str, *, bf16: bool = False) -> Iterator[None]:
+    """TF32 matmuls and convolutions on a GPU (as DiT's and SiT's samplers set them) and, with ``bf16``, bfloat16 autocast; restored on exit.
+
+    Autocast lowers the network's matmuls only: a sampler's state, its arithmetic and the velocity
+    it reads (``_forward`` returns float32) stay float32, the time grid float64.
+    """
+    device = torch.device(device)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def integrate(
+    model: DiT, noise: torch.Tensor, cond: Condition, sampling: Sampling, *, generator: Generators = None, plan: Schedule | None = None
+) -> torch.Tensor:
+    """Runs ``sampling.sampler`` from ``noise`` at t = 0 to t = 1 with its steps, guidance, channels and precision.
 
     ``dopri5`` ignores ``sampling.steps``: it chooses its own steps. ``generator`` draws the
-    Euler–Maruyama sampler's Brownian increments.
+    Euler–Maruyama sampler's Brownian increments; ``plan`` is ``schedule(sampling)``, computed once
+    by a caller that integrates many batches (None: computed here).
     """
-    if sampling.sampler == "euler-maruyama":
-        return euler_maruyama_sample(model, noise, cond, sampling, generator=generator)
-    ode = {"euler": euler_ode_sample, "heun": heun_ode_sample, "dopri5": dopri5_ode_sample}[sampling.sampler]
-    return ode(model, noise, cond, sampling)
+    with numerics(noise.device, bf16=sampling.precision == "bf16"):
+        if sampling.sampler == "dopri5":
+            return dopri5_ode_sample(model, noise, cond, sampling)
+        plan = plan or schedule(sampling)
+        if sampling.sampler == "euler-maruyama":
+            return euler_maruyama_sample(model, noise, cond, sampling, generator=generator, plan=plan)
+        ode = {"euler": euler_ode_sample, "heun": heun_ode_sample}[sampling.sampler]
+        return ode(model, noise, cond, sampling, plan=plan)
