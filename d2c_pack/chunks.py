@@ -102,10 +102,10 @@ class ChunkCache:
     def add(self, number: int, table: pa.Table) -> None:
         """Adds rows to chunk ``number`` (rows already there win), atomically.
 
-        Locked: two ranks reading a stream's shares may both hold rows of a chunk that straddles them.
+        Under the cache's lock: two ranks reading a stream's shares may both hold rows of a chunk that straddles them.
         """
         path = self.chunk_file(number)
-        with FileLock(path.with_name(f".{path.name}.lock")):
+        with FileLock(self.folder / ".add.lock"):  # one file for the whole cache, not one per chunk
             if path.exists():
                 old = pq.read_table(path)
                 table = pa.concat_tables([old, table.filter(pc.invert(pc.is_in(table["source_index"], old["source_index"])))])
@@ -243,7 +243,7 @@ def compute_chunks(
     description: str,
     extra: Callable[[SourceRecord], dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Fills every cache of ``work`` with the rows of ``indices``: this rank's chunks, then waits for all ranks.
+    """Fills every cache of ``work`` with the rows of ``indices``: this rank's chunks (or its part of a stream), then waits for all ranks.
 
     All caches must share one chunk size. A chunk is read once for all caches that miss any of its images.
     """

@@ -109,7 +109,7 @@ def _end_to_end(scorer: DifficultyScorer, spec: Spec, device: torch.device, peak
     count = (warm + timed + 1) * batch
     with tempfile.TemporaryDirectory(prefix="d2c-gpu-score-") as folder:
         work = Path(folder)
-        mean_bytes = _jpeg_folder(work / "images", count)
+        mean_bytes = jpeg_folder(work / "images", count)
         save_backbone(scorer.model, scorer.config, work / "scorer")
         scorer.space.vae.save_pretrained(work / "vae")
         config = ScoreConfig(
@@ -141,7 +141,7 @@ def _launch_times(run: Callable[[], object]) -> list[float]:
     return times
 
 
-def _jpeg_folder(root: Path, count: int) -> float:
+def jpeg_folder(root: Path, count: int) -> float:
     """``count`` JPEG files in ImageFolder layout (one folder per class), cycling over a few distinct synthetic pictures; their mean size."""
     jpegs = [_synthetic_jpeg(seed) for seed in range(DISTINCT_JPEGS)]
     for i in range(count):
