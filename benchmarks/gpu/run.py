@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.gpu.attach import measure_attach
-from benchmarks.gpu.measure import Peak, Row, matmul_peak, mfu_peak, release_memory
+from benchmarks.gpu.measure import Peak, Row, failure, matmul_peak, mfu_peak, release_memory
 from benchmarks.gpu.sampling import measure_sampling
 from benchmarks.gpu.scoring import measure_scoring
 from benchmarks.gpu.specs import FULL, TINY, Spec
@@ -102,15 +102,15 @@ def run_all(spec: Spec, device: torch.device, workers: int, console: Console) ->
     with _stage(console, seconds, "variants", f"optimisation variants at batch {batch}", device):
         flops = {"precomputed": training["precomputed"].flops_per_item, "online": training["online"].flops_per_item}
         variants = measure_variants(setup, peak.flops_per_s, batch, flops)
-    del setup  # its model, EMA and optimizer make room for train()'s own: train() then has the memory the batch search had
+    # The step's model, EMA and optimizer (and compiled graphs holding them) make room for train()'s own: train() then has the memory the batch search had.
+    del setup
+    torch.compiler.reset()
     per_gpu = training["precomputed"].batch or 8
     with tempfile.TemporaryDirectory(prefix="d2c-gpu-train-") as work:
         with _stage(console, seconds, "trainer", f"train() {spec.trainee} on a synthetic build, batch {per_gpu} per GPU, {workers} loader workers", device):
-            training["trainer"], model = measure_trainer(
-                spec, device, peak.flops_per_s, batch_per_gpu=per_gpu, flops_per_item=flops["precomputed"], workers=workers, out=Path(work) / "run"
-            )  # fmt: skip
+            training["trainer"], model = _trainer_row(spec, device, peak.flops_per_s, per_gpu, flops["precomputed"], workers, Path(work))
         with _stage(console, seconds, "sampling", f"sampling {spec.trainee} (the model train() saved): SDE 250 and Euler 50, CFG 1.8", device):
-            sampling = measure_sampling(spec, device, peak.flops_per_s, model, Path(work))
+            sampling = measure_sampling(spec, device, peak.flops_per_s, model, Path(work)) if model else [_failed_sampling(spec, training["trainer"])]
     return {
         "peak": {
             "flops_per_s": peak.flops_per_s, "tflops": peak.flops_per_s / 1e12, "source": peak.source, "card": peak.card,
@@ -126,6 +126,26 @@ def run_all(spec: Spec, device: torch.device, workers: int, console: Console) ->
         "goals": _goals(scoring["summary"], training),
         "seconds": seconds,
     }
+
+
+def _trainer_row(spec: Spec, device: torch.device, peak: float, per_gpu: int, flops: float, workers: int, work: Path) -> tuple[Row, Path | None]:
+    """The train() row at the step's batch, at half of it if that runs out of memory (the loader's pinned batches take some); a failed row otherwise."""
+    name = f"{spec.trainee} train(), precomputed build"
+    for attempt, batch in enumerate((per_gpu, max(1, per_gpu // 2))):
+        try:
+            row, model = measure_trainer(spec, device, peak, batch_per_gpu=batch, flops_per_item=flops, workers=workers, out=work / f"run-{attempt}")
+            row.extra["batch_choice"] = "the training step's largest" if attempt == 0 else "half the training step's largest (the full one ran out of memory)"
+            return row, model
+        except torch.cuda.OutOfMemoryError:
+            pass
+        except Exception as error:  # a result too: the rest of the benchmark still runs and writes its JSON
+            return Row("training", name, batch=batch, status="failed", reason=failure(error)), None
+        release_memory(device)  # after the except clause, so the failed frames are gone
+    return Row("training", name, batch=batch, status="failed", reason="out of GPU memory at the step's batch and at half of it"), None
+
+
+def _failed_sampling(spec: Spec, trainer: Row) -> Row:
+    return Row("sampling", f"{spec.trainee} sampling", status="failed", reason=f"no model to sample: train() failed ({trainer.reason})")
 
 
 def _peak_words(peak: Peak) -> str:
