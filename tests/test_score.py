@@ -310,16 +310,40 @@ def test_a_streamed_source_is_split_between_nodes_by_shards(tmp_path: Path, fold
     assert streamed.node_share(0, 4) is None  # fewer shards than nodes
 
 
-def test_torchrun_splits_a_streamed_source_and_scores_like_one_process(tmp_path: Path, folder: Path) -> None:
-    repo = streamed_repo(tmp_path, folder, shards=2)
+COUNTING_SCORE = """
+import atexit, json, os, sys
+from pathlib import Path
+import datasets
+rows, iterate = [], datasets.IterableDataset.__iter__
+def counted(self):  # every image row this process pulls from a stream
+    for row in iterate(self):
+        if "image" in row:
+            rows.append(row)
+        yield row
+datasets.IterableDataset.__iter__ = counted
+counts = Path(sys.argv[1], os.environ["RANK"])
+atexit.register(lambda: counts.write_text(json.dumps(len(rows))))
+from d2c_pack.cli import main
+sys.argv = ["d2c-pack", "score", *sys.argv[2:]]
+main()
+"""
+
+
+def test_torchrun_ranks_read_only_their_shards_of_a_stream_and_score_like_one_process(tmp_path: Path, folder: Path) -> None:
+    repo = streamed_repo(tmp_path, folder, shards=2)  # 19 + 18 rows; chunk 2 (rows 16…23) straddles the two
     scorer = make_official_scorer(tmp_path / "models")
     single = score_source(config_for(tmp_path / "single", f"hf:{repo}", scorer, streaming=True))
+    script, counts = tmp_path / "counting_score.py", tmp_path / "rows-read"
+    script.write_text(COUNTING_SCORE)
+    counts.mkdir()
     torchrun = str(Path(sys.executable).parent / "torchrun")
     args = ["--source", f"hf:{repo}", "--streaming", "--scorer", str(scorer), "--resolution", "16", "--timesteps", "4", "--batch-size", "5",
             "--chunk-size", "8", "--workers", "0", "--device", "cpu", "--work", str(tmp_path / "pair")]  # fmt: skip
-    command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "d2c_pack", "score", *args]
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", str(script), str(counts), *args]
     result = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Each rank read its own shard and nothing else (sharing by chunk, as before, the ranks read 37 and 33 rows).
+    assert [int((counts / rank).read_text()) for rank in ("0", "1")] == [19, 18]
     (pair_file,) = (tmp_path / "pair").glob("scores/*/scores.parquet")
     assert pair_file.parent.name == single.parent.name
     assert pq.read_table(pair_file).equals(pq.read_table(single))
