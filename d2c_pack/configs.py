@@ -31,7 +31,7 @@ COMMIT_BYTES = 5 * 1024**3  # a push commit records at most this much: what a re
 FID_SAMPLES = 50_000  # FID-50K, the protocol DiT, SiT and REPA report
 DEVICE_HELP = "'auto' (this rank's GPU if any, else the CPU), 'cpu', 'cuda', 'cuda:1', …"
 NUM_SAMPLES_HELP = "Samples generated; every command defaults to FID-50K (50,000, as DiT/SiT/REPA report) except the CPU demo (500)."
-VAE_PRECISIONS = ("fp32", "bf16")
+VAE_PRECISIONS = ("fp32", "bf16")  # --vae-precision: what the scorer's VAE runs in
 DATASET_HELP = "A dataset folder, or a Hub dataset ORG/NAME[@REVISION] (e.g. ORG/NAME@v1.0: a tag, branch or commit)."
 
 
