@@ -11,6 +11,13 @@ A chunk file is replaced atomically once all the rows asked of it are computed, 
 run resumes at the first unfinished chunk, and a later run that asks for other images of the
 same chunk (another selection) computes only those. Under ``torchrun`` rank r computes the
 chunks c with c mod world_size = r; a chunk's batches are the same whatever the world size.
+A streamed source cannot be read at chosen places, so there each rank reads only its node's
+share of the stream (:meth:`~d2c_pack.sources.ImageSource.node_share`) and computes the
+images in it; a chunk that straddles two shares gets its rows from both ranks.
+
+A batch's rows may come back later than its launch (:data:`ComputeRows`): the loop launches
+the next batch before it reads the previous one's results, so a GPU is never left waiting on a
+device-to-host copy.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from d2c_pack.distributed import Context
@@ -92,12 +100,16 @@ class ChunkCache:
         return Chunk(chunk.number, tuple(i for i in chunk.indices if i not in have))
 
     def add(self, number: int, table: pa.Table) -> None:
-        """Adds rows to chunk ``number`` (rows already there win), atomically."""
+        """Adds rows to chunk ``number`` (rows already there win), atomically.
+
+        Under the cache's lock: two ranks reading a stream's shares may both hold rows of a chunk that straddles them.
+        """
         path = self.chunk_file(number)
-        if path.exists():
-            old = pq.read_table(path)
-            table = pa.concat_tables([old, table.filter(pc.invert(pc.is_in(table["source_index"], old["source_index"])))])
-        write_table(table.sort_by("source_index"), path)
+        with FileLock(self.folder / ".add.lock"):  # one file for the whole cache, not one per chunk
+            if path.exists():
+                old = pq.read_table(path)
+                table = pa.concat_tables([old, table.filter(pc.invert(pc.is_in(table["source_index"], old["source_index"])))])
+            write_table(table.sort_by("source_index"), path)
 
     def merge(self, indices: Iterable[int], path: Path) -> None:
         """Writes the rows of ``indices`` (all computed) to one parquet file, atomically, one chunk in memory at a time."""
@@ -193,8 +205,30 @@ class ChunkBatches(IterableDataset):
         return batch
 
 
-ComputeRows = Callable[[dict], pa.Table]
-"""Computes the cache rows (schema with ``INDEX_FIELDS`` first) of a batch's readable images."""
+def start_host_copy(*tensors: torch.Tensor) -> Callable[[], list[np.ndarray]]:
+    """Starts copying device tensors to the host without waiting; the returned function waits and gives them as arrays.
+
+    On a GPU the copies go into pinned buffers (from PyTorch's caching host allocator, which
+    does not hand a buffer out again before its copy is done) behind a CUDA event, so the
+    caller can launch more work before it waits. On a CPU the tensors are already there.
+    """
+    if not any(t.is_cuda for t in tensors):
+        return lambda: [t.numpy() for t in tensors]
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> list[np.ndarray]:
+        done.synchronize()
+        return [t.numpy() for t in host]
+
+    return wait
+
+
+Rows = pa.Table | Callable[[], pa.Table]
+ComputeRows = Callable[[dict], Rows]
+"""Computes the cache rows (schema with ``INDEX_FIELDS`` first) of a batch's readable images: the table, or a
+function that returns it once the batch's results are back on the host (called after the next batch is launched)."""
 
 
 def compute_chunks(
@@ -209,29 +243,45 @@ def compute_chunks(
     description: str,
     extra: Callable[[SourceRecord], dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Fills every cache of ``work`` with the rows of ``indices``: this rank's chunks, then waits for all ranks.
+    """Fills every cache of ``work`` with the rows of ``indices``: this rank's chunks (or its part of a stream), then waits for all ranks.
 
     All caches must share one chunk size. A chunk is read once for all caches that miss any of its images.
     """
     caches = [cache for cache, _ in work]
-    wanted = chunks_of(indices, caches[0].chunk_size)[context.rank :: context.world_size]
+    share = source.node_share(context.rank, context.world_size) if context.world_size > 1 else None
+    if share is None:
+        wanted = chunks_of(indices, caches[0].chunk_size)[context.rank :: context.world_size]
+    else:  # a stream: this rank's node reads its own part of it, whichever chunks that part touches
+        source, mine = share
+        wanted = chunks_of((i for i in indices if i in mine), caches[0].chunk_size)
     pending = [_union(cache.missing(chunk) for cache in caches) for chunk in wanted]
     pending = [chunk for chunk in pending if chunk.indices]
     batches = ChunkBatches(source, pending, resolution=resolution, batch_size=batch_size, extra=extra)
     # A streamed source can only be read front to back, which worker processes cannot share.
     loader = DataLoader(batches, batch_size=None, num_workers=workers if source.random_access else 0, pin_memory=context.device.type == "cuda")
     parts: dict[tuple[int, int], list[pa.Table]] = {}
+
+    def collect(batch: dict, launched: list[Rows | None]) -> None:
+        """Files a batch's rows (waiting for them if they are still on their way) and writes the chunks it completes."""
+        for slot, ((cache, _), rows) in enumerate(zip(work, launched)):
+            tables = parts.setdefault((batch["chunk"], slot), [])
+            if rows is not None:
+                tables.append((rows() if callable(rows) else rows).cast(cache.schema))
+            if batch["skipped"]:
+                tables.append(error_rows(cache.schema, batch["skipped"]))
+            if batch["last"]:
+                cache.add(batch["chunk"], pa.concat_tables(parts.pop((batch["chunk"], slot))))
+        advance(len(batch["indices"]) + len(batch["skipped"]))
+
     with progress_bar(description, total=sum(len(c.indices) for c in pending)) as advance:
+        previous = None
         for batch in loader:
-            for slot, (cache, compute) in enumerate(work):
-                tables = parts.setdefault((batch["chunk"], slot), [])
-                if batch["indices"]:
-                    tables.append(compute(batch).cast(cache.schema))
-                if batch["skipped"]:
-                    tables.append(error_rows(cache.schema, batch["skipped"]))
-                if batch["last"]:
-                    cache.add(batch["chunk"], pa.concat_tables(parts.pop((batch["chunk"], slot))))
-            advance(len(batch["indices"]) + len(batch["skipped"]))
+            launched = [compute(batch) if batch["indices"] else None for _, compute in work]
+            if previous is not None:  # read one batch behind: its copies have had this batch's launch to finish
+                collect(*previous)
+            previous = (batch, launched)
+        if previous is not None:
+            collect(*previous)
     context.barrier()
 
 

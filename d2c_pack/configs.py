@@ -31,6 +31,7 @@ COMMIT_BYTES = 5 * 1024**3  # a push commit records at most this much: what a re
 FID_SAMPLES = 50_000  # FID-50K, the protocol DiT, SiT and REPA report
 DEVICE_HELP = "'auto' (this rank's GPU if any, else the CPU), 'cpu', 'cuda', 'cuda:1', …"
 NUM_SAMPLES_HELP = "Samples generated; every command defaults to FID-50K (50,000, as DiT/SiT/REPA report) except the CPU demo (500)."
+VAE_PRECISIONS = ("fp32", "bf16")  # --vae-precision: what the scorer's VAE runs in
 DATASET_HELP = "A dataset folder, or a Hub dataset ORG/NAME[@REVISION] (e.g. ORG/NAME@v1.0: a tag, branch or commit)."
 
 
@@ -80,6 +81,9 @@ class ScoreConfig(SourceArgs):
     )
     prediction: str | None = flag(None, help="What the scorer predicts, 'epsilon' (DiT) or 'velocity' (SiT); default: from its file name or config.", panel=SCORING)
     vae: str | None = flag(None, help="diffusers AutoencoderKL of a latent-space scorer: a local folder or a Hub id, optionally ID@REVISION (default: the scorer's own, stabilityai/sd-vae-ft-ema for the official DiT/SiT).", panel=SCORING)
+    vae_precision: str = flag(
+        "fp32", help="Weights and activations of a latent-space scorer's VAE: fp32 (the official code's scores) or bf16 (faster; see docs/scoring.md for its effect).", panel=SCORING
+    )
     timesteps: int = flag(8, help="Number |T| of stratified timesteps the loss is averaged over.", panel=SCORING)
     seed: int = flag(0, help="Seed of the per-(image, timestep) noise.", panel=SCORING)
     resolution: int = flag(256, help="Resolution R of the ADM centre crop; must match the scorer.", panel=SCORING)
@@ -98,6 +102,8 @@ class ScoreConfig(SourceArgs):
             self.vae = None
         if self.prediction not in (None, "epsilon", "velocity"):
             raise UserError(f"--prediction must be 'epsilon' or 'velocity', got {self.prediction!r}")
+        if self.vae_precision not in VAE_PRECISIONS:
+            raise UserError(f"--vae-precision must be {' or '.join(VAE_PRECISIONS)}, got {self.vae_precision!r}")
 
 
 @dataclasses.dataclass(kw_only=True)

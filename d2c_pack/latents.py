@@ -56,6 +56,11 @@ class VaeSpace:
         """sha256 of the VAE's weights, wherever they were loaded from."""
         return module_sha256(self.vae)
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """Runs the VAE in ``dtype`` from now on; ``sha256`` still names the weights as they were given (it is taken first)."""
+        _ = self.sha256
+        self.vae.to(dtype)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Posterior sample (training, as SiT does) or posterior mean (scoring), shifted and scaled."""
@@ -77,11 +82,14 @@ class VaeSpace:
 LatentSpace = PixelSpace | VaeSpace
 
 
-def load_latent_space(vae: str | None, device: torch.device | str = "cpu", *, expected_sha256: str | None = None) -> LatentSpace:
+def load_latent_space(
+    vae: str | None, device: torch.device | str = "cpu", *, expected_sha256: str | None = None, dtype: torch.dtype = torch.float32
+) -> LatentSpace:
     """``None`` → pixel space; otherwise an ``AutoencoderKL`` from a local folder or ``HUB_ID[@REVISION]``.
 
     A diffusers pipeline folder (with a ``vae/`` sub-folder) works as well as a bare VAE folder.
-    ``expected_sha256`` (what a model recorded) refuses a VAE with other weights.
+    ``expected_sha256`` (what a model recorded) refuses a VAE with other weights. ``dtype`` is
+    what the VAE then runs in; its ``sha256`` stays that of the weights as stored.
     """
     if vae is None:
         return PixelSpace()
@@ -96,6 +104,8 @@ def load_latent_space(vae: str | None, device: torch.device | str = "cpu", *, ex
     space = VaeSpace(model.to(device), vae_reference(vae))
     if expected_sha256 is not None and space.sha256 != expected_sha256:
         raise UserError(f"the VAE {vae!r} has other weights (sha256 {space.sha256[:12]}…) than the one the model was trained with ({expected_sha256[:12]}…)")
+    if dtype != model.dtype:
+        space.cast(dtype)
     return space
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 import torch
 
 from d2c_pack import distributed
-from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
+from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, Rows, compute_chunks, list_array, list_values, start_host_copy
 from d2c_pack.configs import ScoreConfig
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import sha256_file
-from d2c_pack.latents import LatentSpace, load_latent_space
+from d2c_pack.latents import LatentSpace, VaeSpace, load_latent_space
 from d2c_pack.models import BackboneConfig, DiT, backbone_weights_file, load_backbone
 from d2c_pack.progress import progress_bar
 from d2c_pack.rowfile import RowFile, write_rows
@@ -43,6 +43,7 @@ from d2c_pack.sources import ImageSource, SourceRecord
 
 CACHE_VERSION = 1  # bump when anything below changes the numbers a cache holds
 DDPM_STEPS = 1000
+VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --vae-precision
 
 # One row per source image; a row whose image could not be decoded has an error and no score.
 CACHE_SCHEMA = pa.schema(
@@ -102,7 +103,10 @@ class DifficultyScorer:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, R, R) in [-1, 1], labels (B,), noise (B, T, C, h, w) → losses (B, T), pooled features (B, D)."""
+        """images (B, 3, R, R) in [-1, 1], labels (B,), noise (B, T, C, h, w) → losses (B, T), pooled features (B, D), on the device.
+
+        Nothing here waits for the device: the caller decides when the results come back (:meth:`launch`).
+        """
         images, labels, noise = (x.to(self.device, non_blocking=True) for x in (images, labels, noise))
         batch, steps = noise.shape[:2]
         z = self.space.encode(images)[:, None]  # (B, 1, C, h, w)
@@ -120,7 +124,17 @@ class DifficultyScorer:
         prediction = out[:, : z.shape[2]].float().view_as(z_t)  # first C channels when σ is learned
         losses = ((prediction - target) ** 2).mean(dim=(2, 3, 4))  # (B, T)
         features = self._pooled.pop().view(batch, steps, -1).mean(1)  # (B, D)
-        return losses.cpu(), features.cpu()
+        return losses, features
+
+    def launch(self, crops: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> Callable[[], list[np.ndarray]]:
+        """Scores uint8 crops (B, 3, R, R) as the loader gives them; returns a function that waits for losses (B, T) float32 and features (B, D) float16.
+
+        The crops cross to the device as uint8 (a quarter of the bytes of float32, from pinned
+        memory without blocking) and become [-1, 1] floats there, as ``image_to_tensor`` makes them.
+        """
+        images = crops.to(self.device, non_blocking=True).float() / 127.5 - 1
+        losses, features = self(images, labels, noise)
+        return start_host_copy(losses, features.half())
 
 
 def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultyScorer, str]:
@@ -133,7 +147,9 @@ def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultySc
             f"set --resolution {backbone.image_size} (got {config.resolution})"
         )
     # A scorer this tool trained records its VAE's hash: another VAE is refused, as when sampling.
-    space = load_latent_space((config.vae or backbone.vae) if backbone.vae else None, device, expected_sha256=backbone.vae_sha256)
+    space = load_latent_space(
+        (config.vae or backbone.vae) if backbone.vae else None, device, expected_sha256=backbone.vae_sha256, dtype=VAE_DTYPES[config.vae_precision]
+    )
     if (space.channels, space.downsample * backbone.input_size) != (backbone.in_channels, backbone.image_size):
         raise UserError(
             f"the VAE {config.vae or backbone.vae!r} gives {space.channels}-channel latents at 1/{space.downsample} of the image, "
@@ -154,6 +170,8 @@ def score_cache(config: ScoreConfig, source: ImageSource, scorer: DifficultyScor
         "seed": config.seed,
         "resolution": config.resolution,
     }
+    if isinstance(scorer.space, VaeSpace) and scorer.space.vae.dtype != torch.float32:  # keys of fp32 caches stay as they were
+        key["vae_dtype"] = str(scorer.space.vae.dtype).removeprefix("torch.")
     return ChunkCache(Path(config.work) / "scores", key, CACHE_SCHEMA, config.chunk_size)
 
 
@@ -196,20 +214,24 @@ def _record_noise(seed: int, steps: int, shape: tuple[int, ...], record: SourceR
     return {"noise": image_noise(seed, record.source_id, steps, shape)}
 
 
-def _scored_rows(scorer: DifficultyScorer, batch: dict) -> pa.Table:
-    images = batch["crops"].float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1], as image_to_tensor
-    losses, features = scorer(images, batch["labels"], batch["noise"])
-    losses = losses.numpy()
-    columns = {
-        "source_index": batch["indices"],
-        "source_id": batch["source_ids"],
-        "error": pa.nulls(len(losses), pa.string()),
-        "label": batch["labels"].numpy(),
-        "score": losses.mean(axis=1),
-        "losses": list_array(losses),
-        "feature": list_array(features.half().numpy()),
-    }
-    return pa.table(columns, schema=CACHE_SCHEMA)
+def _scored_rows(scorer: DifficultyScorer, batch: dict) -> Rows:
+    """Launches the batch; its rows are made when asked for, once its results are on the host."""
+    results = scorer.launch(batch["crops"], batch["labels"], batch["noise"])
+
+    def rows() -> pa.Table:
+        losses, features = (np.array(array) for array in results())  # copies: a pinned buffer goes back to the allocator
+        columns = {
+            "source_index": batch["indices"],
+            "source_id": batch["source_ids"],
+            "error": pa.nulls(len(losses), pa.string()),
+            "label": batch["labels"].numpy(),
+            "score": losses.mean(axis=1),
+            "losses": list_array(losses),
+            "feature": list_array(features),
+        }
+        return pa.table(columns, schema=CACHE_SCHEMA)
+
+    return rows
 
 
 @dataclasses.dataclass

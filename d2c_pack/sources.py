@@ -18,6 +18,7 @@ ImageNet images, in any layout, use the ImageNet-1k label space (:mod:`d2c_pack.
 from __future__ import annotations
 
 import abc
+import copy
 import hashlib
 import io
 import itertools
@@ -38,6 +39,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets.distributed import split_dataset_by_node
 from datasets.exceptions import DatasetsError
 from datasets.utils.file_utils import xopen
 from PIL import Image, UnidentifiedImageError
@@ -142,6 +144,14 @@ class ImageSource(abc.ABC):
     def random_access(self) -> bool:
         """Whether ``get`` works; False for streamed datasets."""
         return True
+
+    def node_share(self, rank: int, world_size: int) -> tuple[ImageSource, frozenset[int]] | None:
+        """For a source read front to back: the source that reads only node ``rank``'s part and the indices in it.
+
+        None where any process can reach any image (the work is then shared out by index), or
+        where the source cannot be cut into ``world_size`` parts.
+        """
+        return None
 
     def iter_records(self, indices: Iterable[int] | None = None) -> Iterator[SourceRecord]:
         """Yield the decodable records at ``indices`` (all if None) in ascending index order."""
@@ -410,7 +420,8 @@ class DatasetsSource(ImageSource):
         self._id_column = id_column
         label_feature = dataset.features[label_column]
         _check_label_feature(spec, label_column, label_feature)
-        values = _read_columns(label_dataset or dataset, [label_column] + ([id_column] if id_column else []))
+        values, self._shard_lengths = _read_columns(label_dataset or dataset, [label_column] + ([id_column] if id_column else []))
+        self._positions: np.ndarray | None = None  # the index of each row of a node's share of a stream (node_share)
         self._identity = identity | {"rows": _rows_sha256(values, label_column, id_column)}
         counts = _label_counts(spec, values[label_column], label_column)
         names = _label_names(spec, label_column, label_feature, len(counts))
@@ -439,6 +450,23 @@ class DatasetsSource(ImageSource):
         """The identity of the split's files (see ``_files_identity``) and of its labels (and ids) in row order."""
         return sha256_json(self._identity)
 
+    def node_share(self, rank: int, world_size: int) -> tuple[DatasetsSource, frozenset[int]] | None:
+        """A stream's shards as ``datasets.distributed.split_dataset_by_node`` deals them to nodes, each node reading only its own.
+
+        The rows of each shard were counted when the labels were read, so a node knows the index
+        of every row it reads. None for a map-style split, or a stream with fewer shards than nodes
+        (each node would have to read all of it).
+        """
+        lengths = self._shard_lengths
+        if self.random_access or lengths is None or len(lengths) < world_size or self._dataset.num_shards != len(lengths):
+            return None
+        starts = np.cumsum([0, *lengths])
+        shards = _node_shards(len(lengths), rank, world_size)
+        share = copy.copy(self)
+        share._dataset = split_dataset_by_node(self._dataset, rank=rank, world_size=world_size, strategy="shards")
+        share._positions = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in shards]).astype(np.int64)
+        return share, frozenset(share._positions.tolist())
+
     def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
         if self.random_access:
             order = range(len(self)) if indices is None else indices
@@ -450,7 +478,8 @@ class DatasetsSource(ImageSource):
             return
         wanted = None if indices is None else set(indices)
         last = None if indices is None else max(indices, default=-1)
-        for index, row in enumerate(self._dataset):
+        positions = itertools.count() if self._positions is None else iter(self._positions.tolist())
+        for index, row in zip(positions, self._dataset):
             if last is not None and index > last:
                 return
             if wanted is None or index in wanted:
@@ -514,17 +543,30 @@ def _check_label_feature(spec: str, column: str, feature: Any) -> None:
         )
 
 
-def _read_columns(dataset: Any, columns: list[str]) -> dict[str, pa.Array | pa.ChunkedArray]:
-    """``columns`` (no image column) as Arrow arrays: memory-mapped, or in one pass when streaming.
+def _read_columns(dataset: Any, columns: list[str]) -> tuple[dict[str, pa.Array | pa.ChunkedArray], list[int] | None]:
+    """``columns`` (no image column) as Arrow arrays: memory-mapped, or in one pass when streaming; and a stream's rows per shard.
 
     A streamed dataset's ``select_columns`` drops the other columns only after reading whole
-    rows, so a streamed parquet source hands in a dataset opened with just these columns.
+    rows, so a streamed parquet source hands in a dataset opened with just these columns. The
+    stream is read shard by shard (in order, so the rows come as one pass gives them) to count
+    each shard's rows: where each node's share begins (:meth:`DatasetsSource.node_share`).
     """
     subset = dataset.select_columns(columns)
     if isinstance(dataset, datasets.Dataset):
-        return {column: subset.with_format("arrow")[column] for column in columns}
-    batches = list(subset.iter(batch_size=10_000))
-    return {column: pa.array([x for batch in batches for x in batch[column]]) for column in columns}
+        return {column: subset.with_format("arrow")[column] for column in columns}, None
+    shards = [list(subset.shard(subset.num_shards, k).iter(batch_size=10_000)) for k in range(subset.num_shards)]
+    lengths = [sum(len(batch[columns[0]]) for batch in shard) for shard in shards]
+    return {column: pa.array([x for shard in shards for batch in shard for x in batch[column]]) for column in columns}, lengths
+
+
+def _node_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
+    """The shards ``split_dataset_by_node`` deals to node ``rank``: asked of a stand-in stream whose shard k yields k."""
+    stand_in = datasets.IterableDataset.from_generator(_shard_number, gen_kwargs={"shards": list(range(num_shards))})
+    return [row["shard"] for row in split_dataset_by_node(stand_in, rank=rank, world_size=world_size, strategy="shards")]
+
+
+def _shard_number(shards: list[int]) -> Iterator[dict[str, int]]:
+    yield from ({"shard": shard} for shard in shards)
 
 
 def _label_counts(spec: str, labels: pa.Array | pa.ChunkedArray, column: str) -> np.ndarray:

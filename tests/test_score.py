@@ -15,11 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import CLASS_SIZES, make_image_folder, make_official_scorer
+from torch.overrides import TorchFunctionMode
 
+import d2c_pack
 from d2c_pack.errors import UserError
 from d2c_pack.models import load_backbone
 from d2c_pack.preprocess import center_crop_adm, image_to_tensor
-from d2c_pack.score import ScoreConfig, ddpm_alphas_cumprod, image_noise, read_scores, score_features, score_source, stratified_timesteps
+from d2c_pack.score import DifficultyScorer, ScoreConfig, ddpm_alphas_cumprod, image_noise, read_scores, score_features, score_source, stratified_timesteps
 from d2c_pack.sources import open_source
 
 NUM_IMAGES = sum(CLASS_SIZES.values())  # readable images of the test folder (plus one corrupt file)
@@ -229,3 +231,119 @@ def test_streamed_hub_source_scores_like_random_access(tmp_path: Path, folder: P
     assert pq.read_table(streamed).equals(pq.read_table(mapped))
     assert pq.read_table(mapped).num_rows == NUM_IMAGES + 1
     assert read_scores(streamed).errors[0][1] == "bee/broken.jpg"
+
+
+PROJECT = str(Path(d2c_pack.__file__).parent)
+HOST_READS = (torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.item, torch.Tensor.tolist)
+
+
+class ScoringTrace(TorchFunctionMode):
+    """Records, in order, every call of the scorer (a batch launched), every call in d2c_pack's code that reads a tensor on the
+    host (each a wait on a GPU), and the dtypes that image batches (4-D) are moved or turned into floats in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.image_ops: list[tuple[str, torch.dtype]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        caller = sys._getframe(1).f_code.co_filename
+        if caller.startswith(PROJECT) and func in HOST_READS:
+            self.events.append("read")
+        if caller.endswith("score.py") and func in (torch.Tensor.to, torch.Tensor.float) and args[0].dim() == 4:
+            self.image_ops.append((func.__name__, args[0].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_batch_is_read_back_after_the_next_is_launched_and_crops_cross_as_uint8(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorer = make_official_scorer(tmp_path / "models")
+    trace = ScoringTrace()
+    forward = DifficultyScorer.__call__
+
+    def launch(self: DifficultyScorer, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        trace.events.append("launch")
+        return forward(self, *args)
+
+    monkeypatch.setattr(DifficultyScorer, "__call__", launch)
+    with trace:
+        scores = read_scores(score_source(config_for(tmp_path, folder, scorer)))  # batches of 5 and 3 per chunk of 8
+    assert len(scores) == NUM_IMAGES
+    scoring = trace.events[trace.events.index("launch") :]  # before it: reading the scorer and the cache key
+    assert scoring.count("launch") == 9  # chunks of 5 + 3, 5 + 3, 5 + 2 (and a corrupt image), 5 + 3, 5
+    # No wait between the first two launches: batch 1's results come back while batch 2 runs.
+    assert scoring[:2] == ["launch", "launch"], scoring[:10]
+    assert scoring[-1] == "read"
+    # uint8 crops go to the device as they are and become floats there, never on the host first.
+    assert trace.image_ops[:2] == [("to", torch.uint8), ("float", torch.uint8)], trace.image_ops[:4]
+
+
+def streamed_repo(tmp_path: Path, folder: Path, shards: int) -> Path:
+    """The test folder as a Hub-style parquet dataset cut into ``shards`` files."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    table = {
+        "image": [{"bytes": p.read_bytes(), "path": p.relative_to(folder).as_posix()} for p in files],
+        "label": [sorted(CLASS_SIZES).index(p.parent.name) for p in files],
+    }
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(CLASS_SIZES))})
+    dataset = datasets.Dataset.from_dict(table, features=features)
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    for k in range(shards):
+        dataset.shard(shards, k, contiguous=True).to_parquet(str(repo / "data" / f"train-{k:05d}-of-{shards:05d}.parquet"))
+    return repo
+
+
+def test_a_streamed_source_is_split_between_nodes_by_shards(tmp_path: Path, folder: Path) -> None:
+    repo = streamed_repo(tmp_path, folder, shards=3)
+    streamed = open_source(f"hf:{repo}", streaming=True)
+    everything = [(r.index, r.source_id, r.label, r.data) for r in open_source(f"hf:{repo}").iter_records()]
+    shares = [streamed.node_share(rank, 2) for rank in range(2)]
+    # Three shards of 13, 12 and 12 rows: node 0 reads shards 0 and 2, node 1 shard 1, and each only those rows.
+    assert [sorted(mine) for _, mine in shares] == [[*range(13), *range(25, 37)], list(range(13, 25))]
+    read = [sum(1 for _ in share._dataset) for share, _ in shares]
+    assert read == [25, 12]
+    records = [(r.index, r.source_id, r.label, r.data) for share, _ in shares for r in share.iter_records()]
+    assert sorted(records) == everything
+    assert open_source(f"hf:{repo}").node_share(0, 2) is None  # random access: shared out by index instead
+    assert streamed.node_share(0, 4) is None  # fewer shards than nodes
+
+
+COUNTING_SCORE = """
+import atexit, json, os, sys
+from pathlib import Path
+import datasets
+rows, iterate = [], datasets.IterableDataset.__iter__
+def counted(self):  # every image row this process pulls from a stream
+    for row in iterate(self):
+        if "image" in row:
+            rows.append(row)
+        yield row
+datasets.IterableDataset.__iter__ = counted
+counts = Path(sys.argv[1], os.environ["RANK"])
+atexit.register(lambda: counts.write_text(json.dumps(len(rows))))
+from d2c_pack.cli import main
+sys.argv = ["d2c-pack", "score", *sys.argv[2:]]
+main()
+"""
+
+
+def test_torchrun_ranks_read_only_their_shards_of_a_stream_and_score_like_one_process(tmp_path: Path, folder: Path) -> None:
+    repo = streamed_repo(tmp_path, folder, shards=2)  # 19 + 18 rows; chunk 2 (rows 16…23) straddles the two
+    scorer = make_official_scorer(tmp_path / "models")
+    single = score_source(config_for(tmp_path / "single", f"hf:{repo}", scorer, streaming=True))
+    script, counts = tmp_path / "counting_score.py", tmp_path / "rows-read"
+    script.write_text(COUNTING_SCORE)
+    counts.mkdir()
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    args = ["--source", f"hf:{repo}", "--streaming", "--scorer", str(scorer), "--resolution", "16", "--timesteps", "4", "--batch-size", "5",
+            "--chunk-size", "8", "--workers", "0", "--device", "cpu", "--work", str(tmp_path / "pair")]  # fmt: skip
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", str(script), str(counts), *args]
+    result = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Each rank read its own shard and nothing else (sharing by chunk, as before, the ranks read 37 and 33 rows).
+    assert [int((counts / rank).read_text()) for rank in ("0", "1")] == [19, 18]
+    (pair_file,) = (tmp_path / "pair").glob("scores/*/scores.parquet")
+    assert pair_file.parent.name == single.parent.name
+    assert pq.read_table(pair_file).equals(pq.read_table(single))

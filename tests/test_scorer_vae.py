@@ -6,15 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder
+from scipy.stats import spearmanr
 
 from d2c_pack.build import BuildConfig, build
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import module_sha256
 from d2c_pack.models import DiT
-from d2c_pack.score import ScoreConfig, read_cache_key, score_source
+from d2c_pack.score import ScoreConfig, read_cache_key, read_scores, score_source
 
 RESOLUTION = 32  # 8× VAE → 4×4 latents, patch 2 → 4 tokens
 
@@ -52,10 +54,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def score_config(inputs: dict[str, Path], vae: Path, work: Path) -> ScoreConfig:
+def score_config(inputs: dict[str, Path], vae: Path, work: Path, **overrides: str) -> ScoreConfig:
     return ScoreConfig(
         source=str(inputs["images"]), scorer=str(inputs["scorer"]), vae=str(vae), resolution=RESOLUTION, timesteps=2, batch_size=8,
-        workers=0, device="cpu", work=str(work),
+        workers=0, device="cpu", work=str(work), **overrides,
     )  # fmt: skip
 
 
@@ -89,3 +91,30 @@ def test_build_records_the_scorer_vae_hash_in_the_manifest(inputs: dict[str, Pat
     assert manifest["inputs"]["scorer_vae_sha256"] == sha and manifest["models"]["scorer"]["vae"] == {"name": "sd-vae-ft-ema", "weights_sha256": sha}
     assert manifest["inputs"]["vae"] == manifest["models"]["vae"]["name"] == "sd-vae-ft-ema"
     assert str(inputs["root"]) not in json.dumps(manifest["inputs"])
+
+
+def test_a_bf16_vae_scores_close_to_fp32_in_a_cache_of_its_own(inputs: dict[str, Path], tmp_path: Path) -> None:
+    # A DiT starts with a zero output layer, which would score every image alike: give every weight a value.
+    torch.manual_seed(0)
+    scorer = DiT(input_size=RESOLUTION // 8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=3)
+    with torch.no_grad():
+        for parameter in scorer.parameters():
+            if parameter.requires_grad:  # keep the fixed sin-cos position embedding
+                parameter.normal_(0, 0.05)
+    torch.save(scorer.state_dict(), tmp_path / "DiT-random.pt")
+    inputs = inputs | {"scorer": tmp_path / "DiT-random.pt"}
+    fp32 = score_source(score_config(inputs, inputs["vae"], tmp_path / "work"))
+    bf16 = score_source(score_config(inputs, inputs["vae"], tmp_path / "work", vae_precision="bf16"))
+    assert bf16 != fp32
+    assert read_cache_key(bf16)["vae_dtype"] == "bfloat16" and "vae_dtype" not in read_cache_key(fp32)
+    assert read_cache_key(bf16)["vae_sha256"] == read_cache_key(fp32)["vae_sha256"]  # the weights as stored, not as cast
+    exact, rounded = read_scores(fp32), read_scores(bf16)
+    assert rounded.source_ids == exact.source_ids
+    assert not np.array_equal(rounded.losses, exact.losses)  # the VAE did run in bf16
+    np.testing.assert_allclose(rounded.scores, exact.scores, rtol=0.05)
+    assert spearmanr(rounded.scores, exact.scores).statistic > 0.9
+
+
+def test_an_unknown_vae_precision_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--vae-precision must be fp32 or bf16"):
+        ScoreConfig(source="demo:digits", work=str(tmp_path), vae_precision="fp16")

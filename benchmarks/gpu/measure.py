@@ -1,14 +1,17 @@
-"""Timing, FLOP counting, the measured peak and the batch search that every measurement shares.
+"""Timing, FLOP counting, the peaks and the batch search that every measurement shares.
 
-MFU here is *model* FLOPs utilisation against the peak this machine measured on one large
-square matmul (bf16 on a GPU), not against a datasheet: achieved FLOP/s of the useful work
-(matmuls, convolutions and attention counted by ``FlopCounterMode``) divided by that peak.
+MFU is *model* FLOPs utilisation: achieved FLOP/s of the useful work (matmuls, convolutions
+and attention counted by ``FlopCounterMode``) divided by the datasheet's dense bf16 peak of
+the GPU (:func:`datasheet_peak`, recognised from ``torch.cuda.get_device_name``). The peak
+this machine measures on one large square matmul is reported beside it; it is only the
+denominator where no datasheet figure is known (a CPU, an unlisted GPU), and the results say so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +31,7 @@ class Row:
     rate: float | None = None  # items per second
     unit: str = "images/s"
     flops_per_item: float | None = None
-    mfu: float | None = None  # achieved model FLOP/s over the measured peak
+    mfu: float | None = None  # achieved model FLOP/s over the peak (Peak.flops_per_s)
     peak_memory_gib: float | None = None
     status: str = "ok"  # ok, skipped (cannot run here) or failed (ran and raised)
     reason: str | None = None
@@ -76,6 +79,44 @@ def measure(
     return row
 
 
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s; the first pattern that matches the device name wins.
+DATASHEET_BF16_TFLOPS = (
+    (r"H100.*PCIe", "H100 PCIe", 756.0),
+    (r"H100.*NVL", "H100 NVL", 835.0),
+    (r"H100", "H100 SXM", 989.0),
+    (r"H200", "H200", 989.0),
+    (r"A100", "A100", 312.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+    """The denominator of every MFU, and where it comes from."""
+
+    flops_per_s: float  # what MFU divides by
+    source: str  # "datasheet" or "measured matmul"
+    card: str | None  # the datasheet entry the device matched
+    datasheet_flops_per_s: float | None
+    measured_flops_per_s: float
+
+
+def datasheet_peak(device_name: str) -> tuple[str, float] | None:
+    """(card, dense bf16 FLOP/s) of the datasheet entry ``device_name`` (as ``torch.cuda.get_device_name`` gives it) matches, or None."""
+    for pattern, card, tflops in DATASHEET_BF16_TFLOPS:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            return card, tflops * 1e12
+    return None
+
+
+def mfu_peak(device_name: str, measured: float) -> Peak:
+    """The datasheet peak of the device where known, else the measured matmul peak (a CPU, an unlisted GPU)."""
+    known = datasheet_peak(device_name)
+    if known is None:
+        return Peak(measured, "measured matmul", None, None, measured)
+    card, flops = known
+    return Peak(flops, "datasheet", card, flops, measured)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -101,7 +142,7 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, *, warmup: 
 
 
 def matmul_peak(device: torch.device, size: int, dtype: torch.dtype, *, warmup: int = 3, iters: int = 20, repeats: int = 3) -> float:
-    """FLOP/s of a ``size``³ matmul in ``dtype``: the best of ``repeats`` timings, the denominator of every MFU."""
+    """FLOP/s of a ``size``³ matmul in ``dtype``: the best of ``repeats`` timings, printed beside the datasheet peak."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = min(seconds_per_call(lambda: a @ b, device, warmup=warmup, iters=iters) for _ in range(repeats))

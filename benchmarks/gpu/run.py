@@ -1,10 +1,10 @@
-"""Every GPU measurement of d2c-pack in one command: matmul peak, scoring, attach, training and optimisation variants.
+"""Every GPU measurement of d2c-pack in one command: peaks, scoring, attach, training, optimisation variants, train() and sampling.
 
     python benchmarks/gpu/run.py --device cuda                           # real sizes (an H100/H200), ~5 min
     python benchmarks/gpu/run.py --tiny --device cpu --json /tmp/gpu.json  # tiny configs, any CPU, < 1 min
 
 Prints a table and writes JSON (default benchmarks/results/gpu.json) holding the device,
-library versions, date, command line, the measured peak and every row. Models have random
+library versions, date, command line, the peaks (datasheet and measured) and every row. Models have random
 weights and the real architectures (see specs.py); README.md beside this file says how to
 run it on a lent GPU machine and what each figure means.
 """
@@ -36,9 +36,11 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.gpu.attach import measure_attach
-from benchmarks.gpu.measure import Row, matmul_peak, release_memory
+from benchmarks.gpu.measure import Peak, Row, failure, matmul_peak, mfu_peak, release_memory
+from benchmarks.gpu.sampling import measure_sampling
 from benchmarks.gpu.scoring import measure_scoring
 from benchmarks.gpu.specs import FULL, TINY, Spec
+from benchmarks.gpu.trainer import measure_trainer
 from benchmarks.gpu.training import measure_training, training_setup
 from benchmarks.gpu.variants import attention_paths, measure_variants
 
@@ -79,35 +81,78 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_all(spec: Spec, device: torch.device, workers: int, console: Console) -> dict:
-    """The measurements in order (0 peak, 1 scoring, 2 attach, 3 training, 4 variants), each releasing its models."""
+    """The measurements in order (0 peak, 1 scoring, 2 attach, 3 training step, 4 variants, 5 train(), 6 sampling), each releasing its models."""
     seconds: dict[str, float] = {}
     with _stage(console, seconds, "peak", f"matmul peak, {spec.peak_size}³ {str(spec.peak_dtype).removeprefix('torch.')}", device):
-        peak = matmul_peak(device, spec.peak_size, spec.peak_dtype)
+        measured = matmul_peak(device, spec.peak_size, spec.peak_dtype)
+        peak = mfu_peak(torch.cuda.get_device_name(device) if device.type == "cuda" else "", measured)
+    console.print(f"  MFU against {_peak_words(peak)}")
     with _stage(
         console, seconds, "scoring", f"scoring {spec.scorer}, |T| = {spec.timesteps}, batches {spec.score_batches}, end to end with {workers} workers", device
     ):
-        scoring = measure_scoring(spec, device, peak, workers)
+        scoring = measure_scoring(spec, device, peak.flops_per_s, workers)
     with _stage(console, seconds, "attach", "attach: DINOv2, flan-T5 encoder, SD-VAE", device), tempfile.TemporaryDirectory(prefix="d2c-gpu-bench-") as work:
-        attach = measure_attach(spec, device, peak, Path(work))
+        attach = measure_attach(spec, device, peak.flops_per_s, Path(work))
     with _stage(console, seconds, "training", f"training {spec.trainee} step, precomputed vs online", device):
         setup = training_setup(spec, device)
         checks = attention_paths(setup, attach["t5"][0].extra.get("attention"))
-        training = measure_training(setup, peak)
+        training = measure_training(setup, peak.flops_per_s)
     # fp32 with eager attention takes about twice the memory of the trainer's settings: a quarter of its batch fits
     batch = spec.train_batch or max(1, (training["precomputed"].batch or 4) // 4)
     with _stage(console, seconds, "variants", f"optimisation variants at batch {batch}", device):
         flops = {"precomputed": training["precomputed"].flops_per_item, "online": training["online"].flops_per_item}
-        variants = measure_variants(setup, peak, batch, flops)
+        variants = measure_variants(setup, peak.flops_per_s, batch, flops)
+    # The step's model, EMA and optimizer (and compiled graphs holding them) make room for train()'s own: train() then has the memory the batch search had.
+    del setup
+    torch.compiler.reset()
+    per_gpu = training["precomputed"].batch or 8
+    with tempfile.TemporaryDirectory(prefix="d2c-gpu-train-") as work:
+        with _stage(console, seconds, "trainer", f"train() {spec.trainee} on a synthetic build, batch {per_gpu} per GPU, {workers} loader workers", device):
+            training["trainer"], model = _trainer_row(spec, device, peak.flops_per_s, per_gpu, flops["precomputed"], workers, Path(work))
+        with _stage(console, seconds, "sampling", f"sampling {spec.trainee} (the model train() saved): SDE 250 and Euler 50, CFG 1.8", device):
+            sampling = measure_sampling(spec, device, peak.flops_per_s, model, Path(work)) if model else [_failed_sampling(spec, training["trainer"])]
     return {
-        "peak": {"flops_per_s": peak, "tflops": peak / 1e12, "matmul": f"{spec.peak_size}^3", "dtype": str(spec.peak_dtype).removeprefix("torch.")},
+        "peak": {
+            "flops_per_s": peak.flops_per_s, "tflops": peak.flops_per_s / 1e12, "source": peak.source, "card": peak.card,
+            "datasheet_tflops": peak.datasheet_flops_per_s and peak.datasheet_flops_per_s / 1e12, "measured_tflops": peak.measured_flops_per_s / 1e12,
+            "matmul": f"{spec.peak_size}^3", "dtype": str(spec.peak_dtype).removeprefix("torch."),
+        },  # fmt: skip
         "attention": checks,
         "scoring": scoring,
         "attach": attach,
         "training": training,
         "variants": variants,
+        "sampling": sampling,
         "goals": _goals(scoring["summary"], training),
         "seconds": seconds,
     }
+
+
+def _trainer_row(spec: Spec, device: torch.device, peak: float, per_gpu: int, flops: float, workers: int, work: Path) -> tuple[Row, Path | None]:
+    """The train() row at the step's batch, at half of it if that runs out of memory (the loader's pinned batches take some); a failed row otherwise."""
+    name = f"{spec.trainee} train(), precomputed build"
+    for attempt, batch in enumerate((per_gpu, max(1, per_gpu // 2))):
+        try:
+            row, model = measure_trainer(spec, device, peak, batch_per_gpu=batch, flops_per_item=flops, workers=workers, out=work / f"run-{attempt}")
+            row.extra["batch_choice"] = "the training step's largest" if attempt == 0 else "half the training step's largest (the full one ran out of memory)"
+            return row, model
+        except torch.cuda.OutOfMemoryError:
+            pass
+        except Exception as error:  # a result too: the rest of the benchmark still runs and writes its JSON
+            return Row("training", name, batch=batch, status="failed", reason=failure(error)), None
+        release_memory(device)  # after the except clause, so the failed frames are gone
+    return Row("training", name, batch=batch, status="failed", reason="out of GPU memory at the step's batch and at half of it"), None
+
+
+def _failed_sampling(spec: Spec, trainer: Row) -> Row:
+    return Row("sampling", f"{spec.trainee} sampling", status="failed", reason=f"no model to sample: train() failed ({trainer.reason})")
+
+
+def _peak_words(peak: Peak) -> str:
+    measured = f"measured {peak.measured_flops_per_s / 1e12:.3g} TFLOP/s on one matmul"
+    if peak.source == "datasheet":
+        return f"the {peak.card} datasheet's dense bf16 {peak.flops_per_s / 1e12:.3g} TFLOP/s ({measured})"
+    return f"the {measured} (no datasheet figure for this device)"
 
 
 @contextlib.contextmanager
@@ -123,12 +168,11 @@ def _stage(console: Console, seconds: dict[str, float], key: str, label: str, de
 
 def _goals(scoring: dict, training: dict) -> list[dict]:
     """The issue's targets next to what was measured."""
-    precomputed = training["precomputed"]
     measured = [
         ("scoring end to end / backbone only", 0.80, scoring["end_to_end_share_of_backbone"]),
         ("scoring backbone MFU", 0.60, scoring["best_backbone_mfu"]),
         ("training precomputed / online", 1.5, training["precomputed_over_online"]),
-        ("training precomputed MFU", 0.45, precomputed.mfu),
+        ("training precomputed MFU (train())", 0.45, training["trainer"].mfu),
     ]
     return [{"goal": goal, "target": target, "measured": value, "met": value is not None and value >= target} for goal, target, value in measured]
 
@@ -142,11 +186,18 @@ def _rows(result: dict) -> list[Row]:
         training["precomputed"],
         training["online"],
         *result["variants"],
+        training["trainer"],
+        *result["sampling"],
     ]
 
 
 def _print(result: dict, console: Console) -> None:
-    title = f"d2c-pack GPU benchmark{' (TINY configs)' if result['tiny'] else ''}: {result['device']}, torch {result['torch']}, peak {result['peak']['tflops']:.3g} TFLOP/s"
+    peak = result["peak"]
+    against = f"{peak['card']} datasheet {peak['tflops']:.3g}" if peak["source"] == "datasheet" else f"measured {peak['tflops']:.3g} (no datasheet)"
+    title = (
+        f"d2c-pack GPU benchmark{' (TINY configs)' if result['tiny'] else ''}: {result['device']}, torch {result['torch']}, "
+        f"MFU against {against} TFLOP/s; measured matmul peak {peak['measured_tflops']:.3g} TFLOP/s"
+    )
     table = Table(title=title)
     for column, justify in (
         ("section", "left"),

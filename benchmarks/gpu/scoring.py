@@ -5,9 +5,12 @@ batch, so one scored image costs 8 backbone forwards plus one VAE encoding. Thre
 
 - **backbone only**: latents already on the GPU (the scorer's latent space is the identity);
 - **VAE + backbone**: images already on the GPU, encoded by the SD-VAE first;
-- **end to end**: synthetic 500×375 JPEGs held in memory, decoded, ADM-cropped and given their
-  noise by DataLoader workers through the project's ``ChunkBatches`` and scored by the same
-  ``_scored_rows`` that ``d2c-pack score`` calls, with pinned memory, as the tool runs.
+- **end to end**: ``score_source`` itself, what ``d2c-pack score`` runs, on a folder of synthetic
+  500×375 JPEG files on disk with the real worker count: decoding, ADM crops and noise in the
+  DataLoader workers, uint8 batches in pinned memory, the scorer and its VAE loaded from disk,
+  results read one batch behind and written to the score cache. Timed from the launch of the
+  first batch after the warm-up to the launch of the last, so loading the models and starting
+  the workers are left out.
 
 The end-to-end rate over the backbone-only rate says how much of the GPU the whole pipeline
 keeps busy; it also projects the hours to score ImageNet-1k's training set.
@@ -16,23 +19,25 @@ keeps busy; it also projects the hours to score ImageNet-1k's training set.
 from __future__ import annotations
 
 import io
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from benchmarks.gpu.measure import Row, count_flops, measure, rate_row, synchronize
+from benchmarks.gpu.measure import Row, count_flops, measure, rate_row
 from benchmarks.gpu.specs import IMAGENET_TRAIN_IMAGES, NUM_CLASSES, Spec, build_vae, scorer_config
-from d2c_pack.chunks import ChunkBatches, chunks_of
+from d2c_pack.configs import ScoreConfig
 from d2c_pack.latents import PixelSpace, VaeSpace
-from d2c_pack.score import DifficultyScorer, _scored_rows, image_noise
-from d2c_pack.sources import Entry, ImageSource
+from d2c_pack.models import save_backbone
+from d2c_pack.score import DifficultyScorer, score_source
 
 JPEG_SIZE = (500, 375)  # ImageNet's most common image size
 DISTINCT_JPEGS = 32
+CLASSES_ON_DISK = 100  # class folders of the JPEG tree (the scorer knows all 1,000 classes)
 # DiT-XL/2 forward at 256 as the DiT paper gives it (118.6 G multiply-adds), to check the counted FLOPs against
 DIT_XL_2_256_FLOPS = 2 * 118.6e9
 
@@ -95,65 +100,59 @@ def _best(rows: list[Row], name: str) -> Row:
 
 
 def _end_to_end(scorer: DifficultyScorer, spec: Spec, device: torch.device, peak: float, batch: int, workers: int, flops: float) -> Row:
-    """JPEG bytes → workers (decode, ADM crop, noise) → pinned batches → ``_scored_rows``, timed by the wall clock.
+    """``score_source`` over JPEG files written to a temporary folder, with this scorer's weights and VAE saved beside them.
 
     The first ``workers + 2`` batches are left out: each worker's first batch carries its start-up.
     """
     warm = workers + 2
     timed = max(2, -(-spec.e2e_images // batch))
-    source = JpegSource((warm + timed) * batch)
-    steps, shape = len(scorer.times), scorer.latent_shape
-    batches = ChunkBatches(
-        source, chunks_of(range(len(source)), 2 * batch), resolution=spec.resolution, batch_size=batch,
-        extra=lambda record: {"noise": image_noise(0, record.source_id, steps, shape)},
-    )  # fmt: skip
-    # fork, as Linux's Python ≤ 3.13 does by default: ``extra`` is a lambda, which spawned workers could not unpickle
-    context = "fork" if workers else None
-    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda", multiprocessing_context=context)
-    done, images, tic = 0, 0, 0.0
-    for item in loader:
-        if not item["indices"]:  # the empty batch that closes a chunk
-            continue
-        _scored_rows(scorer, item)  # ends with the losses on the CPU: synchronised
-        done += 1
-        if done == warm:
-            synchronize(device)
-            tic = time.perf_counter()
-        elif done > warm:
-            images += len(item["indices"])
-    seconds = time.perf_counter() - tic
+    count = (warm + timed + 1) * batch
+    with tempfile.TemporaryDirectory(prefix="d2c-gpu-score-") as folder:
+        work = Path(folder)
+        mean_bytes = jpeg_folder(work / "images", count)
+        save_backbone(scorer.model, scorer.config, work / "scorer")
+        scorer.space.vae.save_pretrained(work / "vae")
+        config = ScoreConfig(
+            source=str(work / "images"), scorer=str(work / "scorer"), vae=str(work / "vae"), resolution=spec.resolution, timesteps=spec.timesteps,
+            batch_size=batch, chunk_size=2 * batch, workers=workers, device=str(device), work=str(work / "cache"),
+        )  # fmt: skip
+        launches = _launch_times(lambda: score_source(config))
+    # Launch k + 1 comes after batch k - 1's results are read: the time between launches is the time per batch.
+    images = (len(launches) - 1 - warm) * batch
     return rate_row(
-        "scoring", f"{spec.scorer} |T|={spec.timesteps}, end to end from JPEG", batch=batch, items=images, seconds=seconds,
-        flops_per_item=flops, peak=peak, workers=workers, jpeg_kib=source.mean_bytes / 1024, images_timed=images,
+        "scoring", f"{spec.scorer} |T|={spec.timesteps}, end to end from JPEG files (score_source)", batch=batch, items=images,
+        seconds=launches[-1] - launches[warm], flops_per_item=flops, peak=peak, workers=workers, jpeg_kib=mean_bytes / 1024, images_timed=images,
     )  # fmt: skip
 
 
-class JpegSource(ImageSource):
-    """``count`` labelled images cycling over a few distinct synthetic 500×375 JPEGs held in memory.
+def _launch_times(run: Callable[[], object]) -> list[float]:
+    """The wall-clock time of every batch ``DifficultyScorer.launch`` starts while ``run()`` runs."""
+    times, launch = [], DifficultyScorer.launch
 
-    Each is a smooth random picture with fine noise, saved at quality 90, about the size of an
-    ImageNet JPEG, so decoding costs what it costs on the real data.
-    """
+    def timed(self: DifficultyScorer, *args: torch.Tensor) -> Callable[[], list[np.ndarray]]:
+        times.append(time.perf_counter())
+        return launch(self, *args)
 
-    def __init__(self, count: int):
-        sizes = np.bincount(np.arange(count) % NUM_CLASSES, minlength=NUM_CLASSES).tolist()
-        super().__init__("bench:jpeg", [f"class {c}" for c in range(NUM_CLASSES)], sizes)
-        self.count = count
-        self.jpegs = [_synthetic_jpeg(seed) for seed in range(DISTINCT_JPEGS)]
-        self.mean_bytes = float(np.mean([len(j) for j in self.jpegs]))
+    DifficultyScorer.launch = timed
+    try:
+        run()
+    finally:
+        DifficultyScorer.launch = launch
+    return times
 
-    def __len__(self) -> int:
-        return self.count
 
-    def fingerprint(self) -> str:
-        return f"bench:jpeg:{self.count}"
-
-    def _entries(self, indices: list[int] | None) -> Iterator[Entry]:
-        for i in range(self.count) if indices is None else indices:
-            yield Entry(i, f"bench/{i:08d}.jpg", i % NUM_CLASSES, self.jpegs[i % len(self.jpegs)], None)
+def jpeg_folder(root: Path, count: int) -> float:
+    """``count`` JPEG files in ImageFolder layout (one folder per class), cycling over a few distinct synthetic pictures; their mean size."""
+    jpegs = [_synthetic_jpeg(seed) for seed in range(DISTINCT_JPEGS)]
+    for i in range(count):
+        folder = root / f"class{i % CLASSES_ON_DISK:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:08d}.jpg").write_bytes(jpegs[i % len(jpegs)])
+    return float(np.mean([len(j) for j in jpegs]))
 
 
 def _synthetic_jpeg(seed: int) -> bytes:
+    """A smooth random picture with fine noise, saved at quality 90: about the size of an ImageNet JPEG, so decoding costs what it costs on the real data."""
     rng = np.random.default_rng(seed)
     width, height = JPEG_SIZE
     smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(JPEG_SIZE, Image.BICUBIC)

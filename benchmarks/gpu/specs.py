@@ -41,7 +41,9 @@ class Spec:
     train_batch_limit: int  # the doubling search stops here
     warmup: int  # untimed calls before every timing
     iters: int  # timed calls
-    e2e_images: int  # images timed end to end from JPEG bytes, after the warm-up batches
+    e2e_images: int  # images timed end to end from JPEG files, after the warm-up batches
+    sample_images: int  # images drawn per sampling setting
+    sample_batch: int  # images per sampling batch
     peak_size: int  # side of the square matmul that measures the peak
     peak_dtype: torch.dtype
     compile_backend: str  # torch.compile backend of the compile variants
@@ -73,6 +75,8 @@ FULL = Spec(
     warmup=3,  # compiled variants compile in the first call; CUDA graphs record in the second
     iters=6,
     e2e_images=2048,
+    sample_images=64,
+    sample_batch=64,
     peak_size=8192,
     peak_dtype=torch.bfloat16,
     compile_backend="inductor",
@@ -107,6 +111,8 @@ TINY = dataclasses.replace(
     warmup=1,
     iters=2,
     e2e_images=48,
+    sample_images=4,
+    sample_batch=4,
     peak_size=512,
     peak_dtype=torch.float32,
     # inductor's C++ code generation takes minutes on 2 CPU cores; aot_eager still traces the model with dynamo and AOTAutograd
