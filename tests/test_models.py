@@ -11,6 +11,7 @@ import torch
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
+from d2c_pack.models.dit import get_2d_sincos_pos_embed
 from d2c_pack.train.transport import Condition, velocity
 
 # Key shapes of the official DiT checkpoints (copied from the project's shared reference facts).
@@ -137,3 +138,92 @@ def test_unknown_model_name_and_missing_path_are_user_errors(tmp_path: Path) -> 
         backbone_config("SiT-XXL/2", image_size=32, num_classes=10, vae=None, in_channels=3)
     with pytest.raises(UserError, match="no backbone"):
         load_backbone(tmp_path / "missing.pt")
+
+
+def repa_state_dict(
+    *, depth: int, hidden: int, z_dim: int, projector_dim: int, patch: int = 2, channels: int = 4, grid: int = 4, classes: int = 3, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The state dict of REPA's ``models/sit.py`` SiT (``SiT(..., z_dims=[z_dim], projector_dim=...)``, no --qk-norm),
+    written from REPA's module names and constructor shapes, with random weights."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes: dict[str, tuple[int, ...]] = {
+        "x_embedder.proj.weight": (hidden, channels, patch, patch), "x_embedder.proj.bias": (hidden,),
+        "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
+        "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
+        "y_embedder.embedding_table.weight": (classes + 1, hidden),  # cfg_prob > 0: the null class row
+    }  # fmt: skip
+    for i in range(depth):
+        block = {"attn.qkv": (3 * hidden, hidden), "attn.proj": (hidden, hidden), "mlp.fc1": (4 * hidden, hidden), "mlp.fc2": (hidden, 4 * hidden), "adaLN_modulation.1": (6 * hidden, hidden)}
+        for name, (out, inp) in block.items():
+            shapes |= {f"blocks.{i}.{name}.weight": (out, inp), f"blocks.{i}.{name}.bias": (out,)}
+    for layer, (out, inp) in {0: (projector_dim, hidden), 2: (projector_dim, projector_dim), 4: (z_dim, projector_dim)}.items():  # build_mlp
+        shapes |= {f"projectors.0.{layer}.weight": (out, inp), f"projectors.0.{layer}.bias": (out,)}
+    # FinalLayer(decoder_hidden_size = hidden_size, patch, out_channels = in_channels): no learned sigma.
+    shapes |= {"final_layer.linear.weight": (patch * patch * channels, hidden), "final_layer.linear.bias": (patch * patch * channels,)}
+    shapes |= {"final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden), "final_layer.adaLN_modulation.1.bias": (2 * hidden,)}
+    state = {key: torch.randn(shape, generator=generator) * 0.05 for key, shape in shapes.items()}
+    state["pos_embed"] = torch.from_numpy(get_2d_sincos_pos_embed(hidden, grid)).float().unsqueeze(0)
+    return state
+
+
+def repa_checkpoint(path: Path, *, encoder_depth: int = 2, **shape) -> dict[str, dict[str, torch.Tensor]]:
+    """A REPA train.py checkpoint file: {"model", "ema", "opt", "args": Namespace, "steps"}; returns its model and EMA weights."""
+    model, ema = repa_state_dict(seed=1, **shape), repa_state_dict(seed=2, **shape)
+    args = argparse.Namespace(model="SiT-T/2", encoder_depth=encoder_depth, cfg_prob=0.1, path_type="linear", prediction="v", qk_norm=False, enc_type="dinov2-vit-b")
+    opt = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}
+    torch.save({"model": model, "ema": ema, "opt": opt, "args": args, "steps": 3}, path)
+    return {"model": model, "ema": ema}
+
+
+def test_repa_checkpoint_loads_its_ema_weights_converted_to_sit_time(tmp_path: Path) -> None:
+    """REPA trains x_s = (1 − s)x + sε with target ε − x: loaded, the model is SiT's v(x, t) = −f_REPA(x, 1 − t)."""
+    shape = dict(depth=6, hidden=128, z_dim=32, projector_dim=64)  # SiT-T's width and depth
+    weights = repa_checkpoint(tmp_path / "0000003.pt", **shape)
+    model, config = load_backbone(tmp_path / "0000003.pt")
+    assert (config.name, config.prediction, config.learn_sigma, config.num_classes, config.class_dropout_prob) == ("SiT-T/2", "velocity", False, 3, 0.1)
+    assert (config.visual_dim, config.projector_dim, config.encoder_depth, config.text_dim, config.num_heads) == (32, 64, 2, None, 4)
+    loaded, ema = model.state_dict(), weights["ema"]
+    renamed = {key.replace("projectors.0.", "projector."): value for key, value in ema.items()}
+    converted = {"t_embedder.mlp.0.weight", "final_layer.linear.weight", "final_layer.linear.bias"}
+    assert set(loaded) == set(renamed)
+    assert all(torch.equal(loaded[key], renamed[key]) for key in set(renamed) - converted)  # the EMA, bit for bit
+    assert torch.equal(loaded["final_layer.linear.bias"], -ema["final_layer.linear.bias"])
+    assert not torch.equal(loaded["blocks.0.attn.qkv.weight"], weights["model"]["blocks.0.attn.qkv.weight"])
+    # REPA's network is this module tree with the file's own weights; it is fed REPA time s = 1 − t.
+    repa = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=6, num_heads=4, num_classes=3, learn_sigma=False)
+    repa.load_state_dict({k: v for k, v in ema.items() if not k.startswith("projectors.")})
+    x, t, y = tiny_inputs(model)
+    torch.testing.assert_close(model(x, t, y), -repa.eval()(x, 1 - t, y), rtol=1e-5, atol=1e-5)
+    assert torch.equal(load_backbone(tmp_path / "0000003.pt", use_ema=False)[0].state_dict()["blocks.0.attn.qkv.weight"], weights["model"]["blocks.0.attn.qkv.weight"])
+
+
+def test_a_pt_that_matches_nothing_known_is_one_line(tmp_path: Path) -> None:
+    state = repa_state_dict(depth=6, hidden=128, z_dim=32, projector_dim=64)
+    state["blocks.0.attn.q_norm.weight"] = torch.ones(32)  # REPA --qk-norm: a layer this SiT does not have
+    torch.save({"ema": state, "args": argparse.Namespace(encoder_depth=2)}, tmp_path / "qk-norm.pt")
+    with pytest.raises(UserError, match=r"^qk-norm.pt does not match .*1 unknown keys \(first: blocks.0.attn.q_norm.weight\)$"):
+        load_backbone(tmp_path / "qk-norm.pt")
+    torch.save({"state_dict": state}, tmp_path / "SiT-nested.pt")
+    with pytest.raises(UserError, match="'state_dict' is not a tensor"):
+        load_backbone(tmp_path / "SiT-nested.pt")
+    two = state | {key.replace("projectors.0.", "projectors.1."): value for key, value in state.items() if key.startswith("projectors.0.")}
+    torch.save(two, tmp_path / "two-encoders.pt")
+    with pytest.raises(UserError, match="2 projectors"):
+        load_backbone(tmp_path / "two-encoders.pt")
+    torch.save(state, tmp_path / "no-args.pt")  # REPA's default aligned block 8 does not exist in 6 blocks
+    with pytest.raises(UserError, match="aligns block 8 of a 6-block SiT"):
+        load_backbone(tmp_path / "no-args.pt")
+
+
+def test_width_off_the_table_needs_num_heads_and_is_never_guessed(tmp_path: Path) -> None:
+    """A depth-4, width-128, 4-head DiT: the old guess (width / 64 = 2 heads) loaded silently and computed something else."""
+    official = randomized(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=4, num_heads=4, num_classes=3))
+    path = tmp_path / "DiT-custom.pt"
+    torch.save(official.state_dict(), path)
+    with pytest.raises(UserError, match="128-wide, 4-block model is no DiT/SiT size .*--num-heads"):
+        load_backbone(path)
+    with pytest.raises(UserError, match="--num-heads 3 does not divide"):
+        load_backbone(path, num_heads=3)
+    loaded, config = load_backbone(path, num_heads=4)
+    inputs = tiny_inputs(official)
+    assert config.num_heads == 4 and torch.equal(loaded(*inputs), official(*inputs))
