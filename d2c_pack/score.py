@@ -126,7 +126,7 @@ class DifficultyScorer:
 def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultyScorer, str]:
     """The scorer the config names and the sha256 of its weights file."""
     weights = backbone_weights_file(config.scorer)
-    model, backbone = load_backbone(config.scorer, prediction=config.prediction)
+    model, backbone = load_backbone(config.scorer, prediction=config.prediction, num_heads=config.num_heads)
     if backbone.image_size != config.resolution:
         raise UserError(
             f"the scorer {config.scorer} works at {backbone.image_size}×{backbone.image_size}; "
@@ -154,6 +154,8 @@ def score_cache(config: ScoreConfig, source: ImageSource, scorer: DifficultyScor
         "seed": config.seed,
         "resolution": config.resolution,
     }
+    if config.num_heads is not None:  # a scorer of no DiT/SiT size; absent otherwise, so that existing caches stay valid
+        key["num_heads"] = config.num_heads
     return ChunkCache(Path(config.work) / "scores", key, CACHE_SCHEMA, config.chunk_size)
 
 

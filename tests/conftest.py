@@ -59,9 +59,13 @@ def make_image_folder(root: Path, *, corrupt: bool = True) -> Path:
 
 
 def make_official_scorer(folder: Path, family: str = "SiT", *, num_classes: int = 3, image_size: int = 16) -> Path:
-    """A tiny pixel-space DiT/SiT with random weights, saved as an official-format raw state dict."""
+    """A tiny pixel-space DiT/SiT with random weights, saved as an official-format raw state dict.
+
+    Its size is the table's T (6 blocks, 128 wide, 4 heads): an official file records no head count, and
+    only a table size loads without ``--num-heads``.
+    """
     generator = torch.Generator().manual_seed(0)
-    model = DiT(input_size=image_size, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=1, num_classes=num_classes)
+    model = DiT(input_size=image_size, patch_size=4, in_channels=3, hidden_size=128, depth=6, num_heads=4, num_classes=num_classes)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:  # keep the fixed sin-cos position embedding

@@ -260,8 +260,8 @@ def infer_config(
     if heads is None:
         sizes = ", ".join(f"{w} wide × {d} deep" for d, w, _ in MODEL_SIZES.values())
         raise UserError(f"a {hidden}-wide, {depth}-block model is no DiT/SiT size ({sizes}): give its attention heads with --num-heads")
-    if hidden % heads:
-        raise UserError(f"--num-heads {heads} does not divide the model's width {hidden}")
+    if heads <= 0 or hidden % heads:
+        raise UserError(f"--num-heads must divide the model's width {hidden}, got {heads}")
     grid = int(round(num_patches**0.5))
     # Official checkpoints are always trained with label dropout, hence the extra null-class row; REPA's args say.
     dropout = 0.1 if repa is None else repa.class_dropout_prob

@@ -59,11 +59,11 @@ def repa_settings(args: Any, state_dict: dict[str, torch.Tensor]) -> RepaSetting
     """
     path_type = getattr(args, "path_type", "linear")
     if path_type != "linear":
-        raise UserError(f"this REPA checkpoint was trained with --path-type {path_type}; d2c-pack samples and trains the linear path only")
+        raise UserError(f"this REPA checkpoint was trained on the {path_type!r} path (REPA's path_type); d2c-pack samples and trains the linear path only")
     depth = 1 + max(int(m.group(1)) for key in state_dict if (m := re.match(r"blocks\.(\d+)\.", key)))
     encoder_depth = int(getattr(args, "encoder_depth", None) or REPA_ENCODER_DEPTH)
     if not 1 <= encoder_depth <= depth:
-        raise UserError(f"this REPA checkpoint aligns block {encoder_depth} of a {depth}-block SiT (no 'args' with --encoder-depth in the file?)")
+        raise UserError(f"this REPA checkpoint aligns block {encoder_depth} of a {depth}-block SiT (a file without REPA's 'args' is taken to align block 8, REPA's default)")
     cfg_prob = getattr(args, "cfg_prob", None)
     return RepaSettings(encoder_depth, REPA_CFG_PROB if cfg_prob is None else float(cfg_prob))
 

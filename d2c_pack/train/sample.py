@@ -25,16 +25,17 @@ from d2c_pack.train.transport import Condition, integrate
 
 
 def load_for_sampling(
-    path: str | Path, device: torch.device | str = "auto", *, vae: str | None = None
+    path: str | Path, device: torch.device | str = "auto", *, vae: str | None = None, num_heads: int | None = None
 ) -> tuple[DiT, BackboneConfig, ClassText | None]:
     """The model (EMA weights where saved) on ``device`` ('auto': the GPU if any), its config and its class text (None without text).
 
     ``path`` is a model folder, a training run folder (its final ``model/``, else its newest
-    checkpoint), an official ``.pt`` file, or ``demo:digits``. ``vae`` replaces the VAE the model
-    names (a local copy of it: its weights must hash as the model recorded).
+    checkpoint), an official or REPA ``.pt`` file, or ``demo:digits``. ``vae`` replaces the VAE the model
+    names (a local copy of it: its weights must hash as the model recorded). ``num_heads``: the
+    attention heads of a ``.pt`` whose width is not a DiT/SiT size.
     """
     folder = model_folder(path)
-    model, config = load_backbone(folder, map_location=pick_device(str(device)))
+    model, config = load_backbone(folder, map_location=pick_device(str(device)), num_heads=num_heads)
     if vae is not None:
         if config.vae is None:
             raise UserError(f"{path} works on pixels and uses no VAE; leave out --vae")
@@ -144,6 +145,7 @@ def sample_grid(
     sampling: Sampling = Sampling(),
     device: str = "auto",
     vae: str | None = None,
+    num_heads: int | None = None,
 ) -> Path:
     """Writes a PNG grid with one row per class (default: all) and ``per_class`` samples per row.
 
@@ -155,11 +157,12 @@ def sample_grid(
         sampling: How the samples are drawn (``sampling.labels`` does not apply: the rows set the classes).
         device: 'auto' (the GPU if any, else the CPU), 'cpu', 'cuda', …
         vae: A local copy of the VAE the model was trained with.
+        num_heads: The attention heads of a ``.pt`` whose width is not a DiT/SiT size.
 
     Returns:
         The path written.
     """
-    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
+    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae, num_heads=num_heads)
     classes = list(range(config.num_classes)) if classes is None else classes
     if bad := [c for c in classes if not 0 <= c < config.num_classes]:
         raise UserError(f"class {bad[0]} is out of range: the model has {config.num_classes} classes")
@@ -178,17 +181,18 @@ def sample_npz(
     sampling: Sampling = Sampling(),
     device: str = "auto",
     vae: str | None = None,
+    num_heads: int | None = None,
 ) -> Path:
     """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
 
     ``arr_0`` holds the images, uint8 (N, R, R, 3); ``arr_1`` their labels, int64 (N,), drawn as
     ``sample_labels`` does for ``sampling.labels``. The images are streamed into the archive batch
     by batch (memory stays one batch), into a temporary file renamed when complete. ``checkpoint``,
-    ``device`` and ``vae`` are as in :func:`sample_grid`.
+    ``device``, ``vae`` and ``num_heads`` are as in :func:`sample_grid`.
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be positive, got {num_samples}")
-    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae)
+    model, config, class_text = load_for_sampling(checkpoint, device, vae=vae, num_heads=num_heads)
     targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
     batches = generate_batches(model, config, targets, sampling, class_text=class_text)
     with progress_bar("sample", total=num_samples) as advance:
