@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_repa_checkpoint, repa_state_dict
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
-from d2c_pack.models.dit import get_2d_sincos_pos_embed
 from d2c_pack.train.transport import Condition, velocity
 
 # Key shapes of the official DiT checkpoints (copied from the project's shared reference facts).
@@ -140,45 +140,10 @@ def test_unknown_model_name_and_missing_path_are_user_errors(tmp_path: Path) -> 
         load_backbone(tmp_path / "missing.pt")
 
 
-def repa_state_dict(
-    *, depth: int, hidden: int, z_dim: int, projector_dim: int, patch: int = 2, channels: int = 4, grid: int = 4, classes: int = 3, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """The state dict of REPA's ``models/sit.py`` SiT (``SiT(..., z_dims=[z_dim], projector_dim=...)``, no --qk-norm),
-    written from REPA's module names and constructor shapes, with random weights."""
-    generator = torch.Generator().manual_seed(seed)
-    shapes: dict[str, tuple[int, ...]] = {
-        "x_embedder.proj.weight": (hidden, channels, patch, patch), "x_embedder.proj.bias": (hidden,),
-        "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
-        "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
-        "y_embedder.embedding_table.weight": (classes + 1, hidden),  # cfg_prob > 0: the null class row
-    }  # fmt: skip
-    for i in range(depth):
-        block = {"attn.qkv": (3 * hidden, hidden), "attn.proj": (hidden, hidden), "mlp.fc1": (4 * hidden, hidden), "mlp.fc2": (hidden, 4 * hidden), "adaLN_modulation.1": (6 * hidden, hidden)}
-        for name, (out, inp) in block.items():
-            shapes |= {f"blocks.{i}.{name}.weight": (out, inp), f"blocks.{i}.{name}.bias": (out,)}
-    for layer, (out, inp) in {0: (projector_dim, hidden), 2: (projector_dim, projector_dim), 4: (z_dim, projector_dim)}.items():  # build_mlp
-        shapes |= {f"projectors.0.{layer}.weight": (out, inp), f"projectors.0.{layer}.bias": (out,)}
-    # FinalLayer(decoder_hidden_size = hidden_size, patch, out_channels = in_channels): no learned sigma.
-    shapes |= {"final_layer.linear.weight": (patch * patch * channels, hidden), "final_layer.linear.bias": (patch * patch * channels,)}
-    shapes |= {"final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden), "final_layer.adaLN_modulation.1.bias": (2 * hidden,)}
-    state = {key: torch.randn(shape, generator=generator) * 0.05 for key, shape in shapes.items()}
-    state["pos_embed"] = torch.from_numpy(get_2d_sincos_pos_embed(hidden, grid)).float().unsqueeze(0)
-    return state
-
-
-def repa_checkpoint(path: Path, *, encoder_depth: int = 2, **shape) -> dict[str, dict[str, torch.Tensor]]:
-    """A REPA train.py checkpoint file: {"model", "ema", "opt", "args": Namespace, "steps"}; returns its model and EMA weights."""
-    model, ema = repa_state_dict(seed=1, **shape), repa_state_dict(seed=2, **shape)
-    args = argparse.Namespace(model="SiT-T/2", encoder_depth=encoder_depth, cfg_prob=0.1, path_type="linear", prediction="v", qk_norm=False, enc_type="dinov2-vit-b")
-    opt = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}
-    torch.save({"model": model, "ema": ema, "opt": opt, "args": args, "steps": 3}, path)
-    return {"model": model, "ema": ema}
-
-
 def test_repa_checkpoint_loads_its_ema_weights_converted_to_sit_time(tmp_path: Path) -> None:
     """REPA trains x_s = (1 − s)x + sε with target ε − x: loaded, the model is SiT's v(x, t) = −f_REPA(x, 1 − t)."""
     shape = dict(depth=6, hidden=128, z_dim=32, projector_dim=64)  # SiT-T's width and depth
-    weights = repa_checkpoint(tmp_path / "0000003.pt", **shape)
+    weights = make_repa_checkpoint(tmp_path / "0000003.pt", **shape)
     model, config = load_backbone(tmp_path / "0000003.pt")
     assert (config.name, config.prediction, config.learn_sigma, config.num_classes, config.class_dropout_prob) == ("SiT-T/2", "velocity", False, 3, 0.1)
     assert (config.visual_dim, config.projector_dim, config.encoder_depth, config.text_dim, config.num_heads) == (32, 64, 2, None, 4)
