@@ -192,3 +192,24 @@ def test_width_off_the_table_needs_num_heads_and_is_never_guessed(tmp_path: Path
     loaded, config = load_backbone(path, num_heads=4)
     inputs = tiny_inputs(official)
     assert config.num_heads == 4 and torch.equal(loaded(*inputs), official(*inputs))
+
+
+def test_sample_and_the_scorer_take_num_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from d2c_pack import cli
+    from d2c_pack.configs import ScoreConfig
+    from d2c_pack.score import load_scorer
+
+    path = tmp_path / "SiT-custom.pt"
+    torch.save(randomized(DiT(input_size=8, patch_size=4, in_channels=3, hidden_size=96, depth=2, num_heads=3, num_classes=2)).state_dict(), path)
+    sample = ["d2c-pack", "sample", str(path), "--out", str(tmp_path / "grid.png"), "--sampling-steps", "1", "--per-class", "1", "--device", "cpu"]
+    for extra, code in (([], 2), (["--num-heads", "3"], 0)):
+        monkeypatch.setattr(sys, "argv", sample + extra)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "96-wide, 2-block model is no DiT/SiT size" in err and "--num-heads" in err and (tmp_path / "grid.png").is_file()
+    scorer, _ = load_scorer(ScoreConfig(source="unused", scorer=str(path), resolution=8, num_heads=3, device="cpu"), torch.device("cpu"))
+    assert scorer.model.blocks[0].attn.num_heads == 3
