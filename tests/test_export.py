@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import datasets
+import hub_server
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import build_config, make_image_folder, make_official_scorer, make_tiny_vae
+from hub_server import HubServer
 
 import d2c_pack.export as export_module
 from d2c_pack import cli, imagenet
@@ -24,6 +26,7 @@ from d2c_pack.export import class_folders, export
 from d2c_pack.preprocess import center_crop_adm
 
 RESOLUTION = 16
+hub = hub_server.hub  # the in-process Hub fixture
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +84,7 @@ class RepaCustomDataset:
         return torch.from_numpy(image), torch.from_numpy(features), torch.tensor(self.labels[idx])
 
 
-def export_to(subset: Path, out: Path, layout: str, **overrides) -> Path:
+def export_to(subset: Path | str, out: Path, layout: str, **overrides) -> Path:
     return export(ExportConfig(name=str(subset), format=layout, out=str(out), **overrides))
 
 
@@ -175,3 +178,15 @@ def test_repa_without_a_latent_column_is_one_line_exit_2(subsets: dict[str, Path
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "no latent column" in err and "--format imagefolder" in err and not (tmp_path / "x").exists()
+
+
+def test_a_hub_revision_exports_like_its_folder_and_names_its_commit(hub: HubServer, subsets: dict[str, Path], tmp_path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    HfApi().create_repo("tester/tiny", repo_type="dataset")
+    commit = HfApi().upload_folder(repo_id="tester/tiny", repo_type="dataset", folder_path=str(subsets["latent"])).oid
+    HfApi().create_tag("tester/tiny", tag="v1.0", repo_type="dataset")
+    from_hub = files_of(export_to("tester/tiny@v1.0", tmp_path / "hub" / "export", "repa"))
+    local = files_of(export_to(subsets["latent"], tmp_path / "local" / "export", "repa"))
+    assert from_hub.keys() == local.keys() and all(from_hub[name] == local[name] for name in local if name != "README.md")
+    assert f"the Hub dataset `tester/tiny@v1.0` (commit {commit})" in from_hub["README.md"].decode()
