@@ -187,8 +187,9 @@ def test_width_off_the_table_needs_num_heads_and_is_never_guessed(tmp_path: Path
     torch.save(official.state_dict(), path)
     with pytest.raises(UserError, match="128-wide, 4-block model is no DiT/SiT size .*--num-heads"):
         load_backbone(path)
-    with pytest.raises(UserError, match="--num-heads must divide the model's width 128, got 3"):
-        load_backbone(path, num_heads=3)
+    for wrong in (3, 0):
+        with pytest.raises(UserError, match=f"--num-heads must divide the model's width 128, got {wrong}"):
+            load_backbone(path, num_heads=wrong)
     loaded, config = load_backbone(path, num_heads=4)
     inputs = tiny_inputs(official)
     assert config.num_heads == 4 and torch.equal(loaded(*inputs), official(*inputs))

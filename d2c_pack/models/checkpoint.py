@@ -256,7 +256,7 @@ def infer_config(
         raise UserError(f"not a DiT/SiT state dict: key {missing} is missing") from None
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
-    heads = num_heads or next((h for d, w, h in MODEL_SIZES.values() if (d, w) == (depth, hidden)), None)
+    heads = num_heads if num_heads is not None else next((h for d, w, h in MODEL_SIZES.values() if (d, w) == (depth, hidden)), None)
     if heads is None:
         sizes = ", ".join(f"{w} wide × {d} deep" for d, w, _ in MODEL_SIZES.values())
         raise UserError(f"a {hidden}-wide, {depth}-block model is no DiT/SiT size ({sizes}): give its attention heads with --num-heads")
