@@ -91,7 +91,7 @@ def _reverse_time(weight: torch.Tensor) -> torch.Tensor:
     """W' with W'·φ(t) = W·φ(1 − t) for the sinusoid features φ(t) = [cos tω_k | sin tω_k] of the timestep embedder."""
     half = weight.shape[1] // 2
     # The frequencies exactly as the embedder computes them (float32), then the map in float64.
-    freqs = torch.exp(-math.log(TIME_MAX_PERIOD) * torch.arange(half, dtype=torch.float32) / half).double()
+    freqs = torch.exp(-math.log(TIME_MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=weight.device) / half).double()
     cos, sin = torch.cos(freqs), torch.sin(freqs)
     w = weight.double()
     w_cos, w_sin = w[:, :half], w[:, half : 2 * half]
