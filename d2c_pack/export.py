@@ -214,7 +214,7 @@ def class_folders(names: list[str]) -> list[str]:
 
 
 def _file_name(text: str) -> str:
-    """``text`` usable as one file or folder name anywhere (no separators or reserved characters)."""
+    """``text`` as one file or folder name: path separators and characters file systems or shells treat specially become ``_``."""
     return re.sub(r"[^\w .,()+=-]", "_", text).strip() or "_"
 
 
