@@ -241,8 +241,11 @@ def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
     assert pair.returncode == 0, pair.stderr
     one = load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoints" / "0000003" / "model.safetensors"))
+    # Zero-initialised layers (adaLN, the text MLP's last) take their first Adam steps from gradients near Adam's eps, where
+    # m/√v amplifies the rounding of the all-reduce: a few of their weights may differ by a fraction of one step (lr = 1e-3).
+    # A wrong shard or dropout draw changes the gradients' signs and moves many weights by whole steps.
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-4)
     assert any(not torch.equal(one[k], v) for k, v in load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "ema.safetensors")).items())
 
 
