@@ -152,14 +152,17 @@ def verify(location: str | Path) -> list[str]:
     return run(locate(str(location)))
 
 
-def load_backbone(path: str | Path, *, use_ema: bool = True, map_location: str = "cpu") -> tuple[DiT, BackboneConfig]:
+def load_backbone(
+    path: str | Path, *, use_ema: bool = True, map_location: str = "cpu", num_heads: int | None = None
+) -> tuple[DiT, BackboneConfig]:
     """Loads a trained backbone in eval mode.
 
     Args:
         path: a model folder written by :func:`train`, a training checkpoint, an official
-            DiT/SiT ``.pt`` file, or ``demo:digits``.
+            DiT/SiT ``.pt`` file, a REPA ``train.py`` checkpoint, or ``demo:digits``.
         use_ema: the EMA weights of a training checkpoint rather than the raw ones.
         map_location: the device to load the weights onto.
+        num_heads: the attention heads of a ``.pt`` whose width is no DiT/SiT size (refused without).
 
     Returns:
         The network and its configuration (architecture, classes, image size, VAE).
@@ -169,7 +172,7 @@ def load_backbone(path: str | Path, *, use_ema: bool = True, map_location: str =
     """
     from d2c_pack.models import load_backbone as run
 
-    return run(path, use_ema=use_ema, map_location=map_location)
+    return run(path, use_ema=use_ema, map_location=map_location, num_heads=num_heads)
 
 
 def train(out: str | Path | None = None, *, data: str | None = None, source: str | None = None, recipe: str | None = None, **options: Any) -> Path:

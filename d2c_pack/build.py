@@ -82,6 +82,8 @@ def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
     """The build's settings with every automatic choice made explicit: a recipe that rebuilds the same folder,
     given again the sources and models it names by a local path (left out: published files name no local path)."""
     recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
+    if recipe["num_heads"] is None:  # only a scorer of no DiT/SiT size needs it: older builds keep their recipe and identity
+        del recipe["num_heads"]
     recipe |= {key: published_name(recipe[key]) for key in NAMED_INPUTS}
     if selection.interval is not None:
         recipe["interval"] = str(selection.interval)

@@ -37,6 +37,7 @@ from d2c_pack.configs import (
     EncoderTrainConfig,
     EvalConfig,
     ExploreConfig,
+    ExportConfig,
     InspectConfig,
     PushConfig,
     SampleConfig,
@@ -219,7 +220,7 @@ def _train_encoder(config: EncoderTrainConfig) -> str:
 def _sample(config: SampleConfig) -> str:
     from d2c_pack.train.sample import sample_grid, sample_npz
 
-    settings = dict(checkpoint=config.checkpoint, out=config.out, sampling=config.sampling(), device=config.device, vae=config.vae)
+    settings = dict(checkpoint=config.checkpoint, out=config.out, sampling=config.sampling(), device=config.device, vae=config.vae, num_heads=config.num_heads)
     if config.out.endswith(".npz"):
         written = sample_npz(num_samples=config.num_samples, **settings)
     else:
@@ -240,7 +241,7 @@ def _eval(config: EvalConfig) -> None:
     if config.samples is not None:
         results = evaluate_npz(config.samples, batch_size=config.batch_size, **common)
     else:
-        results = evaluate(config.checkpoint, num_samples=config.num_samples, sampling=config.sampling(), vae=config.vae, **common)
+        results = evaluate(config.checkpoint, num_samples=config.num_samples, sampling=config.sampling(), vae=config.vae, num_heads=config.num_heads, **common)
     if results is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     print(f"{results['samples']}: {results['num_samples']} samples against {results['reference']}, {results['features']} features")
@@ -285,6 +286,13 @@ def _card(config: CardConfig) -> str:
 
     path = update_card(Path(config.folder), license=config.license, description=config.description, pretty_name=config.pretty_name)
     return f"wrote {path}; {Path(config.folder) / MANIFEST_FILE} re-sealed"
+
+
+def _export(config: ExportConfig) -> str:
+    from d2c_pack.export import export
+
+    out = export(config)
+    return f"exported {config.name} to {out} ({config.format}); {out / 'README.md'} says how to train on it"
 
 
 def _explore(config: ExploreConfig) -> str:
@@ -389,6 +397,16 @@ config_command(
     "difficulty along the ranking with the selected ones marked, thumbnails of selected and rejected images, class search, "
     f"and the budget, selector, stride and scorer used. Reads the 'scores' config: no model runs. {PAGE_SIZE_NOTE}",
     ["d2c-pack explore ORG/digits-d2c@v1.0 --out explore.html --source demo:digits"],
+    recipe=False,
+)
+config_command(
+    "export",
+    ExportConfig,
+    _export,
+    "Write a condensed dataset in another trainer's layout: REPA's preprocessed images/ + vae-sd/ (its train.py --data-dir; needs the "
+    "latent column), or an ImageFolder tree (DiT/SiT/fast-DiT train.py --data-path) whose class folders sort in label order. "
+    "Resumable: re-running the same export continues it.",
+    ["d2c-pack export ORG/NAME@v1.0 --format repa --out repa-data", "d2c-pack export out/digits-d2c --format imagefolder --out digits-imagefolder"],
     recipe=False,
 )
 

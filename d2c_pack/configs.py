@@ -32,6 +32,10 @@ FID_SAMPLES = 50_000  # FID-50K, the protocol DiT, SiT and REPA report
 DEVICE_HELP = "'auto' (this rank's GPU if any, else the CPU), 'cpu', 'cuda', 'cuda:1', …"
 NUM_SAMPLES_HELP = "Samples generated; every command defaults to FID-50K (50,000, as DiT/SiT/REPA report) except the CPU demo (500)."
 VAE_PRECISIONS = ("fp32", "bf16")  # --vae-precision: what the scorer's VAE runs in
+NUM_HEADS_HELP = (
+    "Attention heads of an official or REPA .pt whose width and depth are no DiT/SiT size (default: the size's; "
+    "such a file is refused without it, never guessed)."
+)
 DATASET_HELP = "A dataset folder, or a Hub dataset ORG/NAME[@REVISION] (e.g. ORG/NAME@v1.0: a tag, branch or commit)."
 
 
@@ -80,6 +84,7 @@ class ScoreConfig(SourceArgs):
         panel=SCORING,
     )
     prediction: str | None = flag(None, help="What the scorer predicts, 'epsilon' (DiT) or 'velocity' (SiT); default: from its file name or config.", panel=SCORING)
+    num_heads: int | None = flag(None, help=NUM_HEADS_HELP, panel=SCORING)
     vae: str | None = flag(None, help="diffusers AutoencoderKL of a latent-space scorer: a local folder or a Hub id, optionally ID@REVISION (default: the scorer's own, stabilityai/sd-vae-ft-ema for the official DiT/SiT).", panel=SCORING)
     vae_precision: str = flag(
         "fp32", help="Weights and activations of a latent-space scorer's VAE: fp32 (the official code's scores) or bf16 (faster; see docs/scoring.md for its effect).", panel=SCORING
@@ -95,7 +100,7 @@ class ScoreConfig(SourceArgs):
     work: str = flag(help="Cache folder for scores (default $D2C_PACK_CACHE or ~/.cache/d2c-pack).", factory=default_work_dir, panel=RUN)
 
     def __post_init__(self) -> None:
-        _positive(self, ("timesteps", "resolution", "batch_size", "chunk_size"))
+        _positive(self, ("timesteps", "resolution", "batch_size", "chunk_size", "num_heads"))
         if self.seed < 0:
             raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if self.vae in ("none", ""):
@@ -331,8 +336,9 @@ class SamplingArgs:
 class ModelArgs:
     """The model ``sample`` and ``eval`` draw from, given the same way by both."""
 
-    checkpoint: str = flag(help="Model: a training run folder, a d2c-pack model folder, an official SiT .pt file, or demo:digits.", argument=True)
+    checkpoint: str = flag(help="Model: a training run folder, a d2c-pack model folder, an official SiT or REPA .pt file, or demo:digits.", argument=True)
     vae: str | None = flag(None, help="A local copy of the VAE the model was trained with (checked against the weights hash it recorded); default: the VAE it names.", panel=MODEL)
+    num_heads: int | None = flag(None, help=NUM_HEADS_HELP, panel=MODEL)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -426,6 +432,25 @@ class CardConfig:
     license: str | None = flag(None, help="New licence: a Hub licence id (cc-by-4.0, mit, other, …) or 'imagenet'; '' = automatic.", panel=CARD)
     description: str | None = flag(None, help="New Markdown description under the card's title; '' = none.", panel=CARD)
     pretty_name: str | None = flag(None, help="New title of the card; '' = automatic.", panel=CARD)
+
+
+EXPORT_FORMATS = {
+    "repa": "REPA's preprocessed layout (images/ + vae-sd/ with dataset.json) for its train.py --data-dir; needs the latent column",
+    "imagefolder": "OUT/train/<class>/<id>.png for torchvision's ImageFolder (DiT, SiT, fast-DiT train.py --data-path)",
+}
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExportConfig(DatasetArg):
+    """Settings of ``d2c-pack export``: a condensed dataset written in a layout another trainer reads."""
+
+    format: str = flag(help="; ".join(f"'{name}': {what}" for name, what in EXPORT_FORMATS.items()) + ".", panel=OUTPUT)
+    out: str = flag(help="Folder to write (re-running the same export into it resumes it).", panel=OUTPUT)
+    overwrite: bool = flag(False, help="Replace a non-empty --out that holds anything but this same export.", panel=OUTPUT)
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
 
 
 # What an explore page holds (explore.py draws it; stated here for explore's --help).

@@ -140,7 +140,7 @@ class DifficultyScorer:
 def load_scorer(config: ScoreConfig, device: torch.device) -> tuple[DifficultyScorer, str]:
     """The scorer the config names and the sha256 of its weights file."""
     weights = backbone_weights_file(config.scorer)
-    model, backbone = load_backbone(config.scorer, prediction=config.prediction)
+    model, backbone = load_backbone(config.scorer, prediction=config.prediction, num_heads=config.num_heads)
     if backbone.image_size != config.resolution:
         raise UserError(
             f"the scorer {config.scorer} works at {backbone.image_size}×{backbone.image_size}; "
@@ -172,6 +172,8 @@ def score_cache(config: ScoreConfig, source: ImageSource, scorer: DifficultyScor
     }
     if isinstance(scorer.space, VaeSpace) and scorer.space.vae.dtype != torch.float32:  # keys of fp32 caches stay as they were
         key["vae_dtype"] = str(scorer.space.vae.dtype).removeprefix("torch.")
+    if config.num_heads is not None:  # a scorer of no DiT/SiT size; absent otherwise, so that existing caches stay valid
+        key["num_heads"] = config.num_heads
     return ChunkCache(Path(config.work) / "scores", key, CACHE_SCHEMA, config.chunk_size)
 
 

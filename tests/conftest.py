@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -19,6 +20,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from d2c_pack.models import DiT  # noqa: E402  (after the offline switches)
+from d2c_pack.models.dit import get_2d_sincos_pos_embed  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -59,9 +61,13 @@ def make_image_folder(root: Path, *, corrupt: bool = True) -> Path:
 
 
 def make_official_scorer(folder: Path, family: str = "SiT", *, num_classes: int = 3, image_size: int = 16) -> Path:
-    """A tiny pixel-space DiT/SiT with random weights, saved as an official-format raw state dict."""
+    """A tiny pixel-space DiT/SiT with random weights, saved as an official-format raw state dict.
+
+    Its size is the table's T (6 blocks, 128 wide, 4 heads): an official file records no head count, and
+    only a table size loads without ``--num-heads``.
+    """
     generator = torch.Generator().manual_seed(0)
-    model = DiT(input_size=image_size, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=1, num_classes=num_classes)
+    model = DiT(input_size=image_size, patch_size=4, in_channels=3, hidden_size=128, depth=6, num_heads=4, num_classes=num_classes)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:  # keep the fixed sin-cos position embedding
@@ -70,6 +76,41 @@ def make_official_scorer(folder: Path, family: str = "SiT", *, num_classes: int 
     path = folder / f"{family}-tiny-{image_size}.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+def repa_state_dict(
+    *, depth: int, hidden: int, z_dim: int, projector_dim: int, patch: int = 2, channels: int = 4, grid: int = 4, classes: int = 3, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The state dict of REPA's ``models/sit.py`` SiT (``SiT(..., z_dims=[z_dim], projector_dim=...)``, no --qk-norm),
+    written from REPA's module names and constructor shapes, with random weights."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes: dict[str, tuple[int, ...]] = {
+        "x_embedder.proj.weight": (hidden, channels, patch, patch), "x_embedder.proj.bias": (hidden,),
+        "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
+        "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
+        "y_embedder.embedding_table.weight": (classes + 1, hidden),  # cfg_prob > 0: the null class row
+    }  # fmt: skip
+    for i in range(depth):
+        block = {"attn.qkv": (3 * hidden, hidden), "attn.proj": (hidden, hidden), "mlp.fc1": (4 * hidden, hidden), "mlp.fc2": (hidden, 4 * hidden), "adaLN_modulation.1": (6 * hidden, hidden)}
+        for name, (out, inp) in block.items():
+            shapes |= {f"blocks.{i}.{name}.weight": (out, inp), f"blocks.{i}.{name}.bias": (out,)}
+    for layer, (out, inp) in {0: (projector_dim, hidden), 2: (projector_dim, projector_dim), 4: (z_dim, projector_dim)}.items():  # build_mlp
+        shapes |= {f"projectors.0.{layer}.weight": (out, inp), f"projectors.0.{layer}.bias": (out,)}
+    # FinalLayer(decoder_hidden_size = hidden_size, patch, out_channels = in_channels): no learned sigma.
+    shapes |= {"final_layer.linear.weight": (patch * patch * channels, hidden), "final_layer.linear.bias": (patch * patch * channels,)}
+    shapes |= {"final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden), "final_layer.adaLN_modulation.1.bias": (2 * hidden,)}
+    state = {key: torch.randn(shape, generator=generator) * 0.05 for key, shape in shapes.items()}
+    state["pos_embed"] = torch.from_numpy(get_2d_sincos_pos_embed(hidden, grid)).float().unsqueeze(0)
+    return state
+
+
+def make_repa_checkpoint(path: Path, *, encoder_depth: int = 2, **shape) -> dict[str, dict[str, torch.Tensor]]:
+    """A REPA train.py checkpoint file: {"model", "ema", "opt", "args": Namespace, "steps"}; returns its model and EMA weights."""
+    model, ema = repa_state_dict(seed=1, **shape), repa_state_dict(seed=2, **shape)
+    args = argparse.Namespace(model="SiT-T/2", encoder_depth=encoder_depth, cfg_prob=0.1, path_type="linear", prediction="v", qk_norm=False, enc_type="dinov2-vit-b")
+    opt = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}
+    torch.save({"model": model, "ema": ema, "opt": opt, "args": args, "steps": 3}, path)
+    return {"model": model, "ema": ema}
 
 
 def make_tiny_dinov2(folder: Path, *, image_size: int = 14, patch_size: int = 2) -> Path:

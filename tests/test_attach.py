@@ -146,4 +146,5 @@ def test_torchrun_build_equals_single_process(tmp_path: Path, models) -> None:
     assert result.returncode == 0, result.stderr
     digests = [{p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()} for root in (tmp_path / "one", tmp_path / "two")]
     assert digests[0] == digests[1]
-    assert len(list((tmp_path / "w2" / "attach" / "visual").glob("*/chunks/*.parquet"))) == 5  # both ranks wrote chunks
+    chunks = [sorted(p.name for p in (tmp_path / work / "attach" / "visual").glob("*/chunks/*.parquet")) for work in ("w1", "w2")]
+    assert chunks[0] == chunks[1] and len(chunks[1]) >= 2  # the same chunks, dealt round-robin: both ranks wrote some

@@ -105,7 +105,7 @@ def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
 
 
-COMMANDS = ["score", "build", "train", "demo", "train-encoder", "sample", "eval", "push", "verify", "inspect", "explore"]
+COMMANDS = ["score", "build", "train", "demo", "train-encoder", "sample", "eval", "push", "verify", "inspect", "explore", "export"]
 HEAVY = {"torch", "transformers", "diffusers", "datasets", "timm", "sklearn", "matplotlib", "torch_fidelity"}
 
 
@@ -132,7 +132,7 @@ def test_help_explains_every_command(name: str) -> None:
 
 
 def test_dataset_commands_show_the_revision_form() -> None:
-    for name in ("verify", "inspect", "explore"):
+    for name in ("verify", "inspect", "explore", "export"):
         assert "ORG/NAME[@REVISION]" in help_text(name)
 
 

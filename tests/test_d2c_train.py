@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
+from conftest import make_image_folder, make_official_scorer, make_repa_checkpoint, make_tiny_dinov2, make_tiny_vae
 from host_sync import HostSyncs
 from hub_server import HubServer
 from safetensors.torch import load_file
@@ -24,6 +24,7 @@ from d2c_pack.build import BuildConfig, build
 from d2c_pack.errors import UserError
 from d2c_pack.latents import VaeSpace
 from d2c_pack.models import BACKBONES, load_backbone, load_class_text
+from d2c_pack.models.checkpoint import read_state_dict
 from d2c_pack.models.d2c import D2CSiT, DCEmbedding
 from d2c_pack.train.data import SubsetRows, collate_rows
 from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, step_randomness, train
@@ -217,6 +218,18 @@ def test_init_from_an_official_state_dict(tmp_path: Path, subsets) -> None:
         train(config(tmp_path / "w", subsets["pixels"], init=str(tmp_path / "SiT-wrong.pt"), steps=1))
 
 
+def test_init_from_a_repa_checkpoint_leaves_nothing_new(tmp_path: Path, subsets) -> None:
+    """REPA's SiT aligns block encoder_depth through one projector and has no text: with alignment on and --no-text every
+    tensor comes from its EMA weights (converted to SiT's time convention, as sampling loads them)."""
+    path = tmp_path / "0000003.pt"
+    weights = make_repa_checkpoint(path, depth=6, hidden=128, z_dim=32, projector_dim=64, encoder_depth=2)  # SiT-T/2 on 4×4×4 latents, 32-wide DINOv2 tokens
+    train(config(tmp_path, subsets["latent"], model="SiT-T/2", text=False, projector_dim=64, init=str(path), steps=1, lr=0.0))
+    report = json.loads((tmp_path / "run" / "init_report.json").read_text())
+    assert report["new"] == [] and report["ignored"] == [] and len(report["loaded"]) == len(weights["ema"])
+    trained = load_file(str(tmp_path / "run" / "checkpoints" / "0000001" / "model.safetensors"))
+    assert trained.keys() == read_state_dict(path).keys() and all(torch.equal(trained[k], v) for k, v in read_state_dict(path).items())
+
+
 def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
     args = [
         "train", "--data", str(subsets["pixels"]), "--model", "SiT-T/4", "--resolution", "16", "--vae", "none", "--no-learn-sigma",
@@ -230,8 +243,11 @@ def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
     assert pair.returncode == 0, pair.stderr
     one = load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoints" / "0000003" / "model.safetensors"))
+    # Zero-initialised layers (adaLN, the text MLP's last) take their first Adam steps from gradients near Adam's eps, where
+    # m/√v amplifies the rounding of the all-reduce: a few of their weights may differ by a fraction of one step (lr = 1e-3).
+    # A wrong shard or dropout draw changes the gradients' signs and moves many weights by whole steps.
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-4)
     assert any(not torch.equal(one[k], v) for k, v in load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "ema.safetensors")).items())
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_repa_checkpoint, repa_state_dict
 
 from d2c_pack.errors import UserError
 from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
@@ -137,3 +138,79 @@ def test_unknown_model_name_and_missing_path_are_user_errors(tmp_path: Path) -> 
         backbone_config("SiT-XXL/2", image_size=32, num_classes=10, vae=None, in_channels=3)
     with pytest.raises(UserError, match="no backbone"):
         load_backbone(tmp_path / "missing.pt")
+
+
+def test_repa_checkpoint_loads_its_ema_weights_converted_to_sit_time(tmp_path: Path) -> None:
+    """REPA trains x_s = (1 − s)x + sε with target ε − x: loaded, the model is SiT's v(x, t) = −f_REPA(x, 1 − t)."""
+    shape = dict(depth=6, hidden=128, z_dim=32, projector_dim=64)  # SiT-T's width and depth
+    weights = make_repa_checkpoint(tmp_path / "0000003.pt", **shape)
+    model, config = load_backbone(tmp_path / "0000003.pt")
+    assert (config.name, config.prediction, config.learn_sigma, config.num_classes, config.class_dropout_prob) == ("SiT-T/2", "velocity", False, 3, 0.1)
+    assert (config.visual_dim, config.projector_dim, config.encoder_depth, config.text_dim, config.num_heads) == (32, 64, 2, None, 4)
+    loaded, ema = model.state_dict(), weights["ema"]
+    renamed = {key.replace("projectors.0.", "projector."): value for key, value in ema.items()}
+    converted = {"t_embedder.mlp.0.weight", "final_layer.linear.weight", "final_layer.linear.bias"}
+    assert set(loaded) == set(renamed)
+    assert all(torch.equal(loaded[key], renamed[key]) for key in set(renamed) - converted)  # the EMA, bit for bit
+    assert torch.equal(loaded["final_layer.linear.bias"], -ema["final_layer.linear.bias"])
+    assert not torch.equal(loaded["blocks.0.attn.qkv.weight"], weights["model"]["blocks.0.attn.qkv.weight"])
+    # REPA's network is this module tree with the file's own weights; it is fed REPA time s = 1 − t.
+    repa = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=6, num_heads=4, num_classes=3, learn_sigma=False)
+    repa.load_state_dict({k: v for k, v in ema.items() if not k.startswith("projectors.")})
+    x, t, y = tiny_inputs(model)
+    torch.testing.assert_close(model(x, t, y), -repa.eval()(x, 1 - t, y), rtol=1e-5, atol=1e-5)
+    assert torch.equal(load_backbone(tmp_path / "0000003.pt", use_ema=False)[0].state_dict()["blocks.0.attn.qkv.weight"], weights["model"]["blocks.0.attn.qkv.weight"])
+
+
+def test_a_pt_that_matches_nothing_known_is_one_line(tmp_path: Path) -> None:
+    state = repa_state_dict(depth=6, hidden=128, z_dim=32, projector_dim=64)
+    state["blocks.0.attn.q_norm.weight"] = torch.ones(32)  # REPA --qk-norm: a layer this SiT does not have
+    torch.save({"ema": state, "args": argparse.Namespace(encoder_depth=2)}, tmp_path / "qk-norm.pt")
+    with pytest.raises(UserError, match=r"^qk-norm.pt does not match .*1 unknown keys \(first: blocks.0.attn.q_norm.weight\)$"):
+        load_backbone(tmp_path / "qk-norm.pt")
+    torch.save({"state_dict": state}, tmp_path / "SiT-nested.pt")
+    with pytest.raises(UserError, match="'state_dict' is not a tensor"):
+        load_backbone(tmp_path / "SiT-nested.pt")
+    two = state | {key.replace("projectors.0.", "projectors.1."): value for key, value in state.items() if key.startswith("projectors.0.")}
+    torch.save(two, tmp_path / "two-encoders.pt")
+    with pytest.raises(UserError, match="2 projectors"):
+        load_backbone(tmp_path / "two-encoders.pt")
+    torch.save(state, tmp_path / "no-args.pt")  # REPA's default aligned block 8 does not exist in 6 blocks
+    with pytest.raises(UserError, match="aligns block 8 of a 6-block SiT"):
+        load_backbone(tmp_path / "no-args.pt")
+
+
+def test_width_off_the_table_needs_num_heads_and_is_never_guessed(tmp_path: Path) -> None:
+    """A depth-4, width-128, 4-head DiT: the old guess (width / 64 = 2 heads) loaded silently and computed something else."""
+    official = randomized(DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=4, num_heads=4, num_classes=3))
+    path = tmp_path / "DiT-custom.pt"
+    torch.save(official.state_dict(), path)
+    with pytest.raises(UserError, match="128-wide, 4-block model is no DiT/SiT size .*--num-heads"):
+        load_backbone(path)
+    for wrong in (3, 0):
+        with pytest.raises(UserError, match=f"--num-heads must divide the model's width 128, got {wrong}"):
+            load_backbone(path, num_heads=wrong)
+    loaded, config = load_backbone(path, num_heads=4)
+    inputs = tiny_inputs(official)
+    assert config.num_heads == 4 and torch.equal(loaded(*inputs), official(*inputs))
+
+
+def test_sample_and_the_scorer_take_num_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from d2c_pack import cli
+    from d2c_pack.configs import ScoreConfig
+    from d2c_pack.score import load_scorer
+
+    path = tmp_path / "SiT-custom.pt"
+    torch.save(randomized(DiT(input_size=8, patch_size=4, in_channels=3, hidden_size=96, depth=2, num_heads=3, num_classes=2)).state_dict(), path)
+    sample = ["d2c-pack", "sample", str(path), "--out", str(tmp_path / "grid.png"), "--sampling-steps", "1", "--per-class", "1", "--device", "cpu"]
+    for extra, code in (([], 2), (["--num-heads", "3"], 0)):
+        monkeypatch.setattr(sys, "argv", sample + extra)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "96-wide, 2-block model is no DiT/SiT size" in err and "--num-heads" in err and (tmp_path / "grid.png").is_file()
+    scorer, _ = load_scorer(ScoreConfig(source="unused", scorer=str(path), resolution=8, num_heads=3, device="cpu"), torch.device("cpu"))
+    assert scorer.model.blocks[0].attn.num_heads == 3

@@ -87,7 +87,7 @@ def test_scores_follow_the_formula(tmp_path: Path, folder: Path, family: str) ->
     for i, source_id in enumerate(scores.source_ids):
         np.testing.assert_allclose(scores.losses[i], reference[source_id], rtol=2e-5)
         assert scores.scores[i] == pytest.approx(reference[source_id].mean(), rel=2e-5)
-    assert score_features(scores_file).shape == (NUM_IMAGES, 64)
+    assert score_features(scores_file).shape == (NUM_IMAGES, 128)  # the scorer's width
 
 
 def test_corrupt_images_are_listed_not_scored(tmp_path: Path, folder: Path) -> None:

@@ -34,9 +34,9 @@ def save_vae(folder: Path, *, seed: int, blocks: int = 4) -> Path:
 
 
 def latent_scorer(folder: Path) -> Path:
-    """A tiny latent-space DiT saved as an official raw state dict (which implies stabilityai/sd-vae-ft-ema)."""
+    """A tiny latent-space DiT-T/2 saved as an official raw state dict (which implies stabilityai/sd-vae-ft-ema)."""
     torch.manual_seed(0)
-    model = DiT(input_size=RESOLUTION // 8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=3)
+    model = DiT(input_size=RESOLUTION // 8, patch_size=2, in_channels=4, hidden_size=128, depth=6, num_heads=4, num_classes=3)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "DiT-tiny.pt")
     return folder / "DiT-tiny.pt"

@@ -4,7 +4,10 @@ Two formats are read by :func:`load_backbone`:
 
 * **official files** (``DiT-XL-2-256x256.pt``, ``SiT-XL-2-256x256.pt`` or a DiT/SiT training
   checkpoint holding ``"ema"``/``"model"``): the architecture is inferred from the tensor
-  shapes; what the network predicts (ε or velocity) is read from the file name or given.
+  shapes; what the network predicts (ε or velocity) is read from the file name or given. The
+  number of heads leaves no trace in the shapes: it is the DiT/SiT table's for the width and
+  depth, else it must be given (``num_heads``; CLI ``--num-heads``). A REPA ``train.py``
+  checkpoint is recognised by its projector keys and converted (:mod:`d2c_pack.models.repa`).
 * **project folders** written by :func:`save_backbone`: ``config.json`` (a
   :class:`BackboneConfig`) beside ``model.safetensors`` (and, in training checkpoints,
   ``ema.safetensors``, which is preferred).
@@ -25,8 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d2c_pack.errors import UserError, first_line
-from d2c_pack.models.d2c import PROJECTOR_DIM, D2CSiT
+from d2c_pack.models.d2c import PROJECTOR_DIM, D2CSiT, default_encoder_depth
 from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
+from d2c_pack.models.repa import RepaSettings, from_repa, is_repa_state_dict, repa_settings
 from d2c_pack.registry import resolve_model_path
 
 Prediction = Literal["velocity", "epsilon"]
@@ -172,32 +176,39 @@ def load_backbone(
     prediction: Prediction | None = None,
     use_ema: bool = True,
     map_location: str | torch.device = "cpu",
+    num_heads: int | None = None,
 ) -> tuple[DiT, BackboneConfig]:
-    """Loads a backbone from an official ``.pt`` file or a project folder, in eval mode.
+    """Loads a backbone from an official or REPA ``.pt`` file or a project folder, in eval mode.
 
     ``prediction`` overrides what the file name or config says the network predicts.
     ``use_ema`` picks ``ema.safetensors`` over ``model.safetensors`` in a training checkpoint
-    and ``"ema"`` over ``"model"`` in an official training checkpoint.
+    and ``"ema"`` over ``"model"`` in an official training checkpoint. ``num_heads`` is the
+    attention heads of a ``.pt`` whose width is not a DiT/SiT table size (a folder records them).
     """
     weights = backbone_weights_file(path, use_ema=use_ema)
-    state_dict = read_state_dict(path, use_ema=use_ema, map_location=map_location)
     if weights.suffix == ".safetensors":
-        config = read_config(weights.parent)
+        state_dict, config = load_file(str(weights), device=str(map_location)), read_config(weights.parent)
     else:
-        config = infer_config(state_dict, prediction=prediction or _prediction_from_filename(weights))
+        official = _official_weights(weights, use_ema, map_location)
+        state_dict = official.state_dict
+        if official.repa is not None and prediction not in (None, "velocity"):
+            raise UserError(f"{weights.name} is a REPA checkpoint: it predicts velocity, not {prediction}")
+        inferred = "velocity" if official.repa is not None else prediction or _prediction_from_filename(weights)
+        config = infer_config(state_dict, prediction=inferred, num_heads=num_heads, repa=official.repa)
     if prediction is not None:
         config.prediction = prediction
     model = config.build()
-    model.load_state_dict(state_dict, strict=True)
+    _load_weights(model, state_dict, weights)
     return model.eval().to(map_location), config
 
 
 def read_state_dict(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The weights ``load_backbone(path)`` would load, without building a model (e.g. to initialise another one)."""
+    """The weights ``load_backbone(path)`` would load, without building a model (e.g. to initialise another one);
+    a REPA checkpoint's converted to this package's keys and time convention."""
     weights = backbone_weights_file(path, use_ema=use_ema)
     if weights.suffix == ".safetensors":
         return load_file(str(weights), device=str(map_location))
-    return _load_official_state_dict(weights, use_ema, map_location)
+    return _official_weights(weights, use_ema, map_location).state_dict
 
 
 def backbone_weights_file(path: str | Path, *, use_ema: bool = True) -> Path:
@@ -225,11 +236,15 @@ def read_config(folder: Path) -> BackboneConfig:
     return BackboneConfig(**{k: v for k, v in json.loads(config_file.read_text()).items() if k in fields})
 
 
-def infer_config(state_dict: dict[str, torch.Tensor], *, prediction: Prediction) -> BackboneConfig:
-    """Reads the architecture of an official DiT/SiT state dict from its tensor shapes.
+def infer_config(
+    state_dict: dict[str, torch.Tensor], *, prediction: Prediction, num_heads: int | None = None, repa: RepaSettings | None = None
+) -> BackboneConfig:
+    """Reads the architecture of an official DiT/SiT state dict (or a converted REPA one) from its tensor shapes.
 
-    The number of heads leaves no trace in the shapes: it is taken from the official size
-    with the same width and depth, else head dimension 64.
+    The number of heads leaves no trace in the shapes: ``num_heads`` where given, else the
+    official size's with the same width and depth; any other width without ``num_heads`` is
+    refused rather than guessed (a wrong head count loads without error and computes
+    something else). ``repa`` gives what a REPA checkpoint's shapes do not show.
     """
     try:
         proj = state_dict["x_embedder.proj.weight"]  # (D, C, p, p)
@@ -241,9 +256,16 @@ def infer_config(state_dict: dict[str, torch.Tensor], *, prediction: Prediction)
         raise UserError(f"not a DiT/SiT state dict: key {missing} is missing") from None
     hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
-    heads = next((h for d, w, h in MODEL_SIZES.values() if (d, w) == (depth, hidden)), hidden // 64)
+    heads = num_heads if num_heads is not None else next((h for d, w, h in MODEL_SIZES.values() if (d, w) == (depth, hidden)), None)
+    if heads is None:
+        sizes = ", ".join(f"{w} wide × {d} deep" for d, w, _ in MODEL_SIZES.values())
+        raise UserError(f"a {hidden}-wide, {depth}-block model is no DiT/SiT size ({sizes}): give its attention heads with --num-heads")
+    if heads <= 0 or hidden % heads:
+        raise UserError(f"--num-heads must divide the model's width {hidden}, got {heads}")
     grid = int(round(num_patches**0.5))
-    # Official checkpoints are always trained with label dropout, hence the extra null-class row.
+    # Official checkpoints are always trained with label dropout, hence the extra null-class row; REPA's args say.
+    dropout = 0.1 if repa is None else repa.class_dropout_prob
+    projector = state_dict.get("projector.0.weight")  # (projector_dim, D), present in converted REPA weights
     return BackboneConfig(
         name=_official_name(hidden, depth, patch, prediction),
         input_size=grid * patch,
@@ -253,12 +275,15 @@ def infer_config(state_dict: dict[str, torch.Tensor], *, prediction: Prediction)
         depth=depth,
         num_heads=heads,
         mlp_ratio=fc1.shape[0] / hidden,
-        class_dropout_prob=0.1,
-        num_classes=num_labels - 1,
+        class_dropout_prob=dropout,
+        num_classes=num_labels - int(dropout > 0),
         learn_sigma=out_features == 2 * patch * patch * in_channels,
         prediction=prediction,
         vae=OFFICIAL_VAE if in_channels == 4 else None,
         image_size=grid * patch * (8 if in_channels == 4 else 1),
+        visual_dim=None if projector is None else state_dict["projector.4.weight"].shape[0],
+        encoder_depth=None if projector is None else repa.encoder_depth if repa else default_encoder_depth(depth),
+        projector_dim=PROJECTOR_DIM if projector is None else projector.shape[0],
     )
 
 
@@ -280,17 +305,44 @@ def _prediction_from_filename(path: Path) -> Prediction:
     )
 
 
-def _load_official_state_dict(path: Path, use_ema: bool, map_location) -> dict[str, torch.Tensor]:
-    # DiT/SiT training checkpoints also hold their argparse Namespace, a plain attribute bag.
+@dataclasses.dataclass
+class OfficialWeights:
+    """The state dict of an official ``.pt``; ``repa`` is set for a REPA checkpoint (its weights then converted)."""
+
+    state_dict: dict[str, torch.Tensor]
+    repa: RepaSettings | None = None
+
+
+def _official_weights(path: Path, use_ema: bool, map_location) -> OfficialWeights:
+    # DiT/SiT/REPA training checkpoints also hold their argparse Namespace, a plain attribute bag.
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # pickle errors have no common base class
             raise UserError(f"cannot read {path} as a weights-only checkpoint (refusing to unpickle anything but tensors): {first_line(err)}") from None
-    for key in (("ema", "model") if use_ema else ("model", "ema")):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            return checkpoint[key]
-    return checkpoint
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path.name} holds a {type(checkpoint).__name__}, not a state dict or a training checkpoint")
+    state_dict = next((checkpoint[key] for key in (("ema", "model") if use_ema else ("model", "ema")) if isinstance(checkpoint.get(key), dict)), checkpoint)
+    if not_tensors := [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]:
+        raise UserError(f"{path.name} is not a DiT/SiT/REPA checkpoint: {not_tensors[0]!r} is not a tensor (expected a state dict, or one under 'ema'/'model')")
+    if is_repa_state_dict(state_dict):
+        return OfficialWeights(from_repa(state_dict), repa_settings(checkpoint.get("args"), state_dict))
+    return OfficialWeights(state_dict)
+
+
+def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path) -> None:
+    """``load_state_dict(strict=True)``, its failures as one line naming the first key that does not fit."""
+    own = model.state_dict()
+    kinds = {
+        "unknown keys": [key for key in state_dict if key not in own],
+        "missing keys": [key for key in own if key not in state_dict],
+        "tensors of another shape": [
+            f"{key} {tuple(value.shape)}, expected {tuple(own[key].shape)}" for key, value in state_dict.items() if key in own and value.shape != own[key].shape
+        ],
+    }
+    if problems := [f"{len(found)} {kind} (first: {found[0]})" for kind, found in kinds.items() if found]:
+        raise UserError(f"{source.name} does not match the DiT/SiT/REPA layout it was read as: {'; '.join(problems)}")
+    model.load_state_dict(state_dict, strict=True)
 
 
 def _contiguous_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -431,19 +431,21 @@ def evaluate(
     work_dir: str | Path | None = None,
     workers: int = 0,
     vae: str | None = None,
+    num_heads: int | None = None,
 ) -> dict | None:
     """The metrics of ``num_samples`` samples of a model against ``reference`` (see ``score_samples``).
 
     Labels are drawn as ``sampling.labels`` says (uniformly at random, DiT/SiT/REPA's sampling, or
     ``balanced``, i mod C); sample i has the noise of (sampling.seed, i), as in ``sample_npz``.
     ``sampling.batch_size`` is also the feature network's batch. ``device``: 'auto' is the GPU if
-    any, else the CPU (under ``torchrun``, this rank's GPU). The result holds the metrics and every
+    any, else the CPU (under ``torchrun``, this rank's GPU). ``num_heads``: the attention heads of a ``.pt`` whose width
+    is not a DiT/SiT size. The result holds the metrics and every
     setting they depend on; None on the ranks other than 0.
     """
     if num_samples < 2:
         raise UserError(f"--num-samples must be at least 2 for FID, got {num_samples}")
     context = distributed.init(device)
-    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae)
+    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae, num_heads=num_heads)
     resolution = config.image_size
     targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
     parts = context.batches(num_samples, sampling.batch_size)

@@ -29,16 +29,17 @@ from d2c_pack.train.transport import Condition, integrate, numerics, schedule
 
 
 def load_for_sampling(
-    path: str | Path, device: torch.device | str = "auto", *, vae: str | None = None
+    path: str | Path, device: torch.device | str = "auto", *, vae: str | None = None, num_heads: int | None = None
 ) -> tuple[DiT, BackboneConfig, ClassText | None]:
     """The model (EMA weights where saved) on ``device`` ('auto': the GPU if any), its config and its class text (None without text).
 
     ``path`` is a model folder, a training run folder (its final ``model/``, else its newest
-    checkpoint), an official ``.pt`` file, or ``demo:digits``. ``vae`` replaces the VAE the model
-    names (a local copy of it: its weights must hash as the model recorded).
+    checkpoint), an official or REPA ``.pt`` file, or ``demo:digits``. ``vae`` replaces the VAE the model
+    names (a local copy of it: its weights must hash as the model recorded). ``num_heads``: the
+    attention heads of a ``.pt`` whose width is not a DiT/SiT size.
     """
     folder = model_folder(path)
-    model, config = load_backbone(folder, map_location=pick_device(str(device)))
+    model, config = load_backbone(folder, map_location=pick_device(str(device)), num_heads=num_heads)
     if vae is not None:
         if config.vae is None:
             raise UserError(f"{path} works on pixels and uses no VAE; leave out --vae")
@@ -184,6 +185,7 @@ def sample_grid(
     sampling: Sampling = Sampling(),
     device: str = "auto",
     vae: str | None = None,
+    num_heads: int | None = None,
 ) -> Path | None:
     """Writes a PNG grid with one row per class (default: all) and ``per_class`` samples per row.
 
@@ -195,12 +197,13 @@ def sample_grid(
         sampling: How the samples are drawn (``sampling.labels`` does not apply: the rows set the classes).
         device: 'auto' (this rank's GPU if any, else the CPU), 'cpu', 'cuda', …
         vae: A local copy of the VAE the model was trained with.
+        num_heads: The attention heads of a ``.pt`` whose width is not a DiT/SiT size.
 
     Returns:
         The path written; None on the ranks other than 0 under ``torchrun`` (which share the sampling).
     """
     context = distributed.init(device)
-    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae)
+    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae, num_heads=num_heads)
     classes = list(range(config.num_classes)) if classes is None else classes
     if bad := [c for c in classes if not 0 <= c < config.num_classes]:
         raise UserError(f"class {bad[0]} is out of range: the model has {config.num_classes} classes")
@@ -223,6 +226,7 @@ def sample_npz(
     sampling: Sampling = Sampling(),
     device: str = "auto",
     vae: str | None = None,
+    num_heads: int | None = None,
 ) -> Path | None:
     """Writes ``num_samples`` samples as the ``.npz`` openai/guided-diffusion's ``evaluator.py`` reads.
 
@@ -231,12 +235,12 @@ def sample_npz(
     by batch (memory stays one round of batches), into a temporary file renamed when complete.
     Under ``torchrun`` every rank samples its share and sends it, as uint8, to rank 0, which alone
     writes the file; the file is byte for byte the one a single process writes. ``checkpoint``,
-    ``device`` and ``vae`` are as in :func:`sample_grid`; None is returned on ranks other than 0.
+    ``device``, ``vae`` and ``num_heads`` are as in :func:`sample_grid`; None is returned on ranks other than 0.
     """
     if num_samples < 1:
         raise UserError(f"--num-samples must be positive, got {num_samples}")
     context = distributed.init(device)
-    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae)
+    model, config, class_text = load_for_sampling(checkpoint, context.device, vae=vae, num_heads=num_heads)
     targets = sample_labels(num_samples, config.num_classes, sampling.labels, sampling.seed)
     rounds = generate_shared(context, model, config, targets, sampling, class_text=class_text, convert=lambda batch: to_uint8(batch).permute(0, 2, 3, 1))
     if not context.is_main:
