@@ -234,15 +234,16 @@ def train(config: TrainConfig) -> Path:
     )  # fmt: skip
     loader = DataLoader(data.dataset, batch_sampler=batches, num_workers=config.workers, collate_fn=collate_rows, pin_memory=context.device.type == "cuda")
     metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step) if context.is_main else None
-    with progress_bar("train", total=config.steps, completed=run.step) as advance:
+    with progress_bar("train", total=config.steps, completed=run.step, unit="steps", lines_from_log=True) as advance:
         tic, seen, saved_at = time.perf_counter(), 0, time.monotonic()
         for batch in loader:
             logged = _train_step(run, forward, batch, offset=batches.rank_slice.start)
             run.step += 1
             seen += config.batch_size
-            advance(description=f"train loss {logged['loss']:.4f}")
+            advance()
             if metrics and (run.step % config.log_every == 0 or run.step == config.steps):
-                metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
+                record = metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
+                advance.log(loss=record["loss"], images_per_second=record["images_per_second"])
                 tic, seen = time.perf_counter(), 0
             scheduled = run.step % config.ckpt_every == 0 or run.step == config.steps
             if scheduled or _seconds_passed(saved_at, config.ckpt_every_seconds, context):
@@ -488,6 +489,8 @@ class _MetricsLog:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= after_step]
             path.write_text("".join(line + "\n" for line in kept))
 
-    def write(self, **fields: float) -> None:
+    def write(self, **fields: float) -> dict[str, float]:
+        """Appends one line; returns its fields."""
         with self.path.open("a") as f:
             f.write(json.dumps(fields) + "\n")
+        return fields
