@@ -210,7 +210,7 @@ def run_package(setup: Setup) -> float:
     tic = time.perf_counter()
     selection = select_subset(config, scores, source.num_classes, None)
     inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": "0" * 64, "scorer_prediction": "epsilon", "scorer_vae_sha256": None, "selection_features": None}
-    package = Package(source, scores, selection, resolved_recipe(config, selection), inputs, Attached([]), {}, True)
+    package = Package(source, scores, selection, resolved_recipe(config, selection.interval), inputs, Attached([]), {}, True)
     write_package(package, Path(config.out))
     return time.perf_counter() - tic
 

@@ -176,10 +176,14 @@ def _score(config: ScoreConfig) -> str:
 
 
 def _build(config: BuildConfig) -> str:
-    from d2c_pack.build import build, describe_build
+    from d2c_pack.build import build_folder, describe_build
 
-    out = build(config)
-    return "" if out is None else describe_build(out)  # None: a rank other than 0 under torchrun
+    built = build_folder(config)
+    if built.out is None:
+        return ""  # a rank other than 0 under torchrun
+    if built.up_to_date:
+        return f"{built.out} is up to date: built before from these settings and inputs; nothing to do"
+    return describe_build(built.out)
 
 
 def _train(config: TrainConfig) -> str:

@@ -27,7 +27,8 @@ from rich.progress import (
 )
 
 LINE_SECONDS = 30.0  # at most this long between two plain lines
-LINE_PARTS = 10  # and a line every tenth of the work
+LINE_PARTS = 10  # and a line every tenth of the work,
+LINE_GAP = 2.0  # but not within this many seconds of the last: a loop of a second prints its last line alone
 UNITS = {"images_per_second": "images/s"}  # values shown with a unit after them, not a name before
 
 
@@ -79,7 +80,8 @@ class _Lines(Advance):
             self._print({})
 
     def _due(self) -> bool:
-        return self.done * LINE_PARTS >= self.next_part * self.total or time.monotonic() - self.last_time >= LINE_SECONDS
+        waited = time.monotonic() - self.last_time
+        return waited >= LINE_SECONDS or (self.done * LINE_PARTS >= self.next_part * self.total and waited >= LINE_GAP)
 
     def _print(self, values: dict[str, float]) -> None:
         elapsed = time.monotonic() - self.tic
