@@ -49,7 +49,8 @@ class PushResult:
     revision: str  # the tag when one was set, else the commit
 
     def load_line(self) -> str:
-        return f'load_dataset("{self.repo_id}", revision="{self.revision}")'
+        """The ``load_dataset`` call that reads this version's rows (a Dataset: ``split="train"``, as the card shows)."""
+        return f'load_dataset("{self.repo_id}", revision="{self.revision}", split="train")'
 
 
 def push(config: PushConfig, api: HfApi | None = None) -> PushResult:

@@ -68,7 +68,8 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
         (["train", "--source", "{tmp}/missing", "--out", "{tmp}/o", "--vae", "none", "--no-text", "--no-align"], "missing"),
         (["train", "--out", "{tmp}/o"], "exactly one of --data"),
         (["train", "--source", "demo:digits", "--out", "{tmp}/o"], "pass --no-text --no-align"),
-        (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "neither a dataset folder nor a Hub dataset"),
+        (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "no folder `{tmp}/nowhere`"),
+        (["train", "--data", "no-such-org/a/b", "--out", "{tmp}/o"], "neither a dataset folder nor a Hub dataset"),
         (["sample", "demo:digits", "--classes", "3,12", "--out", "{tmp}/g.png"], "class 12 is out of range"),
         (["sample", "demo:digits", "--classes", "a,b"], "comma-separated integers"),
         (["sample", "{tmp}/nowhere"], "no backbone"),
@@ -83,7 +84,7 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
-    assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args], message)
+    assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args], message.format(tmp=tmp_path))
 
 
 def test_sample_takes_repas_guidance_convention_and_dopri5(tmp_path: Path, monkeypatch) -> None:

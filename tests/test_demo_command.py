@@ -23,7 +23,7 @@ def test_demo_builds_publishes_loads_trains_samples_and_evaluates(hub: HubServer
     table = result.output
     for stage in ("subset (build)", "publish", "load_dataset", "model (train)", "sample grid", "evaluation"):
         assert stage in table
-    assert 'load_dataset("tester/digits-d2c", revision="v1.0")' in table
+    assert 'load_dataset("tester/digits-d2c", revision="v1.0", split="train")' in table
     assert "180 rows" in table  # loaded back from the (local) Hub: 10% of 1,797 digits
     metrics = json.loads((out / "eval.json").read_text())
     assert metrics["reference_images"] == 1797 and metrics["num_samples"] == 20 and metrics["fid"] > 0
