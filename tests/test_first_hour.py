@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -159,3 +162,23 @@ def test_a_changed_model_file_is_another_build(tiny_build, monkeypatch) -> None:
     weights.write_bytes(weights.read_bytes() + b"\0")
     with pytest.raises(UserError, match="built with other settings or inputs"):
         build_folder(tiny_build)
+
+
+def test_the_shipped_local_hub_takes_a_push_as_its_instructions_say(tmp_path: Path) -> None:
+    """``python -m d2c_pack.testing.hub_server`` prints the environment to export; ``d2c-pack push`` then publishes offline."""
+    images = make_image_folder(tmp_path / "images", corrupt=False)
+    folder = build_folder(build_config(tmp_path, images, make_official_scorer(tmp_path / "scorer"), text_encoder="none")).out
+    server = subprocess.Popen([sys.executable, "-m", "d2c_pack.testing.hub_server", "--port", "0", "--root", str(tmp_path / "hub")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        printed = [server.stdout.readline() for _ in range(4)]
+        exports = next(line for line in printed if line.strip().startswith("export "))
+        env = os.environ | dict(item.split("=", 1) for item in exports.split()[1:]) | {"HF_HOME": str(tmp_path / "hf-home")}
+        pushed = subprocess.run([sys.executable, "-m", "d2c_pack", "push", "tester/tiny", "--from", str(folder), "--tag", "v1.0"],
+                                env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert 'subset = load_dataset("tester/tiny", revision="v1.0", split="train")' in pushed.stdout
+    assert server.returncode == 0 and any((tmp_path / "hub" / "objects").iterdir())
