@@ -132,6 +132,28 @@ def test_help_explains_every_command(name: str) -> None:
         assert len({param.rich_help_panel for param in command.params if param.rich_help_panel}) >= 3
 
 
+@pytest.mark.parametrize("name", [None, *COMMANDS])
+def test_help_shows_flags_without_placeholders_and_usage_without_braces(name: str | None) -> None:
+    text = help_text(*([name] if name else []))
+    assert "<bool>" not in text
+    (usage,) = [line for line in text.splitlines() if "Usage:" in line]
+    assert "{" not in usage and "}" not in usage
+
+
+def test_required_arguments_show_as_required() -> None:
+    """sample needs its CHECKPOINT (from the command line or the recipe); eval takes one or --samples."""
+    assert re.search(r"Usage: .* sample \[OPTIONS\] CHECKPOINT\s*$", help_text("sample"), re.M)
+    assert "[required]" in " ".join(help_text("sample").split())
+    assert re.search(r"Usage: .* eval \[OPTIONS\] \[CHECKPOINT\]\s*$", help_text("eval"), re.M)
+    assert re.search(r"Usage: .* push \[OPTIONS\] REPO_ID\s*$", help_text("push"), re.M)
+
+
+def test_descriptions_quote_no_measured_figures() -> None:
+    """A description says what a command does; measured sizes and speeds go stale (they live in benchmarks/RESULTS.md)."""
+    for name, command in typer.main.get_command(cli.app).commands.items():
+        assert not re.search(r"\d\s*(MB|kB|GB|s\b|seconds|min)", command.help), name
+
+
 def test_dataset_commands_show_the_revision_form() -> None:
     for name in ("verify", "inspect", "explore"):
         assert "ORG/NAME[@REVISION]" in help_text(name)
