@@ -34,6 +34,7 @@ TYPOS = {
     "verify": (["verify", "./out/digits-d2cc"], "./out/digits-d2cc"),
     "explore": (["explore", "out/digits-d2cc", "--out", "page.html"], "out/digits-d2cc"),
     "train": (["train", "--data", "out/digit-d2c", "--out", "runs/x", "--device", "cpu"], "out/digit-d2c"),
+    "push": (["push", "tester/digits", "--from", "out/digits-d2cc"], "out/digits-d2cc"),
 }
 
 
@@ -54,7 +55,8 @@ def test_a_mistyped_folder_fails_at_once_naming_the_folder_it_resembles(
         code = run_cli(monkeypatch, *args)
         seconds = time.perf_counter() - tic
     assert code == 2 and seconds < 5
-    assert capsys.readouterr().err == f"error: no folder `{typed}` (did you mean `out/digits-d2c`?)\n"
+    no_folder = f"no dataset folder at {typed}" if command == "push" else f"no folder `{typed}`"
+    assert capsys.readouterr().err == f"error: {no_folder} (did you mean `out/digits-d2c`?)\n"
     assert server.requests == []
 
 
