@@ -86,9 +86,10 @@ class _Lines(Advance):
     def _print(self, values: dict[str, float]) -> None:
         elapsed = time.monotonic() - self.tic
         rate = (self.done - self.start) / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self._amount(self.done)}/{self._amount(self.total)}{' ' + self.unit if self.unit else ''} ({self.done / self.total:.0%})"]
+        unit = f" {self.unit}" if self.unit else ""
+        parts = [f"{self._amount(self.done)}/{self._amount(self.total)}{unit} ({self.done / self.total:.0%})"]
         parts += [format_values(values, ", ")] if values else []
-        parts.append(f"{self._amount(rate)}{' ' + self.unit if self.unit else ''}/s" if not self.in_bytes else f"{self._amount(rate)}/s")
+        parts.append(f"{self._amount(rate)}{unit}/s")
         if self.done < self.total:
             parts.append(f"{_duration((self.total - self.done) / rate) if rate > 0 else '?'} left")
         else:
