@@ -46,10 +46,11 @@ from rich.console import Console
 from rich.table import Table
 
 from d2c_pack.attach import Attached
-from d2c_pack.build import FEATURE_SELECTORS, BuildConfig, resolved_recipe, select_subset
+from d2c_pack.build import FEATURE_SELECTORS, BuildConfig, select_subset
 from d2c_pack.chunks import ChunkCache, error_rows, list_array
 from d2c_pack.contents import Package
 from d2c_pack.fingerprint import sha256_json
+from d2c_pack.finished import resolved_recipe
 from d2c_pack.package import write_package
 from d2c_pack.progress import progress_bar
 from d2c_pack.score import CACHE_SCHEMA, read_scores, score_features

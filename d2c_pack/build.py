@@ -20,23 +20,21 @@ import pyarrow.parquet as pq
 
 from d2c_pack import distributed
 from d2c_pack.attach import attach_columns, visual_cls_features
-from d2c_pack.card import CARD_SETTINGS, update_card
+from d2c_pack.card import update_card
 from d2c_pack.configs import BuildConfig
-from d2c_pack.contents import NAMED_INPUTS, Package, Selection, published_name, shown_name
+from d2c_pack.contents import NAMED_INPUTS, Package, Selection, shown_name
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import weight_files_sha256
+from d2c_pack.finished import OTHER_BUILD, card_free, existing_build, model_roles, resolved_recipe
 from d2c_pack.latents import vae_reference
-from d2c_pack.layout import DATA_DIR, LAYOUT_VERSION, MANIFEST_FILE
+from d2c_pack.layout import CARD_SETTINGS, DATA_DIR, MANIFEST_FILE
 from d2c_pack.package import build_identity, read_build_identity, write_package
 from d2c_pack.rowfile import RowFile
 from d2c_pack.score import Scores, read_cache_key, read_scores, score_features, score_source
 from d2c_pack.select import auto_interval, difficulty_ranks, interval_stride, parse_budget, select
 from d2c_pack.sources import ImageSource, quoted_names
-from d2c_pack.version import __version__
 
 FEATURE_SELECTORS = ("kcenter", "herding")
-# Settings of how a run executes, not of what it produces: left out of d2c/recipe.yaml.
-MACHINE_SETTINGS = frozenset({"out", "work", "device", "workers", "batch_size", "attach_batch_size", "overwrite"})
 
 
 def select_subset(config: BuildConfig, scores: Scores, num_classes: int, features: RowFile | None) -> Selection:
@@ -71,12 +69,6 @@ def selection_features(
     return features, "visual_cls"
 
 
-def model_roles(config: BuildConfig) -> dict[str, str]:
-    """The models the build runs, by their role in the manifest."""
-    roles = {"scorer": config.scorer, "text_encoder": config.text_encoder, "captioner": config.captioner, "visual_encoder": config.visual_encoder, "vae": config.vae}
-    return {role: name for role, name in roles.items() if name}
-
-
 def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
     """Every model the build ran, with the sha256 of its weight files (and of the VAEs' weights, found wherever they were loaded from)."""
     models = {role: {"name": shown_name(name), "files": weight_files_sha256(name)} for role, name in model_roles(config).items()}
@@ -85,17 +77,6 @@ def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
     if scorer_vae_sha256:
         models["scorer"]["vae"] = {"name": vae_reference(config.vae) if config.vae else "the scorer's own", "weights_sha256": scorer_vae_sha256}
     return models
-
-
-def resolved_recipe(config: BuildConfig, interval: int | None) -> dict:
-    """The build's settings with every automatic choice made explicit (``interval``: the stride interval sampling
-    used): a recipe that rebuilds the same folder, given again the sources and models it names by a local path
-    (left out: published files name no local path)."""
-    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
-    recipe |= {key: published_name(recipe[key]) for key in NAMED_INPUTS}
-    if interval is not None:
-        recipe["interval"] = str(interval)
-    return recipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,49 +141,6 @@ def build_folder(config: BuildConfig) -> Built:
     return Built(write_package(package, out))
 
 
-OTHER_BUILD = "{out} holds a dataset built with other settings or inputs (or by an older d2c-pack); pass --overwrite to replace it or choose another --out"
-
-
-def existing_build(config: BuildConfig, source: ImageSource, out: Path) -> str | None:
-    """How the finished folder ``out`` compares with this build, from its manifest alone (no model is loaded):
-    ``"same"`` (built from these settings and inputs), ``"card"`` (the same but for the card's settings),
-    ``"other"``, or None: no finished folder, or one this check cannot decide (written by another d2c-pack
-    version, or an automatic interval over a source with unreadable images), which the full build decides.
-
-    The inputs compared are the source's fingerprint and the sha256 of every model's weight files.
-    """
-    manifest_file = out / MANIFEST_FILE
-    if not manifest_file.is_file():
-        return None
-    manifest = json.loads(manifest_file.read_text())
-    if manifest.get("version") != __version__ or manifest.get("layout") != LAYOUT_VERSION:
-        return None
-    interval = None
-    if config.selector == "interval" and config.interval == "auto":
-        if manifest["unreadable"]:
-            return None  # the scored images per class, which the interval depends on, are known after scoring only
-        interval = auto_interval(source.class_sizes, parse_budget(config.budget, source.class_sizes))
-    elif config.selector == "interval":
-        interval = int(config.interval)
-    recipe = resolved_recipe(config, interval)
-    if _card_free(recipe) != _card_free(manifest["recipe"]):
-        return "other"
-    built_models = {role: model["files"] for role, model in manifest["models"].items()}
-    if manifest["inputs"]["source_fingerprint"] != source.fingerprint() or built_models.keys() != model_roles(config).keys():
-        return "other"
-    if any(weight_files_sha256(name) != built_models[role] for role, name in model_roles(config).items()):
-        return "other"
-    return "same" if recipe == manifest["recipe"] else "card"
-
-
-def _without_card_settings(identity: dict) -> dict:
-    return identity | {"recipe": _card_free(identity["recipe"])}
-
-
-def _card_free(recipe: dict) -> dict:
-    return {key: value for key, value in recipe.items() if key not in CARD_SETTINGS}
-
-
 def describe_build(out: Path) -> str:
     """A short summary of a built folder: rows, classes, files and size; then what the source lacked."""
     shards = sorted((out / DATA_DIR).glob("*.parquet"))
@@ -226,3 +164,7 @@ def describe_build(out: Path) -> str:
     if absent := [name for name, images in zip(names, listed) if images == 0]:
         lines.append(f"{len(absent)} of the {len(names)} classes have no image in the source: {quoted_names(absent)}")
     return "\n".join(lines)
+
+
+def _without_card_settings(identity: dict) -> dict:
+    return identity | {"recipe": card_free(identity["recipe"])}

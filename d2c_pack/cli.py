@@ -241,14 +241,17 @@ def _score(config: ScoreConfig) -> str:
 
 
 def _build(config: BuildConfig) -> str:
+    from d2c_pack.finished import finished_build  # loads no model library: a finished build is found in seconds
+
+    up_to_date = f"{config.out} is up to date: built before from these settings and inputs; nothing to do"
+    if finished_build(config) == "same":
+        return up_to_date
     from d2c_pack.build import build_folder, describe_build
 
     built = build_folder(config)
     if built.out is None:
         return ""  # a rank other than 0 under torchrun
-    if built.up_to_date:
-        return f"{built.out} is up to date: built before from these settings and inputs; nothing to do"
-    return describe_build(built.out)
+    return up_to_date if built.up_to_date else describe_build(built.out)
 
 
 def _train(config: TrainConfig) -> str:

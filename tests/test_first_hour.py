@@ -147,6 +147,7 @@ def test_a_finished_build_is_up_to_date_without_loading_a_model(tiny_build, monk
     assert run_cli(monkeypatch, *args) == 0
     assert capsys.readouterr().out == f"{out} is up to date: built before from these settings and inputs; nothing to do\n"
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+    assert build_folder(tiny_build).up_to_date  # the library's build, too
     # other settings: refused before any model loads
     assert run_cli(monkeypatch, *common, "--budget", "2/class") == 2
     assert "holds a dataset built with other settings" in capsys.readouterr().err
@@ -184,3 +185,8 @@ def test_the_shipped_local_hub_takes_a_push_as_its_instructions_say(tmp_path: Pa
     assert pushed.returncode == 0, pushed.stderr[-3000:]
     assert 'subset = load_dataset("tester/tiny", revision="v1.0", split="train")' in pushed.stdout
     assert server.returncode == 0 and any((tmp_path / "hub" / "objects").iterdir())
+
+
+def test_the_manifest_check_imports_no_model_library() -> None:
+    code = "import d2c_pack.finished, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'diffusers', 'timm'}))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
