@@ -2,7 +2,7 @@
 
 Re-running the same command continues where it stopped: scoring resumes from its cache, and a
 finished folder whose recipe matches is left as it is. That is decided from the folder's manifest
-before any model is loaded (:func:`existing_build`): the recipe, the source's fingerprint and the
+before any model is loaded (:func:`d2c_pack.finished.existing_build`): the recipe, the source's fingerprint and the
 sha256 of every model's weight files. So a finished build re-run returns in seconds, and a build
 into a folder made with other settings is refused at once. Under ``torchrun`` every rank scores its
 share; rank 0 selects and writes.
