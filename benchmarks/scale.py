@@ -46,10 +46,11 @@ from rich.console import Console
 from rich.table import Table
 
 from d2c_pack.attach import Attached
-from d2c_pack.build import FEATURE_SELECTORS, BuildConfig, resolved_recipe, select_subset
+from d2c_pack.build import FEATURE_SELECTORS, BuildConfig, select_subset
 from d2c_pack.chunks import ChunkCache, error_rows, list_array
 from d2c_pack.contents import Package
 from d2c_pack.fingerprint import sha256_json
+from d2c_pack.finished import resolved_recipe
 from d2c_pack.package import write_package
 from d2c_pack.progress import progress_bar
 from d2c_pack.score import CACHE_SCHEMA, read_scores, score_features
@@ -210,7 +211,7 @@ def run_package(setup: Setup) -> float:
     tic = time.perf_counter()
     selection = select_subset(config, scores, source.num_classes, None)
     inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": "0" * 64, "scorer_prediction": "epsilon", "scorer_vae_sha256": None, "selection_features": None}
-    package = Package(source, scores, selection, resolved_recipe(config, selection), inputs, Attached([]), {}, True)
+    package = Package(source, scores, selection, resolved_recipe(config, selection.interval), inputs, Attached([]), {}, True)
     write_package(package, Path(config.out))
     return time.perf_counter() - tic
 

@@ -1,8 +1,11 @@
 """``d2c-pack build``: score (cached) → select → package, one condensed dataset folder per run.
 
 Re-running the same command continues where it stopped: scoring resumes from its cache, and a
-finished folder whose recipe matches is left as it is. Under ``torchrun`` every rank scores
-its share; rank 0 selects and writes.
+finished folder whose recipe matches is left as it is. That is decided from the folder's manifest
+before any model is loaded (:func:`d2c_pack.finished.existing_build`): the recipe, the source's fingerprint and the
+sha256 of every model's weight files. So a finished build re-run returns in seconds, and a build
+into a folder made with other settings is refused at once. Under ``torchrun`` every rank scores its
+share; rank 0 selects and writes.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import pyarrow.parquet as pq
 
 from d2c_pack import distributed
 from d2c_pack.attach import attach_columns, visual_cls_features
-from d2c_pack.card import CARD_SETTINGS, update_card
+from d2c_pack.card import update_card
 from d2c_pack.configs import BuildConfig
-from d2c_pack.contents import NAMED_INPUTS, Package, Selection, published_name, shown_name
+from d2c_pack.contents import NAMED_INPUTS, Package, Selection, shown_name
 from d2c_pack.errors import UserError
 from d2c_pack.fingerprint import weight_files_sha256
+from d2c_pack.finished import OTHER_BUILD, card_free, existing_build, model_roles, resolved_recipe
 from d2c_pack.latents import vae_reference
-from d2c_pack.layout import DATA_DIR, MANIFEST_FILE
+from d2c_pack.layout import CARD_SETTINGS, DATA_DIR, MANIFEST_FILE
 from d2c_pack.package import build_identity, read_build_identity, write_package
 from d2c_pack.rowfile import RowFile
 from d2c_pack.score import Scores, read_cache_key, read_scores, score_features, score_source
@@ -31,8 +35,6 @@ from d2c_pack.select import auto_interval, difficulty_ranks, interval_stride, pa
 from d2c_pack.sources import ImageSource, quoted_names
 
 FEATURE_SELECTORS = ("kcenter", "herding")
-# Settings of how a run executes, not of what it produces: left out of d2c/recipe.yaml.
-MACHINE_SETTINGS = frozenset({"out", "work", "device", "workers", "batch_size", "attach_batch_size", "overwrite"})
 
 
 def select_subset(config: BuildConfig, scores: Scores, num_classes: int, features: RowFile | None) -> Selection:
@@ -69,8 +71,7 @@ def selection_features(
 
 def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
     """Every model the build ran, with the sha256 of its weight files (and of the VAEs' weights, found wherever they were loaded from)."""
-    roles = {"scorer": config.scorer, "text_encoder": config.text_encoder, "captioner": config.captioner, "visual_encoder": config.visual_encoder, "vae": config.vae}
-    models = {role: {"name": shown_name(name), "files": weight_files_sha256(name)} for role, name in roles.items() if name}
+    models = {role: {"name": shown_name(name), "files": weight_files_sha256(name)} for role, name in model_roles(config).items()}
     if config.vae:
         models["vae"]["name"] = vae_reference(config.vae)
     if scorer_vae_sha256:
@@ -78,26 +79,36 @@ def used_models(config: BuildConfig, scorer_vae_sha256: str | None) -> dict:
     return models
 
 
-def resolved_recipe(config: BuildConfig, selection: Selection) -> dict:
-    """The build's settings with every automatic choice made explicit: a recipe that rebuilds the same folder,
-    given again the sources and models it names by a local path (left out: published files name no local path)."""
-    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
-    if recipe["num_heads"] is None:  # only a scorer of no DiT/SiT size needs it: older builds keep their recipe and identity
-        del recipe["num_heads"]
-    recipe |= {key: published_name(recipe[key]) for key in NAMED_INPUTS}
-    if selection.interval is not None:
-        recipe["interval"] = str(selection.interval)
-    return recipe
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What :func:`build_folder` did."""
+
+    out: Path | None  # the folder; None on ranks other than 0 under torchrun
+    up_to_date: bool = False  # found built from these settings and inputs: nothing was done
 
 
 def build(config: BuildConfig) -> Path | None:
     """Builds the condensed dataset folder ``config.out``; returns it on rank 0 (None on other ranks)."""
+    return build_folder(config).out
+
+
+def build_folder(config: BuildConfig) -> Built:
+    """:func:`build`, telling also whether the folder was found up to date (no model loaded, nothing written)."""
     context = distributed.init(config.device)
     out = Path(config.out)
     if out.exists() and not config.overwrite and read_build_identity(out) is None:
         raise UserError(f"{out} exists and is not a d2c-pack dataset folder; choose another --out")
     source = config.open_source(streaming=config.streaming)
     parse_budget(config.budget, source.class_sizes)  # a bad budget fails now, not after hours of scoring
+    existing = existing_build(config, source, out)
+    if existing == "same":
+        return Built(out if context.is_main else None, up_to_date=True)
+    if existing == "card":  # only the card's settings changed: render it again, no model needed
+        if context.is_main:
+            update_card(out, **{key: getattr(config, key) or "" for key in CARD_SETTINGS})
+        return Built(out if context.is_main else None)
+    if existing == "other" and not config.overwrite:
+        raise UserError(OTHER_BUILD.format(out=out))
     scores_file = score_source(config, context, source)
     scores = read_scores(scores_file)
     if len(scores) == 0:
@@ -110,28 +121,24 @@ def build(config: BuildConfig) -> Path | None:
         resolution=config.resolution, work=Path(config.work), chunk_size=config.chunk_size, workers=config.workers,
     )  # fmt: skip
     if not context.is_main:
-        return None
+        return Built(None)
     key = read_cache_key(scores_file)
     inputs = {
         "source_fingerprint": source.fingerprint(), "scorer_sha256": key["scorer_sha256"], "scorer_prediction": key["prediction"],
         "scorer_vae_sha256": key["vae_sha256"], **attached.identity, "selection_features": feature_name,
     }  # fmt: skip
     inputs |= {name: shown_name(inputs[name]) for name in NAMED_INPUTS if name in inputs}  # the encoders, as published
-    recipe = resolved_recipe(config, selection)
+    recipe = resolved_recipe(config, selection.interval)
     package = Package(source, scores, selection, recipe, inputs, attached, used_models(config, key["vae_sha256"]), config.with_scores, config.max_shard_size)
     existing = read_build_identity(out)
     if existing == build_identity(package):
-        return out  # already built from exactly these settings and inputs
+        return Built(out, up_to_date=True)  # built by another d2c-pack version from exactly these settings and inputs
     if existing is not None and _without_card_settings(existing) == _without_card_settings(build_identity(package)):
         update_card(out, **{key: package.recipe[key] or "" for key in CARD_SETTINGS})  # only the card changes
-        return out
+        return Built(out)
     if existing is not None and not config.overwrite:
-        raise UserError(f"{out} holds a dataset built with other settings or inputs (or by an older d2c-pack); pass --overwrite to replace it or choose another --out")
-    return write_package(package, out)
-
-
-def _without_card_settings(identity: dict) -> dict:
-    return identity | {"recipe": {k: v for k, v in identity["recipe"].items() if k not in CARD_SETTINGS}}
+        raise UserError(OTHER_BUILD.format(out=out))
+    return Built(write_package(package, out))
 
 
 def describe_build(out: Path) -> str:
@@ -157,3 +164,7 @@ def describe_build(out: Path) -> str:
     if absent := [name for name, images in zip(names, listed) if images == 0]:
         lines.append(f"{len(absent)} of the {len(names)} classes have no image in the source: {quoted_names(absent)}")
     return "\n".join(lines)
+
+
+def _without_card_settings(identity: dict) -> dict:
+    return identity | {"recipe": card_free(identity["recipe"])}

@@ -31,13 +31,11 @@ from d2c_pack.contents import NAMED_INPUTS, Package, hub_dataset_id
 from d2c_pack.errors import UserError
 from d2c_pack.explore import PAGE_FILE
 from d2c_pack.fingerprint import sha256_file
-from d2c_pack.layout import CARD_FILE, LAYOUT_VERSION, MANIFEST_FILE, RECIPE_FILE, manifest_text, recipe_text
+from d2c_pack.layout import CARD_FILE, CARD_SETTINGS, LAYOUT_VERSION, MANIFEST_FILE, RECIPE_FILE, manifest_text, recipe_text
 from d2c_pack.models.dit import PATCH_SIZES
 from d2c_pack.verify import LocalFolder, read_manifest, verify
 
 TEMPLATE = "dataset_card.md"
-# Recipe keys that only change the card: `d2c-pack card` may change them without a rebuild.
-CARD_SETTINGS = ("license", "description", "pretty_name")
 IMAGENET = "imagenet"  # the licence value that stands for ImageNet's terms of access
 # What each column of the default config means, for the card's schema table.
 COLUMN_NOTES = {

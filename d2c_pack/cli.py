@@ -5,7 +5,9 @@ settings dataclass in ``d2c_pack.configs`` (declared once, with their help text 
 panel), merged with ``--recipe`` where it takes one, and it calls one library function. The
 library is imported inside each command, so listing the commands or their options (``--help``)
 imports no torch, transformers or datasets. A :class:`~d2c_pack.errors.UserError` is printed as
-one line and exits with status 2; ``--debug`` shows the traceback instead.
+one line and exits with status 2; ``--debug`` shows the traceback instead. Ctrl-C (SIGINT) or
+SIGTERM prints one line, what was kept and whether the same command continues from it, and exits
+with 130 or 143.
 
 Vocabulary, the same in every command and recipe: ``--steps`` is training steps,
 ``--sampling-steps`` sampling steps; ``--device auto`` (the default) is this rank's GPU if any,
@@ -18,19 +20,22 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import signal
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from d2c_pack.configs import (
-    PAGE_SIZE_NOTE,
+    PAGE_CONTENTS,
     BuildConfig,
     CardConfig,
     DemoConfig,
@@ -50,8 +55,39 @@ from d2c_pack.options import display_name, is_option, is_required
 from d2c_pack.recipe import read_recipe
 from d2c_pack.version import __version__
 
+
+class _FlagHelp:
+    """``--help`` listed as the flag it is, without a ``<bool>`` value placeholder."""
+
+    def get_help_option(self, ctx: typer.Context) -> Any:  # the help option of typer's own copy of click, or None
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class HelpGroup(_FlagHelp, typer.core.TyperGroup):
+    """The command list's help, with ``--help`` as a flag."""
+
+
+class HelpCommand(_FlagHelp, typer.core.TyperCommand):
+    """A command's help as a user reads it: arguments in the usage line without braces, optional ones in
+    brackets, and an argument a recipe may supply (so optional to the parser) shown as required all the same."""
+
+    shown_required: frozenset[str] = frozenset()
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                pieces.append(name if param.required or param.name in self.shown_required else f"[{name}]")
+        return pieces
+
+
 app = typer.Typer(
     name="d2c-pack",
+    cls=HelpGroup,
     help="Diffusion Dataset Condensation: build, publish and train on small condensed image datasets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -77,6 +113,22 @@ RECIPE_HELP = "YAML recipe (path, or name of a shipped recipe) carrying any of t
 RecipeOption = Annotated[str | None, typer.Option(help=RECIPE_HELP)]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is as Ctrl-C raises KeyboardInterrupt: the same unwinding, the same one line."""
+
+
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C or SIGTERM: the line to print, and the exit status (128 + the signal's number)."""
+
+    def __init__(self, message: str, interrupt: KeyboardInterrupt):
+        super().__init__(message)
+        self.status = 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"d2c-pack {__version__}")
@@ -85,8 +137,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     global _show_tracebacks
     _show_tracebacks = debug
@@ -101,6 +153,7 @@ def config_command(
     *,
     recipe: bool = True,
     recipe_ignores: frozenset[str] = frozenset(),
+    kept: Callable[[Any], str] | None = None,
 ) -> None:
     """Registers command ``name`` whose options are the :func:`~d2c_pack.options.flag` fields of ``config_class``.
 
@@ -114,6 +167,8 @@ def config_command(
         recipe: Whether it takes ``--recipe`` (merged under the flags; a required setting may then
             come from the recipe instead of the command line).
         recipe_ignores: Recipe keys skipped rather than refused (another command's settings).
+        kept: For a command that continues where it stopped when run again: what an interrupted run has
+            kept, from its settings (said in the one line an interruption prints).
     """
     COMMANDS[name] = CommandSpec(config_class, help, examples, recipe)
     fields = [f for f in dataclasses.fields(config_class) if is_option(f)]
@@ -127,7 +182,13 @@ def config_command(
         for field in fields:
             if is_required(field) and params[field.name] in (None, ""):
                 raise UserError(f"{display_name(field)} is required (on the command line or in the recipe)")
-        if message := run(config_class(**params)):
+        config = config_class(**params)
+        try:
+            message = run(config)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (see main)
+            what = f"{kept(config)}; the same command continues where it stopped" if kept else "nothing was kept"
+            raise Interrupted(f"interrupted: {what}", interrupt) from None
+        if message:
             print(message)
 
     def option(field: dataclasses.Field) -> inspect.Parameter:
@@ -143,9 +204,11 @@ def config_command(
         else:
             default = None if required else field.default_factory() if field.default is dataclasses.MISSING else field.default
         if meta["argument"]:
-            info = typer.Argument(help=escape(meta["help"]), show_default=False, metavar=field.name.upper())
+            shown = meta["help"] + (" [required]" if lenient else "")  # the parser takes it from the recipe too
+            info = typer.Argument(help=escape(shown), show_default=False, metavar=field.name.upper())
         else:
-            info = typer.Option(*meta["names"], help=escape(meta["help"]), rich_help_panel=meta["panel"], show_default=not required)
+            flag_only = {"metavar": ""} if bool in (hint, *typing.get_args(hint)) else {}  # a flag takes no value: no <bool>
+            info = typer.Option(*meta["names"], help=escape(meta["help"]), rich_help_panel=meta["panel"], show_default=not required, **flag_only)
         return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, info])
 
     parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context), *map(option, fields)]
@@ -154,7 +217,9 @@ def config_command(
     command.__signature__ = inspect.Signature(parameters)
     # Help texts are plain text, not rich markup: ORG/NAME[@REVISION] and 'train[:10%]' must show as written.
     epilog = "[bold]Examples[/]\n\n" + "\n\n".join(f"  $ {escape(line)}" for line in examples)
-    app.command(name, help=escape(help), epilog=epilog)(command)
+    shown_required = frozenset(f.name for f in fields if f.metadata["argument"] and is_required(f))
+    command_class = type(f"{name.title().replace('-', '')}Command", (HelpCommand,), {"shown_required": shown_required})
+    app.command(name, cls=command_class, help=escape(help), epilog=epilog)(command)
 
 
 def merge_recipe(ctx: typer.Context, recipe: dict, ignored: frozenset[str] = frozenset()) -> dict:
@@ -189,10 +254,17 @@ def _score(config: ScoreConfig) -> str:
 
 
 def _build(config: BuildConfig) -> str:
-    from d2c_pack.build import build, describe_build
+    from d2c_pack.finished import finished_build  # loads no model library: a finished build is found in seconds
 
-    out = build(config)
-    return "" if out is None else describe_build(out)  # None: a rank other than 0 under torchrun
+    up_to_date = f"{config.out} is up to date: built before from these settings and inputs; nothing to do"
+    if finished_build(config) == "same":
+        return up_to_date
+    from d2c_pack.build import build_folder, describe_build
+
+    built = build_folder(config)
+    if built.out is None:
+        return ""  # a rank other than 0 under torchrun
+    return up_to_date if built.up_to_date else describe_build(built.out)
 
 
 def _train(config: TrainConfig) -> str:
@@ -307,6 +379,7 @@ config_command(
     _score,
     "Score every image of a source with a diffusion backbone (cached, resumable; runs under torchrun). Takes build recipes.",
     ["d2c-pack score --recipe demo", "torchrun --nproc_per_node 8 -m d2c_pack score --recipe imagenet-256-d2c-10k"],
+    kept=lambda config: f"the images scored so far are cached in {config.work}",
     recipe_ignores=frozenset(f.name for f in dataclasses.fields(BuildConfig)) - frozenset(f.name for f in dataclasses.fields(ScoreConfig)),
 )
 config_command(
@@ -315,6 +388,7 @@ config_command(
     _build,
     "Build a condensed dataset: score (cached), select, attach, package in the Hub layout.",
     ["d2c-pack build --recipe demo", "d2c-pack build --recipe imagenet-256-d2c-10k --source /data/imagenet/train --out imagenet-10k"],
+    kept=lambda config: f"what was scored and attached so far is cached in {config.work}",
 )
 config_command(
     "train",
@@ -322,6 +396,7 @@ config_command(
     _train,
     "Train a SiT backbone with the velocity objective (resumable; writes OUT/model at the end).",
     ["d2c-pack train --recipe demo --data out/digits-d2c --out runs/demo", "d2c-pack train --data ORG/NAME@v1.0 --out runs/sit-xl --steps 400000"],
+    kept=lambda config: f"the checkpoints written so far are in {Path(config.out) / 'checkpoints'}",
 )
 config_command(
     "demo",
@@ -331,6 +406,7 @@ config_command(
     "training settings are the shipped demo recipe's.",
     ["d2c-pack demo", "d2c-pack demo --out demo-out --push-to ORG/digits-d2c"],
     recipe=False,
+    kept=lambda config: f"the finished stages and the training's checkpoints are in {config.out}",
 )
 config_command(
     "train-encoder",
@@ -362,6 +438,7 @@ config_command(
     "Publish a built dataset folder as a versioned Hub dataset (token: HF_TOKEN or `hf auth login`).",
     ["d2c-pack push ORG/digits-d2c --from out/digits-d2c --tag v1.0"],
     recipe=False,
+    kept=lambda config: "the files uploaded so far stay on the Hub and are not sent again",
 )
 config_command(
     "verify",
@@ -395,7 +472,7 @@ config_command(
     _explore,
     "Write one self-contained HTML page (no server, nothing fetched) of a condensed dataset: per class, every source image's "
     "difficulty along the ranking with the selected ones marked, thumbnails of selected and rejected images, class search, "
-    f"and the budget, selector, stride and scorer used. Reads the 'scores' config: no model runs. {PAGE_SIZE_NOTE}",
+    f"and the budget, selector, stride and scorer used. Reads the 'scores' config: no model runs. {PAGE_CONTENTS}",
     ["d2c-pack explore ORG/digits-d2c@v1.0 --out explore.html --source demo:digits"],
     recipe=False,
 )
@@ -408,14 +485,19 @@ config_command(
     "Resumable: re-running the same export continues it.",
     ["d2c-pack export ORG/NAME@v1.0 --format repa --out repa-data", "d2c-pack export out/digits-d2c --format imagefolder --out digits-imagefolder"],
     recipe=False,
+    kept=lambda config: f"the files exported so far are in {config.out}",
 )
 
 
 def main() -> None:
     """Console entry point: runs the app and turns user errors, and Hub failures that retries did not
-    cure, into one line and exit code 2."""
+    cure, into one line and exit code 2; an interruption (Ctrl-C, SIGTERM) into one line and 130 / 143."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+    except Interrupted as interrupted:
+        stderr.print(f"[bold]{interrupted}[/]", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(interrupted.status)
     except Exception as err:
         from d2c_pack.hub_retry import hub_failure, hub_problem  # the Hub client: imported only when something failed
 

@@ -457,10 +457,9 @@ class ExportConfig(DatasetArg):
 THUMBNAIL_SIZE = 64  # px, centre-cropped square (the crop the scorer and the trainer see)
 SELECTED_THUMBNAILS = 12  # per class, evenly spread along the ranking of the selected images
 REJECTED_GROUPS = ("easiest", "median", "hardest")  # one rejected image each, per class
-PAGE_SIZE_NOTE = (
-    f"Page size: at most {SELECTED_THUMBNAILS} selected and {len(REJECTED_GROUPS)} rejected {THUMBNAIL_SIZE}px WebP thumbnails per class "
-    "(about 1.2 kB each for photographs) and every selected image's id, rank and score: "
-    "16 MB for ImageNet at 10 images per class (1,000 classes, 1.28M scores; benchmarks/explore_scale.py)."
+PAGE_CONTENTS = (
+    f"The page holds at most {SELECTED_THUMBNAILS} selected and {len(REJECTED_GROUPS)} rejected {THUMBNAIL_SIZE}px WebP thumbnails per class "
+    "and every selected image's id, rank and score."
 )
 
 

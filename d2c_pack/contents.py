@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from d2c_pack.attach import Attached
-from d2c_pack.score import Scores
-from d2c_pack.sources import ImageSource
+if TYPE_CHECKING:  # annotations only: the naming rules below are read without loading torch (d2c_pack.finished)
+    from d2c_pack.attach import Attached
+    from d2c_pack.score import Scores
+    from d2c_pack.sources import ImageSource
 
 # Recipe keys that name a source or a model, and so may name a local path.
 NAMED_INPUTS = ("source", "scorer", "vae", "text_encoder", "captioner", "visual_encoder")

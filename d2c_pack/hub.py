@@ -35,7 +35,7 @@ from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import git_blob_sha1
 from d2c_pack.hub_retry import RetryPolicy, hub_failure, hub_problem, status_of, with_retries
 from d2c_pack.progress import progress_bar
-from d2c_pack.verify import MANIFEST, LocalFolder, read_manifest, verify
+from d2c_pack.verify import MANIFEST, LocalFolder, closest_folder, read_manifest, verify
 
 T = TypeVar("T")
 CONFIG_FOLDERS = ("data/", "scores/")  # what load_dataset reads of the repository: nothing else may be there
@@ -49,14 +49,16 @@ class PushResult:
     revision: str  # the tag when one was set, else the commit
 
     def load_line(self) -> str:
-        return f'load_dataset("{self.repo_id}", revision="{self.revision}")'
+        """The ``load_dataset`` call that reads this version's rows (a Dataset: ``split="train"``, as the card shows)."""
+        return f'load_dataset("{self.repo_id}", revision="{self.revision}", split="train")'
 
 
 def push(config: PushConfig, api: HfApi | None = None) -> PushResult:
     """Pushes ``config.source_dir`` to ``config.repo_id`` and tags the commit."""
     folder = LocalFolder(Path(config.source_dir))
     if not folder.folder.is_dir():
-        raise UserError(f"no dataset folder at {config.source_dir}")
+        close = closest_folder(folder.folder)
+        raise UserError(f"no dataset folder at {config.source_dir}" + (f" (did you mean `{close}`?)" if close else ""))
     manifest = read_manifest(folder)
     if problems := verify(folder):
         raise UserError(f"{folder.name} fails verification ({problems[0]}); rebuild it before pushing")

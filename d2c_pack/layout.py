@@ -21,6 +21,8 @@ SCORES_DIR = "scores"
 # rebuilt rather than taken for done. 2: shards written directly, arrays as nested fixed-size lists.
 # 3: the manifest names no local path and records what the card is rendered from (source name, licence).
 LAYOUT_VERSION = 3
+# Recipe keys that only change the card: `d2c-pack card` may change them without a rebuild.
+CARD_SETTINGS = ("license", "description", "pretty_name")
 
 
 def recipe_text(recipe: dict) -> str:

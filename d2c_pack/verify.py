@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import difflib
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -102,7 +103,7 @@ class HubRepo(Location):
 
     def files(self) -> dict[str, RemoteFile]:
         if self._files is None:
-            with hub_errors(f"listing {self.name} on the Hub"):
+            with hub_errors(f"no folder `{self.repo_id}` here; reading {self.name} from the Hub"):
                 entries = with_retries(lambda: list(self.api.list_repo_tree(
                     self.repo_id, repo_type="dataset", revision=self.revision, recursive=True, expand=True,
                 )), f"list {self.name}")  # fmt: skip
@@ -123,13 +124,43 @@ class HubRepo(Location):
 
 
 def locate(name: str) -> Location:
-    """A local folder if ``name`` is one, else a Hub dataset ``ORG/NAME[@REVISION]``."""
-    if Path(name).is_dir():
-        return LocalFolder(Path(name))
+    """A local folder if ``name`` is one, else a Hub dataset ``ORG/NAME[@REVISION]``.
+
+    A name that reads as a path (it starts with ``.``, ``/`` or ``~``, names a file, or its first component is
+    a folder here) is never sent to the Hub: a mistyped folder fails at once, naming the closest folder there is.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return LocalFolder(path)
+    if path.exists():
+        raise UserError(f"`{name}` is a file, not a dataset folder")
+    if looks_local(name):
+        raise UserError(f"no folder `{name}`" + (f" (did you mean `{close}`?)" if (close := closest_folder(path)) else ""))
     repo_id, _, revision = name.partition("@")
-    if repo_id.count("/") != 1 or Path(name).exists():
+    if repo_id.count("/") != 1:
         raise UserError(f"{name!r} is neither a dataset folder nor a Hub dataset ORG/NAME[@REVISION]")
     return HubRepo(repo_id, revision or None)
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a path rather than a Hub name: it starts with ``.``, ``/`` or ``~``, something of
+    that name exists, or its first component is a local folder (``out/digits-d2cc``)."""
+    return name.startswith((".", "/", "~")) or Path(name).exists() or Path(name.split("/")[0]).is_dir()
+
+
+def closest_folder(path: Path) -> str | None:
+    """The folder whose name is closest to the first missing component of ``path`` (a typo's likely target), as the
+    user would write it; None if nothing is close."""
+    parent, missing = Path(path.parts[0]) if path.is_absolute() else Path("."), list(path.parts[1:] if path.is_absolute() else path.parts)
+    while missing and (parent / missing[0]).is_dir():
+        parent = parent / missing.pop(0)
+    if not missing or not parent.is_dir():
+        return None
+    siblings = [child.name for child in parent.iterdir() if child.is_dir()]
+    if not (match := difflib.get_close_matches(missing[0], siblings, n=1, cutoff=0.75)):
+        return None
+    candidate = parent / match[0] / Path(*missing[1:]) if len(missing) > 1 else parent / match[0]
+    return candidate.as_posix() if candidate.is_dir() else None
 
 
 def read_manifest(location: Location) -> dict:

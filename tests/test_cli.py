@@ -68,7 +68,8 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
         (["train", "--source", "{tmp}/missing", "--out", "{tmp}/o", "--vae", "none", "--no-text", "--no-align"], "missing"),
         (["train", "--out", "{tmp}/o"], "exactly one of --data"),
         (["train", "--source", "demo:digits", "--out", "{tmp}/o"], "pass --no-text --no-align"),
-        (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "neither a dataset folder nor a Hub dataset"),
+        (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "no folder `{tmp}/nowhere`"),
+        (["train", "--data", "no-such-org/a/b", "--out", "{tmp}/o"], "neither a dataset folder nor a Hub dataset"),
         (["sample", "demo:digits", "--classes", "3,12", "--out", "{tmp}/g.png"], "class 12 is out of range"),
         (["sample", "demo:digits", "--classes", "a,b"], "comma-separated integers"),
         (["sample", "{tmp}/nowhere"], "no backbone"),
@@ -83,7 +84,7 @@ def test_bad_recipe_is_one_line_error(tmp_path: Path, monkeypatch, capsys, recip
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
-    assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args], message)
+    assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args], message.format(tmp=tmp_path))
 
 
 def test_sample_takes_repas_guidance_convention_and_dopri5(tmp_path: Path, monkeypatch) -> None:
@@ -129,6 +130,28 @@ def test_help_explains_every_command(name: str) -> None:
         assert param.help and param.help.strip(), f"{name}: {param.name} has no help"
     if len(command.params) > 15:  # long option lists are grouped (source, scoring, selection, attach, output, run …)
         assert len({param.rich_help_panel for param in command.params if param.rich_help_panel}) >= 3
+
+
+@pytest.mark.parametrize("name", [None, *COMMANDS])
+def test_help_shows_flags_without_placeholders_and_usage_without_braces(name: str | None) -> None:
+    text = help_text(*([name] if name else []))
+    assert "<bool>" not in text
+    (usage,) = [line for line in text.splitlines() if "Usage:" in line]
+    assert "{" not in usage and "}" not in usage
+
+
+def test_required_arguments_show_as_required() -> None:
+    """sample needs its CHECKPOINT (from the command line or the recipe); eval takes one or --samples."""
+    assert re.search(r"Usage: .* sample \[OPTIONS\] CHECKPOINT\s*$", help_text("sample"), re.M)
+    assert "[required]" in " ".join(help_text("sample").split())
+    assert re.search(r"Usage: .* eval \[OPTIONS\] \[CHECKPOINT\]\s*$", help_text("eval"), re.M)
+    assert re.search(r"Usage: .* push \[OPTIONS\] REPO_ID\s*$", help_text("push"), re.M)
+
+
+def test_descriptions_quote_no_measured_figures() -> None:
+    """A description says what a command does; measured sizes and speeds go stale (they live in benchmarks/RESULTS.md)."""
+    for name, command in typer.main.get_command(cli.app).commands.items():
+        assert not re.search(r"\d\s*(MB|kB|GB|s\b|seconds|min)", command.help), name
 
 
 def test_dataset_commands_show_the_revision_form() -> None:

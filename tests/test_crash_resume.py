@@ -73,6 +73,23 @@ def test_a_killed_build_resumes_to_identical_bytes(reference_build: Path, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]  # no half-written folder left beside it
 
 
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_build_says_so_in_one_line_and_resumes_to_identical_bytes(reference_build: Path, tmp_path: Path, name: str, status: int) -> None:
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM mid-scoring: one line on what was kept and that the same command continues."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = [*BUILD, "--out", str(out), "--work", str(work)]
+    stopped = d2c_pack(*args, kill=("d2c_pack.chunks:ChunkCache.add", 4, f"after:{name}"))
+    assert stopped.returncode == status, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "Aborted" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"interrupted: what was scored and attached so far is cached in {work}; the same command continues where it stopped"
+    )
+    if name == "SIGINT":  # the cache is left as consistent as by a crash: the re-run completes to the same bytes
+        resumed = d2c_pack(*args)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert file_hashes(out) == file_hashes(reference_build)
+
+
 hub = hub_server.hub
 PUSH_KILL_POINTS = [
     ("huggingface_hub._commit_api:lfs_upload", 1, "after"),  # mid-upload: one LFS file sent, the others not

@@ -62,7 +62,7 @@ def test_versions_load_their_own_rows_and_verify(hub: HubServer, builds) -> None
     for tag, folder in builds.items():
         code, output = cli("push", REPO, "--from", str(folder), "--tag", tag)
         assert code == 0, output
-        assert f'load_dataset("{REPO}", revision="{tag}")' in output
+        assert f'load_dataset("{REPO}", revision="{tag}", split="train")' in output
     assert {ref.name for ref in HfApi().list_repo_refs(REPO, repo_type="dataset").tags} == {"v1.0", "v1.1"}
     assert datasets.load_dataset(REPO, revision="v1.0", split="train").num_rows == 6
     assert datasets.load_dataset(REPO, revision="v1.1", split="train").num_rows == 12

@@ -25,6 +25,7 @@ from PIL import Image
 from d2c_pack.configs import DEFAULT_PROMPT_TEMPLATE
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
+from d2c_pack.progress import quiet_loading_bars
 from d2c_pack.registry import resolve_model_path
 
 TEXT_LENGTH = 16  # L: tokens kept per caption (padded / truncated)
@@ -93,6 +94,7 @@ class TextEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         path = resolve_model_path(name_or_path)
+        quiet_loading_bars()
         try:
             config = transformers.AutoConfig.from_pretrained(path)
             model_class = getattr(transformers, _ENCODER_ONLY_CLASSES.get(config.model_type, "AutoModel"))
@@ -174,6 +176,7 @@ class Captioner:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         path = resolve_model_path(name_or_path)
+        quiet_loading_bars()
         try:
             model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
             # Loaded apart rather than through AutoProcessor: VisionEncoderDecoder folders have no processor.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import module_sha256, sha256_json
+from d2c_pack.progress import quiet_loading_bars
 from d2c_pack.registry import resolve_model_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -148,6 +149,7 @@ def _load_transformers(path: str, input_size: int) -> _Backbone:
 
     if _looks_like_path(path) and not Path(path).is_dir():
         raise UserError(f"visual encoder {path!r}: no such model folder")
+    quiet_loading_bars()
     try:
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in _TRANSFORMERS_TYPES:

@@ -1,8 +1,8 @@
 """``d2c-pack demo``: the whole D2C flow on the embedded digits, on a laptop, in minutes.
 
 build (score → select 10% → attach) → publish (verify; push when a Hub repository is given) →
-``load_dataset`` it back → train a small SiT with DC-Embedding + alignment → sample a grid →
-FID against all 1,797 digits and the demo classifier's accuracy on the samples. Every stage
+``load_dataset`` it back → train a small SiT with DC-Embedding + alignment → sample a grid (each
+row labelled with its class) → FID against all 1,797 digits and the demo classifier's accuracy on the samples. Every stage
 keeps its output under OUT, and re-running continues where it stopped (build and training
 resume; sampling and evaluation are redone).
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+from PIL import Image, ImageDraw, ImageFont
 
 from d2c_pack.build import BuildConfig, build
 from d2c_pack.configs import DemoConfig
@@ -57,13 +58,14 @@ def run_demo(config: DemoConfig) -> DemoReport:
         lambda: build(BuildConfig(**recipe | {"out": str(out / "data"), "device": config.device})),
     )
     _, where, revision = report.timed("publish", lambda: _publish(data, config.push_to), lambda published: published[0])
-    report.timed("load_dataset", lambda: _load(where, revision), lambda d: f"{d.num_rows} rows, columns {', '.join(d.column_names)}")
+    loaded = report.timed("load_dataset", lambda: _load(where, revision), lambda d: f"{d.num_rows} rows, columns {', '.join(d.column_names)}")
     settings = training | {"data": str(data), "out": str(out / "run"), "steps": config.steps, "device": config.device}
     settings["ckpt_every"] = min(settings["ckpt_every"], config.steps)
     settings["ckpt_every_seconds"] = CHECKPOINT_SECONDS
     run = report.timed("model (train)", lambda: train(TrainConfig(**settings)))
     sampling = config.sampling()
-    report.timed("sample grid", lambda: sample_grid(run, out / "samples.png", sampling=sampling, device=config.device))
+    names = loaded.features["label"].names
+    report.timed("sample grid", lambda: label_rows(sample_grid(run, out / "samples.png", sampling=sampling, device=config.device), names))
     metrics = report.timed(
         "evaluation",
         lambda: evaluate(
@@ -74,6 +76,23 @@ def run_demo(config: DemoConfig) -> DemoReport:
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report.rows.append(("metrics", str(out / "eval.json"), 0.0))
     return report
+
+
+def label_rows(grid: Path, names: list[str]) -> Path:
+    """Writes each class's name left of its row of a sample grid (one row per class, 1 px padding), in place."""
+    image = Image.open(grid).convert("RGB")
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image)
+    boxes = [draw.textbbox((0, 0), name, font=font) for name in names]
+    margin = max(right for _, _, right, _ in boxes) + 6
+    labelled = Image.new("RGB", (image.width + margin, image.height), "white")
+    labelled.paste(image, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
+    row_height = (image.height - 1) / len(names)
+    for row, (name, (_, top, _, bottom)) in enumerate(zip(names, boxes)):
+        draw.text((3, 1 + row * row_height + (row_height - bottom - top) / 2), name, fill="black", font=font)
+    labelled.save(grid)
+    return grid
 
 
 def _publish(data: Path, repo_id: str | None) -> tuple[str, str, str | None]:

@@ -251,7 +251,7 @@ def train(config: TrainConfig) -> Path:
     )  # fmt: skip
     metrics = _MetricsLog(out / "metrics.jsonl", after_step=run.step) if context.is_main else None
     means = _RunningMeans(context)
-    with progress_bar("train", total=config.steps, completed=run.step) as advance:
+    with progress_bar("train", total=config.steps, completed=run.step, unit="steps", lines_from_log=True) as advance:
         tic, seen, saved_at = time.perf_counter(), 0, time.monotonic()
         for batch in _batches(data.dataset, batches, config, context):
             means.add(_train_step(run, forward, batch, offset=batches.rank_slice.start))
@@ -262,9 +262,10 @@ def train(config: TrainConfig) -> Path:
             if run.step % config.log_every == 0 or run.step == config.steps:
                 late = config.ckpt_every_seconds is not None and time.monotonic() - saved_at >= config.ckpt_every_seconds
                 logged, timed_out = means.read(late)
-                advance(0, description=f"train loss {logged['loss']:.4f}")
+                images_per_second = seen / (time.perf_counter() - tic)
+                advance.log(loss=logged["loss"], images_per_second=images_per_second)
                 if metrics:
-                    metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=seen / (time.perf_counter() - tic))
+                    metrics.write(step=run.step, **logged, lr=config.lr, images_per_second=images_per_second)
                 tic, seen = time.perf_counter(), 0
             if run.step % config.ckpt_every == 0 or run.step == config.steps or timed_out:
                 save_checkpoint(run, out)
