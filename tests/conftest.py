@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,38 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 from d2c_pack.models import DiT  # noqa: E402  (after the offline switches)
 
 
+def private_caches(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the Arrow files ``datasets`` prepares, and d2c-pack's default cache (``demo`` uses it), under ``root``."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf-cache"))
+    monkeypatch.setenv("D2C_PACK_CACHE", str(root / "d2c-cache"))
+
+
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the Arrow files ``datasets`` prepares, and d2c-pack's default cache (``demo`` uses it), out of the user's cache."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("D2C_PACK_CACHE", str(tmp_path / "d2c-cache"))
+    private_caches(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def demo_cache_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """d2c-pack's default cache after ``d2c-pack build --recipe demo``: the 1,797 digits scored, the subset's columns attached.
+
+    Built once a session, since scoring the digits is the demo's costliest step. Never change it: take ``demo_cache``.
+    """
+    from d2c_pack.build import BuildConfig, build
+    from d2c_pack.recipe import read_recipe
+
+    root = tmp_path_factory.mktemp("demo-build")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        private_caches(root, monkeypatch)
+        build(BuildConfig(**read_recipe("demo") | {"out": str(root / "out")}))
+    return root / "d2c-cache"
+
+
+@pytest.fixture
+def demo_cache(demo_cache_pristine: Path, tmp_path: Path) -> Path:
+    """This test's copy of ``demo_cache_pristine``, at d2c-pack's default cache (``datasets_cache`` points it here)."""
+    return Path(shutil.copytree(demo_cache_pristine, tmp_path / "d2c-cache"))
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:

@@ -19,9 +19,13 @@ import hub_server
 import pytest
 from hub_server import HubServer
 
+from d2c_pack.sources import open_source
+
 TESTS = Path(__file__).parent
-# The demo build, made quick: one timestep and small chunks, so scoring and attaching write many chunk files.
-BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "256"]
+# The demo build, made quick: the first 256 digits (DIGITS), one timestep and chunks of 32, so scoring writes
+# 8 chunk files and attaching 8 more, as the whole 1,797 digits in chunks of 256 do.
+DIGITS = 256
+BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "32"]
 BUILD_KILL_POINTS = [
     ("d2c_pack.chunks:ChunkCache.add", 1, "after"),  # scoring: first chunk stored
     ("d2c_pack.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
@@ -58,17 +62,27 @@ def killed_then_resumed(args: list[str], kill: tuple[str, int, str], cwd: Path |
 
 
 @pytest.fixture(scope="module")
-def reference_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """BUILD on an image folder of the first DIGITS demo digits (the PNG files of ``demo:digits``), in class folders 0..9."""
+    root = tmp_path_factory.mktemp("digits")
+    for record in open_source("demo:digits").iter_records(range(DIGITS)):
+        (root / str(record.label)).mkdir(exist_ok=True)
+        (root / str(record.label) / f"{record.index:04d}.png").write_bytes(record.data)
+    return [*BUILD, "--source", str(root)]
+
+
+@pytest.fixture(scope="module")
+def reference_build(tmp_path_factory: pytest.TempPathFactory, build_args: list[str]) -> Path:
     root = tmp_path_factory.mktemp("reference")
-    done = d2c_pack(*BUILD, "--out", str(root / "out"), "--work", str(root / "work"))
+    done = d2c_pack(*build_args, "--out", str(root / "out"), "--work", str(root / "work"))
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "out"
 
 
 @pytest.mark.parametrize("kill", BUILD_KILL_POINTS, ids=[f"{t.split(':')[1]}-{n}-{w}" for t, n, w in BUILD_KILL_POINTS])
-def test_a_killed_build_resumes_to_identical_bytes(reference_build: Path, tmp_path: Path, kill) -> None:
+def test_a_killed_build_resumes_to_identical_bytes(build_args: list[str], reference_build: Path, tmp_path: Path, kill) -> None:
     out = tmp_path / "out"
-    killed_then_resumed([*BUILD, "--out", str(out), "--work", str(tmp_path / "work")], kill)
+    killed_then_resumed([*build_args, "--out", str(out), "--work", str(tmp_path / "work")], kill)
     assert file_hashes(out) == file_hashes(reference_build)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]  # no half-written folder left beside it
 
@@ -93,6 +107,15 @@ def test_a_killed_push_resumes_and_the_hub_matches_the_manifest(hub: HubServer, 
 TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--batch-size", "16", "--log-every", "1"]
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, reference_build: Path) -> Path:
+    """The model folder of a TRAIN run on the reference build that was never interrupted."""
+    out = tmp_path_factory.mktemp("train") / "reference"
+    uninterrupted = d2c_pack(*TRAIN, "--data", str(reference_build), "--out", str(out))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    return out / "model"
+
+
 @pytest.mark.parametrize(
     "kill",
     [
@@ -101,10 +124,8 @@ TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--ba
     ],
     ids=["between-checkpoints", "mid-checkpoint"],
 )
-def test_a_killed_training_run_resumes_to_the_same_weights(reference_build: Path, tmp_path: Path, kill) -> None:
-    uninterrupted = d2c_pack(*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "reference"))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+def test_a_killed_training_run_resumes_to_the_same_weights(reference_build: Path, reference_run: Path, tmp_path: Path, kill) -> None:
     killed_then_resumed([*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "run")], kill)
-    assert file_hashes(tmp_path / "run" / "model") == file_hashes(tmp_path / "reference" / "model")
+    assert file_hashes(tmp_path / "run" / "model") == file_hashes(reference_run)
     metrics = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(1, 7))
