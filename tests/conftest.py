@@ -100,6 +100,27 @@ def make_official_scorer(folder: Path, family: str = "SiT", *, num_classes: int 
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_image_folder``, made once a session: read it, never change it."""
+    return make_image_folder(tmp_path_factory.mktemp("tiny") / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_official_scorer`` (SiT, 3 classes, 16 px), made once a session: never change it."""
+    return make_official_scorer(tmp_path_factory.mktemp("tiny-scorer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_scorer: Path) -> Path:
+    """A build of ``tiny_images`` (2 per class, no attached column) for ``tester/tiny-d2c``, made once a session: copy it to change it."""
+    root = tmp_path_factory.mktemp("tiny-build")
+    from d2c_pack.build import build
+
+    return build(build_config(root, tiny_images, tiny_scorer, budget="2/class", text_encoder="none", repo_id="tester/tiny-d2c"))
+
+
 def make_tiny_dinov2(folder: Path, *, image_size: int = 14, patch_size: int = 2) -> Path:
     """A tiny DINOv2 (random weights) saved with ``save_pretrained``: 49 patch tokens of width 32 at R = 16."""
     from transformers import Dinov2Config, Dinov2Model
