@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,38 @@ from d2c_pack.models import DiT  # noqa: E402  (after the offline switches)
 from d2c_pack.models.dit import get_2d_sincos_pos_embed  # noqa: E402
 
 
+def private_caches(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the Arrow files ``datasets`` prepares, and d2c-pack's default cache (``demo`` uses it), under ``root``."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf-cache"))
+    monkeypatch.setenv("D2C_PACK_CACHE", str(root / "d2c-cache"))
+
+
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the Arrow files ``datasets`` prepares, and d2c-pack's default cache (``demo`` uses it), out of the user's cache."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("D2C_PACK_CACHE", str(tmp_path / "d2c-cache"))
+    private_caches(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def demo_cache_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """d2c-pack's default cache after ``d2c-pack build --recipe demo``: the 1,797 digits scored, the subset's columns attached.
+
+    Built once a session, since scoring the digits is the demo's costliest step. Never change it: take ``demo_cache``.
+    """
+    from d2c_pack.build import BuildConfig, build
+    from d2c_pack.recipe import read_recipe
+
+    root = tmp_path_factory.mktemp("demo-build")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        private_caches(root, monkeypatch)
+        build(BuildConfig(**read_recipe("demo") | {"out": str(root / "out")}))
+    return root / "d2c-cache"
+
+
+@pytest.fixture
+def demo_cache(demo_cache_pristine: Path, tmp_path: Path) -> Path:
+    """This test's copy of ``demo_cache_pristine``, at d2c-pack's default cache (``datasets_cache`` points it here)."""
+    return Path(shutil.copytree(demo_cache_pristine, tmp_path / "d2c-cache"))
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
@@ -111,6 +139,27 @@ def make_repa_checkpoint(path: Path, *, encoder_depth: int = 2, **shape) -> dict
     opt = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}
     torch.save({"model": model, "ema": ema, "opt": opt, "args": args, "steps": 3}, path)
     return {"model": model, "ema": ema}
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_image_folder``, made once a session: read it, never change it."""
+    return make_image_folder(tmp_path_factory.mktemp("tiny") / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make_official_scorer`` (SiT, 3 classes, 16 px), made once a session: never change it."""
+    return make_official_scorer(tmp_path_factory.mktemp("tiny-scorer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_scorer: Path) -> Path:
+    """A build of ``tiny_images`` (2 per class, no attached column) for ``tester/tiny-d2c``, made once a session: copy it to change it."""
+    root = tmp_path_factory.mktemp("tiny-build")
+    from d2c_pack.build import build
+
+    return build(build_config(root, tiny_images, tiny_scorer, budget="2/class", text_encoder="none", repo_id="tester/tiny-d2c"))
 
 
 def make_tiny_dinov2(folder: Path, *, image_size: int = 14, patch_size: int = 2) -> Path:

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import CLASS_SIZES, make_image_folder, make_official_scorer
+from conftest import CLASS_SIZES
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 
@@ -24,8 +24,8 @@ from d2c_pack.package import row_features
 
 
 @pytest.fixture
-def inputs(tmp_path: Path) -> tuple[Path, Path]:
-    return make_image_folder(tmp_path / "images"), make_official_scorer(tmp_path / "models")
+def inputs(tiny_images: Path, tiny_scorer: Path) -> tuple[Path, Path]:
+    return tiny_images, tiny_scorer
 
 
 def build_config(tmp_path: Path, inputs: tuple[Path, Path], **overrides) -> BuildConfig:

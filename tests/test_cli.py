@@ -186,12 +186,12 @@ def test_cli_help_benchmark_tiny(tmp_path: Path) -> None:
     assert {row["command"] for row in payload["rows"]} >= {"d2c-pack --help", "hf --help"}
 
 
-def test_demo_main_job_scores_once_and_selects_many(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_demo_main_job_scores_once_and_selects_many(tmp_path: Path, demo_cache: Path, monkeypatch, capsys) -> None:
     """The README's main job (`build --recipe demo`), after a `score` pass that it reuses."""
-    work = ["--work", str(tmp_path / "work")]
+    work = ["--work", str(demo_cache)]
     assert run_cli(monkeypatch, "score", "--recipe", "demo", *work) == 0  # a build recipe: its selection keys are ignored
     assert "1,797 images scored" in capsys.readouterr().out
-    (chunks,) = (tmp_path / "work" / "scores").glob("*/chunks")
+    (chunks,) = (demo_cache / "scores").glob("*/chunks")
     stamps = {p: p.stat().st_mtime_ns for p in chunks.iterdir()}
 
     assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(tmp_path / "d2c"), *work) == 0
@@ -223,10 +223,10 @@ def test_build_user_errors_are_one_line(tmp_path: Path, monkeypatch, capsys, arg
     assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args] + extra, message)
 
 
-def test_demo_acceptance_flow(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_demo_acceptance_flow(tmp_path: Path, demo_cache: Path, monkeypatch, capsys) -> None:
     """build --recipe demo → train --recipe demo --data → sample RUN → eval RUN --data, at tiny sizes."""
     data, run = tmp_path / "data", tmp_path / "run"
-    assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(data), "--work", str(tmp_path / "work")) == 0
+    assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(data), "--work", str(demo_cache)) == 0
     assert run_cli(monkeypatch, "train", "--recipe", "demo", "--data", str(data), "--steps", "3", "--out", str(run)) == 0
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 3 and {"velocity_loss", "align_loss", "loss"} <= set(json.loads(lines[-1]))

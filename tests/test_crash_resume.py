@@ -3,7 +3,9 @@
 Each kill point is a callable of the pipeline and a call count (tests/killpoint.py); the process
 kills itself there with SIGKILL, so nothing is flushed or cleaned up, as in a power cut or an
 OOM kill. The same command is then re-run unchanged, and every output file must be
-byte-identical (sha256) to the output of a run that was never interrupted.
+byte-identical (sha256) to the output of a run that was never interrupted. Build and train
+processes are forked by a server that has imported the tool once (killpoint.Server): a new
+interpreter would spend most of each run importing torch.
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hub_server
 import pytest
 from hub_server import HubServer
+from killpoint import Server
+
+from d2c_pack.sources import open_source
 
 TESTS = Path(__file__).parent
-# The demo build, made quick: one timestep and small chunks, so scoring and attaching write many chunk files.
-BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "256"]
+# The demo build, made quick: the first 256 digits (DIGITS), one timestep and chunks of 32, so scoring writes
+# 8 chunk files and attaching 8 more, as the whole 1,797 digits in chunks of 256 do.
+DIGITS = 256
+BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "32"]
 BUILD_KILL_POINTS = [
     ("d2c_pack.chunks:ChunkCache.add", 1, "after"),  # scoring: first chunk stored
     ("d2c_pack.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
@@ -40,7 +48,10 @@ BUILD_KILL_POINTS = [
 ]
 
 
-def d2c_pack(*args: str, kill: tuple[str, int, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def d2c_pack(*args: str, kill: tuple[str, int, str] | None = None, cwd: Path | None = None, server: Server | None = None) -> subprocess.CompletedProcess:
+    """``d2c-pack ARGS`` in a process of its own, forked by ``server`` if given, SIGKILLed at ``kill`` if given."""
+    if server:
+        return server.run(list(args), kill, cwd)
     prefix = [str(TESTS / "killpoint.py"), kill[0], str(kill[1]), kill[2], "--"] if kill else ["-m", "d2c_pack"]
     return subprocess.run([sys.executable, *prefix, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
@@ -49,26 +60,45 @@ def file_hashes(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def killed_then_resumed(args: list[str], kill: tuple[str, int, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    killed = d2c_pack(*args, kill=kill, cwd=cwd)
+def killed_then_resumed(args: list[str], kill: tuple[str, int, str], cwd: Path | None = None, server: Server | None = None) -> subprocess.CompletedProcess:
+    killed = d2c_pack(*args, kill=kill, cwd=cwd, server=server)
     assert killed.returncode == -signal.SIGKILL, f"{kill} was never reached (exit {killed.returncode}): {killed.stderr[-2000:]}"
-    resumed = d2c_pack(*args, cwd=cwd)
+    resumed = d2c_pack(*args, cwd=cwd, server=server)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return resumed
 
 
 @pytest.fixture(scope="module")
-def reference_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Forks the build and train commands from one process that imported the tool (push runs in new processes:
+    huggingface_hub reads the address of the test's Hub when it is imported)."""
+    server = Server(tmp_path_factory.mktemp("killpoint"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def build_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """BUILD on an image folder of the first DIGITS demo digits (the PNG files of ``demo:digits``), in class folders 0..9."""
+    root = tmp_path_factory.mktemp("digits")
+    for record in open_source("demo:digits").iter_records(range(DIGITS)):
+        (root / str(record.label)).mkdir(exist_ok=True)
+        (root / str(record.label) / f"{record.index:04d}.png").write_bytes(record.data)
+    return [*BUILD, "--source", str(root)]
+
+
+@pytest.fixture(scope="module")
+def reference_build(tmp_path_factory: pytest.TempPathFactory, server: Server, build_args: list[str]) -> Path:
     root = tmp_path_factory.mktemp("reference")
-    done = d2c_pack(*BUILD, "--out", str(root / "out"), "--work", str(root / "work"))
+    done = d2c_pack(*build_args, "--out", str(root / "out"), "--work", str(root / "work"), server=server)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "out"
 
 
 @pytest.mark.parametrize("kill", BUILD_KILL_POINTS, ids=[f"{t.split(':')[1]}-{n}-{w}" for t, n, w in BUILD_KILL_POINTS])
-def test_a_killed_build_resumes_to_identical_bytes(reference_build: Path, tmp_path: Path, kill) -> None:
+def test_a_killed_build_resumes_to_identical_bytes(server: Server, build_args: list[str], reference_build: Path, tmp_path: Path, kill) -> None:
     out = tmp_path / "out"
-    killed_then_resumed([*BUILD, "--out", str(out), "--work", str(tmp_path / "work")], kill)
+    killed_then_resumed([*build_args, "--out", str(out), "--work", str(tmp_path / "work")], kill, server=server)
     assert file_hashes(out) == file_hashes(reference_build)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]  # no half-written folder left beside it
 
@@ -110,6 +140,15 @@ def test_a_killed_push_resumes_and_the_hub_matches_the_manifest(hub: HubServer, 
 TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--batch-size", "16", "--log-every", "1"]
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, server: Server, reference_build: Path) -> Path:
+    """The model folder of a TRAIN run on the reference build that was never interrupted."""
+    out = tmp_path_factory.mktemp("train") / "reference"
+    uninterrupted = d2c_pack(*TRAIN, "--data", str(reference_build), "--out", str(out), server=server)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    return out / "model"
+
+
 @pytest.mark.parametrize(
     "kill",
     [
@@ -118,10 +157,8 @@ TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--ba
     ],
     ids=["between-checkpoints", "mid-checkpoint"],
 )
-def test_a_killed_training_run_resumes_to_the_same_weights(reference_build: Path, tmp_path: Path, kill) -> None:
-    uninterrupted = d2c_pack(*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "reference"))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    killed_then_resumed([*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "run")], kill)
-    assert file_hashes(tmp_path / "run" / "model") == file_hashes(tmp_path / "reference" / "model")
+def test_a_killed_training_run_resumes_to_the_same_weights(server: Server, reference_build: Path, reference_run: Path, tmp_path: Path, kill) -> None:
+    killed_then_resumed([*TRAIN, "--data", str(reference_build), "--out", str(tmp_path / "run")], kill, server=server)
+    assert file_hashes(tmp_path / "run" / "model") == file_hashes(reference_run)
     metrics = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(1, 7))

@@ -35,12 +35,11 @@ hub = hub_server.hub
 
 
 @pytest.fixture(scope="module")
-def subsets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def subsets(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_scorer: Path) -> dict[str, Path]:
     """Two condensed datasets of 12 images at R = 16: pixels with text + visual columns, and with a latent column."""
     root = tmp_path_factory.mktemp("subsets")
-    images, scorer = make_image_folder(root / "images"), make_official_scorer(root / "scorer")
     settings = dict(
-        source=str(images), scorer=str(scorer), resolution=16, timesteps=2, workers=0, device="cpu", work=str(root / "work"),
+        source=str(tiny_images), scorer=str(tiny_scorer), resolution=16, timesteps=2, workers=0, device="cpu", work=str(root / "work"),
         budget="4/class", text_encoder="demo:minilm", visual_encoder=str(make_tiny_dinov2(root / "dinov2")),
     )  # fmt: skip
     return {

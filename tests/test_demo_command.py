@@ -16,7 +16,7 @@ hub = hub_server.hub
 TINY = ["--steps", "3", "--num-samples", "20", "--sampling-steps", "2"]
 
 
-def test_demo_builds_publishes_loads_trains_samples_and_evaluates(hub: HubServer, tmp_path: Path) -> None:
+def test_demo_builds_publishes_loads_trains_samples_and_evaluates(hub: HubServer, demo_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--push-to", "tester/digits-d2c", *TINY], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import hub_server
 import pytest
-from conftest import make_image_folder, make_official_scorer
 from hub_server import HubServer
 from huggingface_hub.utils import _http
 
 from d2c_pack import cli, hub_retry
-from d2c_pack.build import BuildConfig, build
 from d2c_pack.demo import flow
 from d2c_pack.hub import PushConfig, push
 from d2c_pack.hub_retry import RetryPolicy
@@ -26,27 +24,13 @@ REPO = "tester/faulty-d2c"
 FAULTS = ("429", "500", "502", "503", "drop")
 
 
-@pytest.fixture(scope="module")
-def scorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_official_scorer(tmp_path_factory.mktemp("scorer") / "scorer")
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, scorer: Path) -> Path:
-    root = tmp_path_factory.mktemp("faulty")
-    return build(BuildConfig(
-        source=str(make_image_folder(root / "images")), scorer=str(scorer), resolution=16, timesteps=2, workers=0, device="cpu",
-        work=str(root / "work"), out=str(root / "out"), budget="2/class", text_encoder="none", visual_encoder="none", vae="none", repo_id=REPO,
-    ))  # fmt: skip
-
-
 @pytest.fixture
-def pushed(hub: HubServer, built: Path, monkeypatch: pytest.MonkeyPatch) -> HubServer:
-    """``built`` pushed as REPO@v1.0; retries shortened for every Hub call, huggingface_hub's own backoff included."""
+def pushed(hub: HubServer, tiny_build: Path, monkeypatch: pytest.MonkeyPatch) -> HubServer:
+    """``tiny_build`` pushed as REPO@v1.0; retries shortened for every Hub call, huggingface_hub's own backoff included."""
     monkeypatch.setattr(hub_retry, "DEFAULT_POLICY", RetryPolicy(attempts=12, base_delay=0.02, max_delay=1.0, max_wait=60.0))
     for backoff in (_http.http_backoff, _http.http_stream_backoff.__wrapped__):  # the latter is a contextmanager
         monkeypatch.setattr(backoff, "__kwdefaults__", backoff.__kwdefaults__ | {"base_wait_time": 0.01, "max_wait_time": 0.05})
-    push(PushConfig(repo_id=REPO, source_dir=str(built), tag="v1.0"))
+    push(PushConfig(repo_id=REPO, source_dir=str(tiny_build), tag="v1.0"))
     return hub
 
 
@@ -75,19 +59,19 @@ COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_hub_reading_command_completes_while_a_fifth_of_the_requests_fail(
-    pushed: HubServer, scorer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str
+    pushed: HubServer, tiny_scorer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str
 ) -> None:
     pushed.inject_faults(0.2, FAULTS, seed=4, retry_after=0)  # this seed fails each command once huggingface_hub and datasets do not retry
-    code = run_cli(monkeypatch, *COMMANDS[command](tmp_path, scorer))
+    code = run_cli(monkeypatch, *COMMANDS[command](tmp_path, tiny_scorer))
     err = capsys.readouterr().err
     assert code == 0, err
     assert pushed.faults and "Traceback" not in err  # faults were met and retried through
 
 
-def test_the_demo_publish_step_completes_while_a_fifth_of_the_requests_fail(pushed: HubServer, built: Path) -> None:
+def test_the_demo_publish_step_completes_while_a_fifth_of_the_requests_fail(pushed: HubServer, tiny_build: Path) -> None:
     """``demo --push-to``'s Hub calls: push (tag moved with --force) and ``load_dataset`` of the pushed version."""
     pushed.inject_faults(0.2, FAULTS, seed=4, retry_after=0)
-    _, where, revision = flow._publish(built, REPO)
+    _, where, revision = flow._publish(tiny_build, REPO)
     assert flow._load(where, revision).num_rows == 6 and pushed.faults
 
 
@@ -98,9 +82,9 @@ FAILURES = {"missing": "does not exist|doesn't exist", "token": "401", "unavaila
 @pytest.mark.parametrize("failure", FAILURES)
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_hub_failure_retries_cannot_cure_is_one_line_and_exit_2(
-    pushed: HubServer, scorer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str, failure: str
+    pushed: HubServer, tiny_scorer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str, failure: str
 ) -> None:
-    args = COMMANDS[command](tmp_path, scorer)
+    args = COMMANDS[command](tmp_path, tiny_scorer)
     if failure == "missing":
         args = [arg.replace(REPO, "tester/no-such-repo") for arg in args]
     elif failure == "token":

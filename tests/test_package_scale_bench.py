@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_tiny_benchmark
 
 
@@ -11,12 +12,17 @@ def test_tiny_run_reports_rate_memory_and_disk(tmp_path: Path) -> None:
     (result,) = run_tiny_benchmark("package_scale.py", tmp_path, timeout=600)["results"]
     assert result["rows"] == 40 and list(result["stages"]) == ["package", "verify", "push", "train"]
     package = result["stages"]["package"]
-    assert package["rows_per_second"] > 0 and 50 * 2**20 < package["peak_rss_bytes"] < 8 * 2**30
+    # Each rate is the stage's work over its own wall seconds, so the table's rates and seconds agree.
+    assert package["rows_per_second"] == pytest.approx(40 / package["seconds"]) and 50 * 2**20 < package["peak_rss_bytes"] < 8 * 2**30
     assert 40 * 400_000 < package["output_bytes"] < 40 * 800_000  # ~562 kB a row, as ImageNet rows with every Attach column
     assert package["peak_extra_disk_bytes"] <= 0.1 * package["output_bytes"]  # the shards are the only copy
-    assert result["stages"]["verify"]["bytes_per_second"] > 0 and result["stages"]["verify"]["output_bytes"] == 0
+    verify = result["stages"]["verify"]
+    assert verify["bytes_per_second"] * verify["seconds"] == pytest.approx(package["output_bytes"]) and verify["output_bytes"] == 0
     push = result["stages"]["push"]
     assert push["uploaded_bytes"] >= package["output_bytes"] and push["peak_extra_disk_bytes"] <= 0  # nothing cached client-side
+    assert push["bytes_per_second"] == pytest.approx(push["uploaded_bytes"] / push["seconds"])
     train = result["stages"]["train"]
-    assert (train["steps"], train["batch_size"]) == (2, 8) and train["rows_per_second"] > 0 and train["reader_rows_per_second"] > 0
+    assert (train["steps"], train["batch_size"]) == (2, 8)
+    # The trainer's and the reader's rows/s are measured inside the stage: their 16 rows take less than its wall seconds.
+    assert 16 / train["rows_per_second"] < train["seconds"] and 16 / train["reader_rows_per_second"] < train["seconds"]
     assert train["datasets_cache_bytes"] == 0 and train["peak_extra_disk_bytes"] <= 0  # read in place: no copy anywhere

@@ -15,7 +15,7 @@ import datasets
 import httpx2
 import hub_server
 import pytest
-from conftest import encode, make_image_folder, make_official_scorer, noise_image
+from conftest import build_config, encode, make_official_scorer, noise_image
 from hub_server import READ_TOKEN, WRITE_TOKEN, HubServer
 from huggingface_hub import HfApi, _commit_api
 from huggingface_hub.errors import HfHubHTTPError
@@ -31,18 +31,10 @@ REPO = "tester/tiny-d2c"
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def builds(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_scorer: Path, tiny_build: Path) -> dict[str, Path]:
     """Two different builds of the same source (v1.0: 2 per class, v1.1: 4 per class)."""
     root = tmp_path_factory.mktemp("builds")
-    images, scorer = make_image_folder(root / "images"), make_official_scorer(root / "scorer")
-    settings = dict(
-        source=str(images), scorer=str(scorer), resolution=16, timesteps=2, workers=0, device="cpu", work=str(root / "work"),
-        text_encoder="none", visual_encoder="none", vae="none", repo_id=REPO,
-    )  # fmt: skip
-    return {
-        "v1.0": build(BuildConfig(**settings, budget="2/class", out=str(root / "v1.0"))),
-        "v1.1": build(BuildConfig(**settings, budget="4/class", out=str(root / "v1.1"))),
-    }
+    return {"v1.0": tiny_build, "v1.1": build(build_config(root, tiny_images, tiny_scorer, budget="4/class", text_encoder="none", repo_id=REPO))}
 
 
 def cli(*args: str) -> tuple[int, str]:

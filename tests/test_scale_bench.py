@@ -21,8 +21,11 @@ def test_tiny_run_reports_every_stage(tmp_path: Path) -> None:
     for stage, figures in result["stages"].items():
         assert 0 <= figures["seconds"] < 60, stage
         assert 50 * 2**20 < figures["peak_rss_bytes"] < baseline + 2**30, stage  # a few thousand rows add little
-    for stage in ("merge", "features", "kcenter", "herding", "package"):
-        assert result["stages"][stage]["seconds"] > 0, stage
+    # The figures rank the stages by the work they do, which is what the benchmark is read for.
+    seconds = {stage: figures["seconds"] for stage, figures in result["stages"].items()}
+    sorts = max(seconds[stage] for stage in ("interval", "min", "max", "medium", "random"))  # per-class sorts of 3,000 scores
+    assert min(seconds["kcenter"], seconds["herding"]) > sorts  # greedy passes over 768-wide features
+    assert min(seconds["merge"], seconds["features"], seconds["package"]) > seconds["read"]  # writing, or reading the features, vs the scores alone
 
 
 def test_synthetic_class_sizes_are_imagenet_shaped() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import CLASS_SIZES, make_image_folder, make_official_scorer
+from conftest import CLASS_SIZES, make_official_scorer
 from torch.overrides import TorchFunctionMode
 
 import d2c_pack
@@ -28,8 +28,8 @@ NUM_IMAGES = sum(CLASS_SIZES.values())  # readable images of the test folder (pl
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    return make_image_folder(tmp_path / "images")
+def folder(tiny_images: Path) -> Path:
+    return tiny_images
 
 
 def config_for(tmp_path: Path, folder: Path, scorer: Path, **overrides) -> ScoreConfig:
