@@ -210,3 +210,17 @@ def run_tiny_benchmark(script: str, tmp_path: Path, timeout: int) -> dict:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert list(tmp_path.iterdir()) == [out]  # the synthetic inputs and outputs are removed
     return json.loads(out.read_text())
+
+
+def one_and_two_processes(
+    args: list[str], one: list[str], two: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """``d2c-pack ARGS ONE`` in one process, then ``ARGS TWO`` under ``torchrun`` with 2 CPU ranks (one torch thread each); both must succeed."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"} | (env or {})
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    runs = []
+    for launcher, extra in (([sys.executable], one), (torchrun, two)):
+        run = subprocess.run([*launcher, "-m", "d2c_pack", *args, *extra], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs.append(run)
+    return runs[0], runs[1]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -15,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae
+from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae, one_and_two_processes
 
 from d2c_pack.arrays import array_feature, feature_shape
 from d2c_pack.attach.text import TextEncoder, class_prompts, encode_class_prompts
@@ -138,12 +135,7 @@ def test_torchrun_build_equals_single_process(tmp_path: Path, models) -> None:
         "--chunk-size", "8", "--workers", "0", "--device", "cpu", "--budget", "3/class", "--text-encoder", "demo:minilm",
         "--visual-encoder", str(models["visual"]), "--vae", str(models["vae"]),
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    single = [sys.executable, "-m", "d2c_pack", *args, "--out", str(tmp_path / "one"), "--work", str(tmp_path / "w1")]
-    assert subprocess.run(single, env=env, capture_output=True, text=True, timeout=300).returncode == 0
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
-    result = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two"), "--work", str(tmp_path / "w2")], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    one_and_two_processes(args, ["--out", str(tmp_path / "one"), "--work", str(tmp_path / "w1")], ["--out", str(tmp_path / "two"), "--work", str(tmp_path / "w2")])
     digests = [{p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()} for root in (tmp_path / "one", tmp_path / "two")]
     assert digests[0] == digests[1]
     chunks = [sorted(p.name for p in (tmp_path / work / "attach" / "visual").glob("*/chunks/*.parquet")) for work in ("w1", "w2")]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_image_folder, make_official_scorer, make_repa_checkpoint, make_tiny_dinov2, make_tiny_vae
+from conftest import make_image_folder, make_official_scorer, make_repa_checkpoint, make_tiny_dinov2, make_tiny_vae, one_and_two_processes
 from host_sync import HostSyncs
 from hub_server import HubServer
 from safetensors.torch import load_file
@@ -234,12 +231,7 @@ def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
         "train", "--data", str(subsets["pixels"]), "--model", "SiT-T/4", "--resolution", "16", "--vae", "none", "--no-learn-sigma",
         "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--workers", "0", "--log-every", "1", "--ckpt-every", "3", "--device", "cpu",
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "d2c_pack", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
-    pair = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert pair.returncode == 0, pair.stderr
+    one_and_two_processes(args, ["--out", str(tmp_path / "one")], ["--out", str(tmp_path / "two")])
     one = load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoints" / "0000003" / "model.safetensors"))
     # Zero-initialised layers (adaLN, the text MLP's last) take their first Adam steps from gradients near Adam's eps, where

@@ -6,9 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import torch
 import torch.nn.functional as F
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
 import torch_fidelity.metric_prc as prc
+from conftest import one_and_two_processes
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
@@ -410,12 +408,7 @@ def test_torchrun_eval_gives_the_metrics_of_one_process(tmp_path: Path) -> None:
         "eval", "demo:digits", "--reference", "demo:digits", "--features", ENCODER, "--num-samples", "13", "--batch-size", "4",
         "--sampling-steps", "2", "--cfg-scale", "1.5", "--device", "cpu", "--workers", "0",
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1", "D2C_PACK_CACHE": str(tmp_path / "cache")}
-    one = subprocess.run([sys.executable, "-m", "d2c_pack", *args, "--json", str(tmp_path / "one.json")], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
-    two = subprocess.run([*torchrun, *args, "--json", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr
+    _, two = one_and_two_processes(args, ["--json", str(tmp_path / "one.json")], ["--json", str(tmp_path / "two.json")], env={"D2C_PACK_CACHE": str(tmp_path / "cache")})
     results = json.loads((tmp_path / "two.json").read_text())
     assert results == json.loads((tmp_path / "one.json").read_text()) and results["num_samples"] == 13
     assert results["precision"] is not None and results["accuracy"] is not None

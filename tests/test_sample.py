@@ -6,9 +6,6 @@ import collections
 import contextlib
 import itertools
 import math
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import one_and_two_processes
 from host_sync import count_host_syncs
 from PIL import Image
 from torchdiffeq import odeint
@@ -498,11 +496,6 @@ def test_rank_batches_are_one_process_batches_shared_round_robin() -> None:
 def test_torchrun_two_ranks_write_the_npz_of_one_process(tmp_path: Path) -> None:
     """Rank 0 gathers and writes; the file is byte for byte one process's (7 samples in batches of 3: rank 1's last batch is empty)."""
     args = ["sample", "demo:digits", "--num-samples", "7", "--batch-size", "3", "--sampling-steps", "2", "--sampler", "euler-maruyama", "--cfg-scale", "1.5", "--device", "cpu"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "d2c_pack", *args, "--out", str(tmp_path / "one.npz")], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
-    two = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two.npz")], env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr
+    _, two = one_and_two_processes(args, ["--out", str(tmp_path / "one.npz")], ["--out", str(tmp_path / "two.npz")])
     assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
     assert two.stdout.count("wrote") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]
