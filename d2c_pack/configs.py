@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from d2c_pack.errors import UserError
 from d2c_pack.options import ATTACH, CARD, EVALUATION, MODEL, OUTPUT, RUN, SAMPLING, SCORING, SELECTION, SOURCE, TRAINING, flag
+from d2c_pack.paths import local_folder
 from d2c_pack.select.selectors import SELECTORS
 from d2c_pack.train.sampling import CFG_CHANNELS, LABEL_MODES, PRECISIONS, SAMPLERS, GuidanceInterval, Sampling
 
@@ -218,6 +219,8 @@ class TrainConfig(SourceArgs):
     compile: bool = flag(False, help="torch.compile the backbone.", panel=RUN)
 
     def __post_init__(self) -> None:
+        if self.data is not None:
+            local_folder(self.data)  # a mistyped folder fails before torch is imported (below) or the Hub asked
         from d2c_pack.models import BACKBONES
 
         if self.vae in ("none", ""):
@@ -374,6 +377,8 @@ class EvalConfig(SamplingArgs, ModelArgs):
     json: str | None = flag(None, help="Also write the results to this JSON file.", panel=OUTPUT)
 
     def __post_init__(self) -> None:
+        if self.data is not None:
+            local_folder(self.data)
         if (self.checkpoint is None) == (self.samples is None):
             raise UserError("give the samples to score: a model CHECKPOINT to sample, or --samples FILE.npz")
 
@@ -413,6 +418,9 @@ class DatasetArg:
 
     name: str = flag(help=DATASET_HELP, argument=True)
 
+    def __post_init__(self) -> None:
+        local_folder(self.name)  # a mistyped folder fails now, before the command imports anything heavy or asks the Hub
+
 
 @dataclasses.dataclass(kw_only=True)
 class VerifyConfig(DatasetArg):
@@ -449,6 +457,7 @@ class ExportConfig(DatasetArg):
     overwrite: bool = flag(False, help="Replace a non-empty --out that holds anything but this same export.", panel=OUTPUT)
 
     def __post_init__(self) -> None:
+        DatasetArg.__post_init__(self)
         if self.format not in EXPORT_FORMATS:
             raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
 

@@ -34,8 +34,9 @@ from d2c_pack.configs import PushConfig
 from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import git_blob_sha1
 from d2c_pack.hub_retry import RetryPolicy, hub_failure, hub_problem, status_of, with_retries
+from d2c_pack.paths import closest_folder
 from d2c_pack.progress import progress_bar
-from d2c_pack.verify import MANIFEST, LocalFolder, closest_folder, read_manifest, verify
+from d2c_pack.verify import MANIFEST, LocalFolder, read_manifest, verify
 
 T = TypeVar("T")
 CONFIG_FOLDERS = ("data/", "scores/")  # what load_dataset reads of the repository: nothing else may be there

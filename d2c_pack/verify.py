@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from d2c_pack.errors import UserError, first_line
 from d2c_pack.fingerprint import sha256_file
 from d2c_pack.hub_retry import hub_errors, with_retries
 from d2c_pack.layout import CARD_FILE, MANIFEST_FILE
+from d2c_pack.paths import local_folder
 from d2c_pack.shard_writer import cpu_workers
 
 MANIFEST = MANIFEST_FILE.as_posix()
@@ -129,38 +129,12 @@ def locate(name: str) -> Location:
     A name that reads as a path (it starts with ``.``, ``/`` or ``~``, names a file, or its first component is
     a folder here) is never sent to the Hub: a mistyped folder fails at once, naming the closest folder there is.
     """
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return LocalFolder(path)
-    if path.exists():
-        raise UserError(f"`{name}` is a file, not a dataset folder")
-    if looks_local(name):
-        raise UserError(f"no folder `{name}`" + (f" (did you mean `{close}`?)" if (close := closest_folder(path)) else ""))
+    if (folder := local_folder(name)) is not None:
+        return LocalFolder(folder)
     repo_id, _, revision = name.partition("@")
     if repo_id.count("/") != 1:
         raise UserError(f"{name!r} is neither a dataset folder nor a Hub dataset ORG/NAME[@REVISION]")
     return HubRepo(repo_id, revision or None)
-
-
-def looks_local(name: str) -> bool:
-    """Whether ``name`` is meant as a path rather than a Hub name: it starts with ``.``, ``/`` or ``~``, something of
-    that name exists, or its first component is a local folder (``out/digits-d2cc``)."""
-    return name.startswith((".", "/", "~")) or Path(name).exists() or Path(name.split("/")[0]).is_dir()
-
-
-def closest_folder(path: Path) -> str | None:
-    """The folder whose name is closest to the first missing component of ``path`` (a typo's likely target), as the
-    user would write it; None if nothing is close."""
-    parent, missing = Path(path.parts[0]) if path.is_absolute() else Path("."), list(path.parts[1:] if path.is_absolute() else path.parts)
-    while missing and (parent / missing[0]).is_dir():
-        parent = parent / missing.pop(0)
-    if not missing or not parent.is_dir():
-        return None
-    siblings = [child.name for child in parent.iterdir() if child.is_dir()]
-    if not (match := difflib.get_close_matches(missing[0], siblings, n=1, cutoff=0.75)):
-        return None
-    candidate = parent / match[0] / Path(*missing[1:]) if len(missing) > 1 else parent / match[0]
-    return candidate.as_posix() if candidate.is_dir() else None
 
 
 def read_manifest(location: Location) -> dict:

@@ -190,3 +190,24 @@ def test_the_shipped_local_hub_takes_a_push_as_its_instructions_say(tmp_path: Pa
 def test_the_manifest_check_imports_no_model_library() -> None:
     code = "import d2c_pack.finished, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'diffusers', 'timm'}))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_a_mistyped_folder_is_refused_when_the_settings_are_made_before_any_heavy_import(tmp_path: Path) -> None:
+    (tmp_path / "out" / "digits-d2c").mkdir(parents=True)
+    code = """
+import sys
+from d2c_pack.configs import EvalConfig, ExportConfig, InspectConfig, TrainConfig
+from d2c_pack.errors import UserError
+settings = [
+    lambda: InspectConfig(name="out/digits-d2cc"), lambda: ExportConfig(name="out/digits-d2cc", format="repa", out="x"),
+    lambda: TrainConfig(data="out/digits-d2cc", out="run"), lambda: EvalConfig(checkpoint="demo:digits", data="out/digits-d2cc"),
+]
+for make in settings:
+    try:
+        make()
+    except UserError as err:
+        print(err)
+print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'datasets', 'transformers', 'huggingface_hub'}))
+"""
+    lines = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines == ["no folder `out/digits-d2cc` (did you mean `out/digits-d2c`?)"] * 4 + ["[]"]
