@@ -18,7 +18,7 @@ from d2c_pack.recipe import read_recipe, shipped_recipes
 # The library function each command hands its settings to; the test stops there.
 ENTRY_POINTS = {
     "score": ("d2c_pack.score", "score_source"),
-    "build": ("d2c_pack.build", "build"),
+    "build": ("d2c_pack.build", "build_folder"),
     "train": ("d2c_pack.train.loop", "train"),
     "train-encoder": ("d2c_pack.train.encoder", "train_encoder"),
 }
