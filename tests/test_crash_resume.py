@@ -104,18 +104,20 @@ def test_a_killed_build_resumes_to_identical_bytes(server: Server, build_args: l
 
 
 @pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_an_interrupted_build_says_so_in_one_line_and_resumes_to_identical_bytes(reference_build: Path, tmp_path: Path, name: str, status: int) -> None:
+def test_an_interrupted_build_says_so_in_one_line_and_resumes_to_identical_bytes(
+    server: Server, build_args: list[str], reference_build: Path, tmp_path: Path, name: str, status: int
+) -> None:
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM mid-scoring: one line on what was kept and that the same command continues."""
     out, work = tmp_path / "out", tmp_path / "work"
-    args = [*BUILD, "--out", str(out), "--work", str(work)]
-    stopped = d2c_pack(*args, kill=("d2c_pack.chunks:ChunkCache.add", 4, f"after:{name}"))
+    args = [*build_args, "--out", str(out), "--work", str(work)]
+    stopped = d2c_pack(*args, kill=("d2c_pack.chunks:ChunkCache.add", 4, f"after:{name}"), server=server)
     assert stopped.returncode == status, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr and "Aborted" not in stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"interrupted: what was scored and attached so far is cached in {work}; the same command continues where it stopped"
     )
     if name == "SIGINT":  # the cache is left as consistent as by a crash: the re-run completes to the same bytes
-        resumed = d2c_pack(*args)
+        resumed = d2c_pack(*args, server=server)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert file_hashes(out) == file_hashes(reference_build)
 
