@@ -224,6 +224,7 @@ def test_the_demo_reuses_the_quickstarts_score_cache_and_checkpoints_every_minut
         seen["train"] = config
         raise Stop
 
+    (tmp_path / "data").mkdir()  # what the stubbed build "built": training's settings refuse a folder that is not there
     monkeypatch.setattr(flow, "build", lambda config: seen.setdefault("build", config) and tmp_path / "data")
     monkeypatch.setattr(flow, "_publish", lambda data, repo_id: ("verified", str(data), None))
     monkeypatch.setattr(flow, "_load", lambda where, revision: SimpleNamespace(num_rows=180, column_names=["image", "label"]))
