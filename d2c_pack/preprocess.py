@@ -85,8 +85,12 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image → float32 tensor (3, H, W) in [-1, 1]; other modes go through ``to_rgb``."""
     if image.mode != "RGB":
         image = to_rgb(image)
-    array = np.asarray(image, dtype=np.float32)
-    return (torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1).contiguous()
+    return to_unit_range(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)).contiguous()
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape) → float32 in [-1, 1], the models' input range: one formula wherever crops become inputs."""
+    return pixels.float() / 127.5 - 1
 
 
 def tensor_to_image(tensor: torch.Tensor) -> Image.Image:

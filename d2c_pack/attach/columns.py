@@ -43,6 +43,7 @@ from d2c_pack.configs import AttachArgs
 from d2c_pack.distributed import Context
 from d2c_pack.errors import UserError
 from d2c_pack.latents import VaeSpace, load_latent_space
+from d2c_pack.preprocess import to_unit_range
 from d2c_pack.rowfile import RowFile, write_rows
 from d2c_pack.sources import ImageSource
 
@@ -166,7 +167,7 @@ class LatentColumn(ColumnGroup):
         self.cache = ChunkCache(work / "latent", cache_key | self.identity, _cache_schema(fields), chunk_size)
 
     def compute(self, batch: dict) -> pa.Table:
-        images = batch["crops"].to(self.device).float() / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
+        images = to_unit_range(batch["crops"].to(self.device))  # (B, 3, R, R) in [-1, 1]
         moments = self.space.posterior(images).half().cpu()  # (B, 2C, R/8, R/8)
         return _rows(batch, {"latent": list_array(moments.numpy())}, self.cache.schema)
 

@@ -28,7 +28,7 @@ import torch
 
 from d2c_pack.arrays import array_values, feature_dtype, feature_shape
 from d2c_pack.errors import UserError
-from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.preprocess import center_crop_adm, to_unit_range
 from d2c_pack.progress import progress_bar
 from d2c_pack.train.shards import ParquetShards
 
@@ -85,7 +85,7 @@ class SubsetArrays:
 def training_dtype(name: str, values: torch.Tensor) -> torch.Tensor:
     """Stored values → the trainer's: uint8 images → float32 in [-1, 1] (as ``image_to_tensor``), floats → float32, integers → int64."""
     if name == "image":
-        return values.float() / 127.5 - 1
+        return to_unit_range(values)
     return values.float() if values.is_floating_point() else values.long()
 
 
