@@ -10,7 +10,6 @@ checkout's code, whatever the venv has installed); ``hf`` is the entry point bes
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from _report import timing_parser
 from rich.console import Console
 from rich.table import Table
 
@@ -44,9 +44,7 @@ def wall_times(command: list[str], repeat: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--out", default="benchmarks/results/cli_help.json")
+    parser = timing_parser(__doc__.splitlines()[0], repeat=7, out="benchmarks/results/cli_help.json")
     parser.add_argument("--work", help="Unused: the benchmark writes no files but its report (kept for the --tiny test harness).")
     parser.add_argument("--tiny", action="store_true", help="One run per command: checks the benchmark works.")
     args = parser.parse_args()

@@ -23,9 +23,7 @@ and the demo's (text 16×384, 49 tokens × 64, and a 32 px latent standing in fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -35,15 +33,16 @@ from pathlib import Path
 
 import datasets
 import torch
+from _report import write_report
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_in_place import synthetic_build  # noqa: E402
 
-from d2c_pack.train.data import EpochPermutationBatches, collate_rows  # noqa: E402
-from d2c_pack.train.memory import decode_columns  # noqa: E402
-from d2c_pack.train.shards import ParquetShards, ShardRows, built_shards  # noqa: E402
+from d2c_pack.publish.shards import ParquetShards, ShardRows, built_shards  # noqa: E402
+from d2c_pack.training.data import EpochPermutationBatches, collate_rows  # noqa: E402
+from d2c_pack.training.memory import decode_columns  # noqa: E402
 
 COLUMNS = ["latent", "text_embedding", "text_mask", "visual_tokens"]
 ROW_SIZES = {
@@ -130,9 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rates = [f"{row[key]:,.0f}" for key in PATHS]
         table.add_row(name, f"{row['bytes_per_row'] / 1024:.1f}", f"{row['decode_rows_per_second']:,.0f}", *rates)
     Console().print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "results": results}
-    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.out, results, torch_threads=torch.get_num_threads(), batch_size=args.batch_size)
 
 
 if __name__ == "__main__":

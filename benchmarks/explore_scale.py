@@ -36,8 +36,8 @@ from rich.console import Console
 from rich.table import Table
 from scale import IMAGENET_ROWS, Layout, SyntheticSource
 
-from d2c_pack.explore import from_location, source_reader, write_page
-from d2c_pack.verify import LocalFolder
+from d2c_pack.publish.explore import from_location, source_reader, write_page
+from d2c_pack.publish.verify import LocalFolder
 
 TIMESTEPS = 8
 PHOTO_POOL = 512  # distinct JPEGs; image i is photo i mod PHOTO_POOL

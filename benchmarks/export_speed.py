@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,16 +22,17 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+from _report import write_report
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from d2c_pack.arrays import array_feature
-from d2c_pack.configs import EXPORT_FORMATS, ExportConfig
-from d2c_pack.export import export
-from d2c_pack.fingerprint import sha256_file
-from d2c_pack.shard_writer import parquet_options
-from d2c_pack.verify import MANIFEST
+from d2c_pack.core.arrays import array_feature
+from d2c_pack.core.fingerprint import sha256_file
+from d2c_pack.publish.export import export
+from d2c_pack.publish.settings import EXPORT_FORMATS, ExportConfig
+from d2c_pack.publish.shard_writer import parquet_options
+from d2c_pack.publish.verify import MANIFEST
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_in_place import SYNTHETIC_LATENT_INPUTS, folder_bytes  # noqa: E402  (the manifest a latent build records)
@@ -98,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for result in results:
         table.add_row(result["format"], f"{result['rows_per_second']:.1f}", f"{result['seconds']:.1f}", f"{result['rerun_seconds']:.2f}", f"{result['bytes'] / 2**20:.1f} MiB")
     Console().print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": platform.platform(), "cpus": os.cpu_count(), "resolution": args.resolution, "results": results}
-    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.json, results, resolution=args.resolution)
 
 
 if __name__ == "__main__":

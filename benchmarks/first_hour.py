@@ -16,7 +16,6 @@ A command that runs past ``--timeout`` seconds is stopped and recorded as such. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import timing_parser
 
 D2C_PACK = [sys.executable, "-m", "d2c_pack"]
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there, connections are refused
@@ -43,10 +44,8 @@ def wall_time(command: list[str], cwd: Path, env: dict[str, str], timeout: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = timing_parser(__doc__.splitlines()[0], repeat=3, out="benchmarks/results/first_hour.json")
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--out", default="benchmarks/results/first_hour.json")
     parser.add_argument("--work", help="Folder for the demo build (default: a temporary one, removed after).")
     parser.add_argument("--tiny", action="store_true", help="One run of each, the demo scored at one timestep: checks the benchmark works.")
     args = parser.parse_args()

@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2  # noqa: E402
 from host_sync import HostSyncs  # noqa: E402
 
-from d2c_pack.build import BuildConfig, build  # noqa: E402
-from d2c_pack.train.loop import TrainConfig, train  # noqa: E402
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig  # noqa: E402
+from d2c_pack.training.loop import train
+from d2c_pack.training.settings import TrainConfig  # noqa: E402
 
 
 def main() -> None:

@@ -45,15 +45,15 @@ from rich.console import Console
 from rich.table import Table
 
 import d2c_pack
-from d2c_pack.arrays import feature_dtype, feature_shape
-from d2c_pack.attach import Attached
-from d2c_pack.attach.columns import ColumnGroup
-from d2c_pack.contents import Package, Selection
-from d2c_pack.fingerprint import sha256_json
-from d2c_pack.package import write_package
-from d2c_pack.score import Scores
-from d2c_pack.sources import Entry, ImageSource
-from d2c_pack.verify import LocalFolder, verify
+from d2c_pack.attach.columns import Attached, ColumnGroup
+from d2c_pack.core.arrays import feature_dtype, feature_shape
+from d2c_pack.core.fingerprint import sha256_json
+from d2c_pack.publish.contents import Package
+from d2c_pack.publish.package import write_package
+from d2c_pack.publish.verify import LocalFolder, verify
+from d2c_pack.selection.score import Scores
+from d2c_pack.selection.subset import Selection
+from d2c_pack.sources.image_source import Entry, ImageSource
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parents[1] / "tests"))  # the local Hub server of the push stage
@@ -194,7 +194,8 @@ def run_push(setup: Setup) -> dict:
     from hub_server import WRITE_TOKEN, HubServer, use_hub  # the test suite's Hub-protocol server
     from pytest import MonkeyPatch
 
-    from d2c_pack.hub import PushConfig, push
+    from d2c_pack.publish.hub import push
+    from d2c_pack.publish.settings import PushConfig
 
     # The server keeps its objects outside the polled work folder (its copy is not the client's disk);
     # the client's HF caches are inside it, so anything the push cached would count.

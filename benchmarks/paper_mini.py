@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2c_pack.build import BuildConfig, build
-from d2c_pack.recipe import read_recipe
-from d2c_pack.train.evaluation import evaluate, load_features, load_reference
-from d2c_pack.train.loop import TrainConfig, train
-from d2c_pack.train.sampling import Sampling
+from d2c_pack.core.recipe import read_recipe
+from d2c_pack.diffusion.sampling import Sampling
+from d2c_pack.evaluation.evaluator import evaluate, load_features, load_reference
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.training.loop import train
+from d2c_pack.training.settings import TrainConfig
 
 RECIPE = Path(__file__).with_name("paper-mini.yaml")
 

@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # the local Hub server and the tiny bui
 from conftest import make_image_folder, make_official_scorer  # noqa: E402
 from hub_server import WRITE_TOKEN, HubServer, use_hub  # noqa: E402
 
-from d2c_pack.build import BuildConfig, build  # noqa: E402
-from d2c_pack.fingerprint import sha256_file  # noqa: E402
-from d2c_pack.hub import PushConfig, push  # noqa: E402
+from d2c_pack.core.fingerprint import sha256_file  # noqa: E402
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig  # noqa: E402
+from d2c_pack.publish.hub import push
+from d2c_pack.publish.settings import PushConfig  # noqa: E402
 
 
 def padded_build(root: Path, files: int, megabytes: int) -> Path:

@@ -20,9 +20,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from d2c_pack.arrays import array_feature, feature_shape
 from d2c_pack.attach.text import TEXT_LENGTH
-from d2c_pack.package import row_features
+from d2c_pack.core.arrays import array_feature, feature_shape
+from d2c_pack.publish.package import row_features
 
 IMAGENET_MEAN_JPEG_BYTES = 110_000
 ROWS = 200

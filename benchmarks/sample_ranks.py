@@ -13,9 +13,7 @@ the ranks draw the batches one process draws, and rank 0 writes them in index or
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -25,8 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from _report import print_table, write_report
 
 
 def timed_sample(command: list[str], env: dict[str, str]) -> float:
@@ -89,16 +86,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         shutil.rmtree(work)
 
-    table = Table(title=f"sample {args.model}: {args.num_samples} samples, {args.sampling_steps} {args.sampler} steps, batch {args.batch_size}")
-    for column in ("1 process (s)", f"{args.ranks} ranks (s)", "ratio of medians", "identical .npz"):
-        table.add_column(column, justify="right")
     seconds = lambda runs: " / ".join(f"{s:.1f}" for s in runs)  # noqa: E731
-    table.add_row(seconds(result["one_process_seconds"]), seconds(result["ranks_seconds"]), f"{result['ratio']:.2f}", str(result["identical"]))
-    Console().print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": platform.platform(), "cpus": os.cpu_count(), "results": [result]}
-    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-
+    print_table(
+        f"sample {args.model}: {args.num_samples} samples, {args.sampling_steps} {args.sampler} steps, batch {args.batch_size}",
+        ("1 process (s)", f"{args.ranks} ranks (s)", "ratio of medians", "identical .npz"),
+        [(seconds(result["one_process_seconds"]), seconds(result["ranks_seconds"]), f"{result['ratio']:.2f}", str(result["identical"]))],
+    )
+    write_report(args.out, [result])
 
 if __name__ == "__main__":
     main()

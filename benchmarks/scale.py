@@ -45,24 +45,25 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from d2c_pack.attach import Attached
-from d2c_pack.build import FEATURE_SELECTORS, BuildConfig, select_subset
-from d2c_pack.chunks import ChunkCache, error_rows, list_array
-from d2c_pack.contents import Package
-from d2c_pack.fingerprint import sha256_json
-from d2c_pack.finished import resolved_recipe
-from d2c_pack.package import write_package
-from d2c_pack.progress import progress_bar
-from d2c_pack.score import CACHE_SCHEMA, read_scores, score_features
-from d2c_pack.select import SELECTORS
-from d2c_pack.sources import Entry, ImageSource
+from d2c_pack.attach.columns import Attached
+from d2c_pack.core.fingerprint import sha256_json
+from d2c_pack.core.progress import progress_bar
+from d2c_pack.pipeline.finished import resolved_recipe
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.publish.contents import Package
+from d2c_pack.publish.package import write_package
+from d2c_pack.selection.chunks import ChunkCache, error_rows, list_array
+from d2c_pack.selection.score import CACHE_SCHEMA, Scores, read_scores, score_features
+from d2c_pack.selection.selectors import SELECTORS, Features
+from d2c_pack.selection.subset import FEATURE_SELECTORS, Selection, select_subset
+from d2c_pack.sources.image_source import Entry, ImageSource
 
 IMAGENET_ROWS, IMAGENET_CLASSES = 1_281_167, 1000
 SMALLEST_CLASS, LARGEST_CLASS = 732, 1300
 CHUNK_SIZE = 4096  # ScoreConfig's default
 TIMESTEPS = 8
 UNREADABLE = 3  # rows with an error, as a real source has a few
-PRELOAD = ["d2c_pack.build", "d2c_pack.package", "d2c_pack.score"]  # imported once by the server the stage processes fork from
+PRELOAD = ["d2c_pack.pipeline.build", "d2c_pack.publish.package", "d2c_pack.selection.score"]  # imported once by the server the stage processes fork from
 STAGES = ("baseline", "merge", "read", "features", *SELECTORS, "package")
 
 
@@ -197,11 +198,16 @@ def run_merge(setup: Setup) -> float:
     return _timed(lambda: cache.merge(range(setup.rows), setup.scores_file))
 
 
+def select(setup: Setup, scores: Scores, num_classes: int, selector: str, features: Features | None = None) -> Selection:
+    """``select_subset`` as ``build`` calls it, with a budget of ``setup.subset`` images."""
+    return select_subset(scores, num_classes, budget=str(setup.subset), selector=selector, interval="auto", seed=0, features=features)
+
+
 def run_select(setup: Setup, selector: str) -> float:
     scores = read_scores(setup.scores_file)
     features = score_features(setup.scores_file) if selector in FEATURE_SELECTORS else None
     num_classes = int(scores.labels.max()) + 1
-    return _timed(lambda: select_subset(build_config(setup, selector), scores, num_classes, features))
+    return _timed(lambda: select(setup, scores, num_classes, selector, features))
 
 
 def run_package(setup: Setup) -> float:
@@ -209,7 +215,7 @@ def run_package(setup: Setup) -> float:
     scores = read_scores(setup.scores_file)
     config = build_config(setup, "interval")
     tic = time.perf_counter()
-    selection = select_subset(config, scores, source.num_classes, None)
+    selection = select(setup, scores, source.num_classes, "interval")
     inputs = {"source_fingerprint": source.fingerprint(), "scorer_sha256": "0" * 64, "scorer_prediction": "epsilon", "scorer_vae_sha256": None, "selection_features": None}
     package = Package(source, scores, selection, resolved_recipe(config, selection.interval), inputs, Attached([]), {}, True)
     write_package(package, Path(config.out))

@@ -34,10 +34,10 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.gpu.scoring import jpeg_folder
-from d2c_pack.configs import ScoreConfig
-from d2c_pack.latents import PixelSpace
-from d2c_pack.models import BackboneConfig, backbone_config, save_backbone
-from d2c_pack.score import DifficultyScorer, score_source
+from d2c_pack.models.checkpoint import BackboneConfig, backbone_config, save_backbone
+from d2c_pack.models.latents import PixelSpace
+from d2c_pack.selection.score import DifficultyScorer, score_source
+from d2c_pack.selection.settings import ScoreConfig
 
 
 def measure(scorer: DifficultyScorer, batch_size: int, timesteps: int, *, repeats: int, device: torch.device) -> float:

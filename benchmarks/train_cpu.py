@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _report import write_report
 from rich.console import Console
 from rich.table import Table
 
@@ -93,9 +93,7 @@ def main() -> None:
         ratio = f"{row['step_time_vs_demo']:.2f}× / {row['cpu_step_time_vs_demo']:.2f}×" if "step_time_vs_demo" in row else ""
         table.add_row(name, f"{row['steps_per_second']:.2f}", f"{row['images_per_second']:.0f}", f"{row['peak_rss_mb']:.0f} MB", ratio)
     Console().print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"steps": args.steps, "batch_size": args.batch_size, "machine": platform.platform(), "cpus": os.cpu_count(), "results": results}
-    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.json, results, steps=args.steps, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":

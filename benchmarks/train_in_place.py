@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.table import Table
+from _report import print_table, write_report
 
-from d2c_pack.arrays import array_feature
-from d2c_pack.fingerprint import sha256_file
-from d2c_pack.shard_writer import ROW_GROUP_BYTES, parquet_options
-from d2c_pack.verify import MANIFEST
+from d2c_pack.core.arrays import array_feature
+from d2c_pack.core.fingerprint import sha256_file
+from d2c_pack.publish.shard_writer import ROW_GROUP_BYTES, parquet_options
+from d2c_pack.publish.verify import MANIFEST
 
 # What a build's manifest records of the VAE behind its latent column (training reads it from there): the SD VAE's
 # name and scale, and a placeholder hash, since the synthetic latents come from no VAE.
@@ -86,8 +84,9 @@ def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int,
     import torch
     from torch.utils.data import DataLoader
 
-    from d2c_pack.train.data import EpochPermutationBatches, collate_rows
-    from d2c_pack.train.loop import TrainConfig, prepare_data
+    from d2c_pack.training.data import EpochPermutationBatches, collate_rows
+    from d2c_pack.training.loop import prepare_data
+    from d2c_pack.training.settings import TrainConfig
 
     config = TrainConfig(data=data, out="unused", batch_size=batch_size, workers=workers, data_memory_gb=0, **flags)
     cached, datasets.config.HF_DATASETS_CACHE = datasets.config.HF_DATASETS_CACHE, str(cache)
@@ -166,18 +165,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows_per_group = pq.read_metadata(next(Path(data).glob("data/*.parquet"))).row_group(0).num_rows
             result |= {"synthetic": {"rows": args.rows, "resolution": args.resolution, "rows_per_group": rows_per_group}}
 
-    table = Table(title=f"train {args.model} {args.steps} steps reading {args.data or 'a synthetic build'} in place, batch {args.batch_size}")
-    for column in ("train rows/s", "reader rows/s", "peak RSS", "peak extra disk"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result['train_rows_per_second']:.1f}", f"{result['reader_rows_per_second']:.1f}",
-        f"{result['peak_rss_bytes'] / 2**20:.0f} MiB", f"{result['peak_extra_disk_bytes'] / 2**20:.1f} MiB",
+    print_table(
+        f"train {args.model} {args.steps} steps reading {args.data or 'a synthetic build'} in place, batch {args.batch_size}",
+        ("train rows/s", "reader rows/s", "peak RSS", "peak extra disk"),
+        [(
+            f"{result['train_rows_per_second']:.1f}", f"{result['reader_rows_per_second']:.1f}",
+            f"{result['peak_rss_bytes'] / 2**20:.0f} MiB", f"{result['peak_extra_disk_bytes'] / 2**20:.1f} MiB",
+        )],
     )  # fmt: skip
-    Console().print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": platform.platform(), "cpus": os.cpu_count(), "results": [result]}
-    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-
+    write_report(args.json, [result])
 
 if __name__ == "__main__":
     main()

@@ -24,9 +24,9 @@ import torch
 from diffusers import AutoencoderKL
 from scipy.stats import kendalltau, spearmanr
 
-from d2c_pack.configs import ScoreConfig
-from d2c_pack.models import backbone_config, save_backbone
-from d2c_pack.score import read_scores, score_source
+from d2c_pack.models.checkpoint import backbone_config, save_backbone
+from d2c_pack.selection.score import read_scores, score_source
+from d2c_pack.selection.settings import ScoreConfig
 
 RESOLUTION = 32
 # stabilityai/sd-vae-ft-ema's config with narrower blocks (its 128…512 channels would take minutes per pass on a CPU)

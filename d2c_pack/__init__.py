@@ -16,8 +16,6 @@ The functions below live in :mod:`d2c_pack.api` and are loaded on first use, so 
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from d2c_pack.version import __version__
@@ -35,19 +33,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'd2c_pack' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """``d2c_pack`` whose public functions keep their names when the submodules of the same names load.
-
-    ``build``, ``select``, ``train`` and ``verify`` are also submodules (``from d2c_pack.build import
-    BuildConfig`` works as ever); importing one would otherwise make the package attribute the module.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,10 +1,10 @@
 """The ``d2c-pack`` command line: a thin Typer layer over the library.
 
 Every command is made one way, by :func:`config_command`: its options are the fields of its
-settings dataclass in ``d2c_pack.configs`` (declared once, with their help text and ``--help``
+settings dataclass in its stage's ``settings`` module (declared once, with their help text and ``--help``
 panel), merged with ``--recipe`` where it takes one, and it calls one library function. The
 library is imported inside each command, so listing the commands or their options (``--help``)
-imports no torch, transformers or datasets. A :class:`~d2c_pack.errors.UserError` is printed as
+imports no torch, transformers or datasets. A :class:`~d2c_pack.core.errors.UserError` is printed as
 one line and exits with status 2; ``--debug`` shows the traceback instead. Ctrl-C (SIGINT) or
 SIGTERM prints one line, what was kept and whether the same command continues from it, and exits
 with 130 or 143.
@@ -34,25 +34,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from d2c_pack.configs import (
-    PAGE_CONTENTS,
-    BuildConfig,
-    CardConfig,
-    DemoConfig,
-    EncoderTrainConfig,
-    EvalConfig,
-    ExploreConfig,
-    ExportConfig,
-    InspectConfig,
-    PushConfig,
-    SampleConfig,
-    ScoreConfig,
-    TrainConfig,
-    VerifyConfig,
-)
-from d2c_pack.errors import UserError
-from d2c_pack.options import display_name, is_option, is_required
-from d2c_pack.recipe import read_recipe
+from d2c_pack.core.errors import UserError
+from d2c_pack.core.options import display_name, is_option, is_required
+from d2c_pack.core.recipe import read_recipe
+from d2c_pack.evaluation.settings import EvalConfig, SampleConfig
+from d2c_pack.pipeline.settings import BuildConfig, DemoConfig
+from d2c_pack.publish.settings import PAGE_CONTENTS, CardConfig, ExploreConfig, ExportConfig, InspectConfig, PushConfig, VerifyConfig
+from d2c_pack.selection.settings import ScoreConfig
+from d2c_pack.training.settings import EncoderTrainConfig, TrainConfig
 from d2c_pack.version import __version__
 
 
@@ -155,7 +144,7 @@ def config_command(
     recipe_ignores: frozenset[str] = frozenset(),
     kept: Callable[[Any], str] | None = None,
 ) -> None:
-    """Registers command ``name`` whose options are the :func:`~d2c_pack.options.flag` fields of ``config_class``.
+    """Registers command ``name`` whose options are the :func:`~d2c_pack.core.options.flag` fields of ``config_class``.
 
     Args:
         name: The command's name.
@@ -246,7 +235,7 @@ def merge_recipe(ctx: typer.Context, recipe: dict, ignored: frozenset[str] = fro
 
 
 def _score(config: ScoreConfig) -> str:
-    from d2c_pack.score import read_scores, score_source, summarize
+    from d2c_pack.selection.score import read_scores, score_source, summarize
 
     tic = time.perf_counter()
     scores_file = score_source(config)
@@ -254,12 +243,12 @@ def _score(config: ScoreConfig) -> str:
 
 
 def _build(config: BuildConfig) -> str:
-    from d2c_pack.finished import finished_build  # loads no model library: a finished build is found in seconds
+    from d2c_pack.pipeline.finished import finished_build  # loads no model library: a finished build is found in seconds
 
     up_to_date = f"{config.out} is up to date: built before from these settings and inputs; nothing to do"
     if finished_build(config) == "same":
         return up_to_date
-    from d2c_pack.build import build_folder, describe_build
+    from d2c_pack.pipeline.build import build_folder, describe_build
 
     built = build_folder(config)
     if built.out is None:
@@ -268,13 +257,13 @@ def _build(config: BuildConfig) -> str:
 
 
 def _train(config: TrainConfig) -> str:
-    from d2c_pack.train.loop import train
+    from d2c_pack.training.loop import train
 
     return f"trained model: {train(config)}"
 
 
 def _demo(config: DemoConfig) -> None:
-    from d2c_pack.demo.flow import run_demo
+    from d2c_pack.pipeline.demo import run_demo
 
     report = run_demo(config)
     table = Table("stage", "output", "seconds", title="d2c-pack demo")
@@ -284,13 +273,13 @@ def _demo(config: DemoConfig) -> None:
 
 
 def _train_encoder(config: EncoderTrainConfig) -> str:
-    from d2c_pack.train.encoder import train_encoder
+    from d2c_pack.training.encoder import train_encoder
 
     return f"trained encoder: {train_encoder(config)}"
 
 
 def _sample(config: SampleConfig) -> str:
-    from d2c_pack.train.sample import sample_grid, sample_npz
+    from d2c_pack.evaluation.sample import sample_grid, sample_npz
 
     settings = dict(checkpoint=config.checkpoint, out=config.out, sampling=config.sampling(), device=config.device, vae=config.vae, num_heads=config.num_heads)
     if config.out.endswith(".npz"):
@@ -301,7 +290,7 @@ def _sample(config: SampleConfig) -> str:
 
 
 def _eval(config: EvalConfig) -> None:
-    from d2c_pack.train.evaluation import INCEPTION, evaluate, evaluate_npz, subset_defaults
+    from d2c_pack.evaluation.evaluator import INCEPTION, evaluate, evaluate_npz, subset_defaults
 
     default_reference, default_features = subset_defaults(config.data) if config.data else (None, INCEPTION)
     if (config.reference or default_reference) is None:
@@ -327,7 +316,7 @@ def _eval(config: EvalConfig) -> None:
 
 
 def _push(config: PushConfig) -> str:
-    from d2c_pack.hub import push
+    from d2c_pack.publish.hub import push
 
     result = push(config)
     pushed = f"pushed {config.source_dir} to {config.repo_id} at {result.commit[:12]}" + (f", tagged {config.tag}" if config.tag else "")
@@ -335,7 +324,7 @@ def _push(config: PushConfig) -> str:
 
 
 def _verify(config: VerifyConfig) -> str:
-    from d2c_pack.verify import locate, verify
+    from d2c_pack.publish.verify import locate, verify
 
     location = locate(config.name)
     problems = verify(location)
@@ -347,28 +336,28 @@ def _verify(config: VerifyConfig) -> str:
 
 
 def _inspect(config: InspectConfig) -> None:
-    from d2c_pack.verify import describe, locate, print_tables
+    from d2c_pack.publish.verify import describe, locate, print_tables
 
     print_tables(describe(locate(config.name)))
 
 
 def _card(config: CardConfig) -> str:
-    from d2c_pack.card import update_card
-    from d2c_pack.layout import MANIFEST_FILE
+    from d2c_pack.publish.card import update_card
+    from d2c_pack.publish.layout import MANIFEST_FILE
 
     path = update_card(Path(config.folder), license=config.license, description=config.description, pretty_name=config.pretty_name)
     return f"wrote {path}; {Path(config.folder) / MANIFEST_FILE} re-sealed"
 
 
 def _export(config: ExportConfig) -> str:
-    from d2c_pack.export import export
+    from d2c_pack.publish.export import export
 
     out = export(config)
     return f"exported {config.name} to {out} ({config.format}); {out / 'README.md'} says how to train on it"
 
 
 def _explore(config: ExploreConfig) -> str:
-    from d2c_pack.explore import explore
+    from d2c_pack.publish.explore import explore
 
     return f"wrote {explore(config.name, Path(config.out), config.source)}"
 
@@ -499,7 +488,7 @@ def main() -> None:
         stderr.print(f"[bold]{interrupted}[/]", highlight=False, soft_wrap=True, markup=True)
         sys.exit(interrupted.status)
     except Exception as err:
-        from d2c_pack.hub_retry import hub_failure, hub_problem  # the Hub client: imported only when something failed
+        from d2c_pack.core.hub_retry import hub_failure, hub_problem  # the Hub client: imported only when something failed
 
         failure = None if isinstance(err, UserError) else hub_failure(err)
         if _show_tracebacks or not (isinstance(err, UserError) or failure):

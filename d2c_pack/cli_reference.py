@@ -1,6 +1,6 @@
 """The CLI reference (``docs/cli.md``), generated from the commands' settings and their flag metadata.
 
-Every command's options are the :func:`~d2c_pack.options.flag` fields of its settings dataclass,
+Every command's options are the :func:`~d2c_pack.core.options.flag` fields of its settings dataclass,
 so the reference is made from the same declarations as ``--help``: what a flag does, its default
 and its panel are written once. ``python -m d2c_pack.cli_reference > docs/cli.md`` rewrites the
 file; a test fails when the committed file differs from what this prints.
@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from d2c_pack.cli import COMMANDS, RECIPE_HELP, CommandSpec
-from d2c_pack.options import is_option, is_required
+from d2c_pack.core.options import is_option, is_required
 
 HEADER = """# CLI reference
 

@@ -20,8 +20,10 @@ from PIL import Image
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from d2c_pack.models import DiT  # noqa: E402  (after the offline switches)
-from d2c_pack.models.dit import get_2d_sincos_pos_embed  # noqa: E402
+from d2c_pack.models.dit import (
+    DiT,
+    get_2d_sincos_pos_embed,  # noqa: E402
+)
 
 
 def private_caches(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,8 +44,9 @@ def demo_cache_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Built once a session, since scoring the digits is the demo's costliest step. Never change it: take ``demo_cache``.
     """
-    from d2c_pack.build import BuildConfig, build
-    from d2c_pack.recipe import read_recipe
+    from d2c_pack.core.recipe import read_recipe
+    from d2c_pack.pipeline.build import build
+    from d2c_pack.pipeline.settings import BuildConfig
 
     root = tmp_path_factory.mktemp("demo-build")
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -157,7 +160,7 @@ def tiny_scorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_build(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_scorer: Path) -> Path:
     """A build of ``tiny_images`` (2 per class, no attached column) for ``tester/tiny-d2c``, made once a session: copy it to change it."""
     root = tmp_path_factory.mktemp("tiny-build")
-    from d2c_pack.build import build
+    from d2c_pack.pipeline.build import build
 
     return build(build_config(root, tiny_images, tiny_scorer, budget="2/class", text_encoder="none", repo_id="tester/tiny-d2c"))
 
@@ -189,7 +192,7 @@ def make_tiny_vae(folder: Path) -> Path:
 
 def build_config(tmp_path: Path, images: Path, scorer: Path, **overrides):
     """A ``BuildConfig`` for tiny pixel-space scorers at 16 px: 4 images per class, class-prompt text, no visual or latent column."""
-    from d2c_pack.build import BuildConfig
+    from d2c_pack.pipeline.settings import BuildConfig
 
     settings = dict(
         source=str(images), scorer=str(scorer), resolution=16, timesteps=2, batch_size=8, chunk_size=16, workers=0, device="cpu",

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 # What a build imports, and most of the time a run spends before its first step: imported once by the server.
-PRELOAD = ("d2c_pack.cli", "d2c_pack.build", "d2c_pack.demo", "transformers", "matplotlib")
+PRELOAD = ("d2c_pack.cli", "d2c_pack.pipeline.build", "d2c_pack.demo", "transformers", "matplotlib")
 
 
 def arm(target: str, nth: int, when: str, signum: int = signal.SIGKILL) -> None:

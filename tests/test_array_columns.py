@@ -22,11 +22,12 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 from rich.console import Console
 
-from d2c_pack.arrays import array_feature, array_values, feature_dtype, feature_shape
-from d2c_pack.build import BuildConfig, build
-from d2c_pack.package import column_array
-from d2c_pack.train.loop import TrainConfig, prepare_data
-from d2c_pack.verify import LocalFolder, describe, verify
+from d2c_pack.core.arrays import array_feature, array_values, column_array, feature_dtype, feature_shape
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.publish.verify import LocalFolder, describe, verify
+from d2c_pack.training.loop import prepare_data
+from d2c_pack.training.settings import TrainConfig
 
 ROWS = 9
 # Every array column of the tiny build: text (demo:minilm, L = 16), visual (tiny DINOv2, 7 × 7 tokens), latent (tiny VAE at R/2).

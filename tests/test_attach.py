@@ -14,14 +14,15 @@ import pytest
 import torch
 from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae, one_and_two_processes
 
-from d2c_pack.arrays import array_feature, feature_shape
 from d2c_pack.attach.text import TextEncoder, class_prompts, encode_class_prompts
 from d2c_pack.attach.visual import VisualEncoder
-from d2c_pack.build import BuildConfig, build
-from d2c_pack.latents import load_latent_space
-from d2c_pack.preprocess import center_crop_adm
-from d2c_pack.select import kcenter_select
-from d2c_pack.sources import open_source
+from d2c_pack.core.arrays import array_feature, feature_shape
+from d2c_pack.models.latents import load_latent_space
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.selection.selectors import kcenter_select
+from d2c_pack.sources.image_source import open_source
+from d2c_pack.sources.preprocess import center_crop_adm
 
 
 @pytest.fixture(scope="module")

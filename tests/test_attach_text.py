@@ -26,8 +26,8 @@ from d2c_pack.attach.text import (
     encode_class_prompts,
     first_synonym,
 )
-from d2c_pack.errors import UserError
-from d2c_pack.registry import resolve_model_path
+from d2c_pack.core.errors import UserError
+from d2c_pack.core.registry import resolve_model_path
 
 WORDS = ["a", "photo", "of", "tench", "great", "white", "shark", "goldfish", "crane", "the", "on", "in", "dog", "cat", "sitting", "red"]
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]

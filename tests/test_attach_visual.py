@@ -17,13 +17,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
+from d2c_pack.attach.settings import DEFAULT_VISUAL_ENCODER
 from d2c_pack.attach.visual import VisualEncoder, dinov2_inputs, encoder_input_size
-from d2c_pack.configs import DEFAULT_VISUAL_ENCODER
-from d2c_pack.errors import UserError
-from d2c_pack.preprocess import center_crop_adm
-from d2c_pack.registry import resolve_model_path
-from d2c_pack.sources import open_source
-from d2c_pack.train.encoder import classifier_inputs
+from d2c_pack.core.errors import UserError
+from d2c_pack.core.registry import resolve_model_path
+from d2c_pack.sources.image_source import open_source
+from d2c_pack.sources.preprocess import center_crop_adm
+from d2c_pack.training.encoder import classifier_inputs
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=7)
 # DINOv2's own geometry (14 px patches, a 37×37 position grid from 518 px pretraining) at width 32.

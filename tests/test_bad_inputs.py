@@ -24,7 +24,7 @@ from conftest import encode, make_official_scorer, noise_image
 from PIL import Image
 from test_cli import run_cli
 
-from d2c_pack.preprocess import center_crop_adm
+from d2c_pack.sources.preprocess import center_crop_adm
 
 SCORE_FLAGS = ["--resolution", "16", "--timesteps", "2", "--workers", "0", "--device", "cpu"]
 BUILD_FLAGS = [*SCORE_FLAGS, "--text-encoder", "none", "--visual-encoder", "none", "--vae", "none"]

@@ -17,10 +17,12 @@ from conftest import CLASS_SIZES
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard
 
-from d2c_pack import cli, package
-from d2c_pack.build import BuildConfig, build
-from d2c_pack.errors import UserError
-from d2c_pack.package import row_features
+from d2c_pack import cli
+from d2c_pack.core.errors import UserError
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.publish import package
+from d2c_pack.publish.package import row_features
 
 
 @pytest.fixture

@@ -19,13 +19,14 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCard
 from typer.testing import CliRunner
 
-from d2c_pack.build import build
-from d2c_pack.card import card_data, grid_text, selection_text, training_hint, update_card
 from d2c_pack.cli import app
-from d2c_pack.contents import hub_dataset_id
-from d2c_pack.errors import UserError
-from d2c_pack.hub import PushConfig, push
-from d2c_pack.verify import LocalFolder, locate, verify
+from d2c_pack.core.errors import UserError
+from d2c_pack.pipeline.build import build
+from d2c_pack.publish.card import card_data, grid_text, selection_text, training_hint, update_card
+from d2c_pack.publish.contents import hub_dataset_id
+from d2c_pack.publish.hub import push
+from d2c_pack.publish.settings import PushConfig
+from d2c_pack.publish.verify import LocalFolder, locate, verify
 
 hub = hub_server.hub
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from d2c_pack import cli
-from d2c_pack.configs import BuildConfig
+from d2c_pack.pipeline.settings import BuildConfig
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -263,7 +263,7 @@ def test_sample_and_eval_read_their_recipe_sections(tmp_path: Path, monkeypatch,
 
 def test_every_shipped_recipe_fits_the_commands_it_names() -> None:
     """Each `d2c-pack COMMAND --recipe NAME` line of a shipped recipe: every key it gives COMMAND is one of COMMAND's options."""
-    from d2c_pack.recipe import read_recipe, shipped_recipes
+    from d2c_pack.core.recipe import read_recipe, shipped_recipes
 
     commands = typer.main.get_command(cli.app).commands
     checked = 0

@@ -23,7 +23,7 @@ import pytest
 from hub_server import HubServer
 from killpoint import Server
 
-from d2c_pack.sources import open_source
+from d2c_pack.sources.image_source import open_source
 
 TESTS = Path(__file__).parent
 # The demo build, made quick: the first 256 digits (DIGITS), one timestep and chunks of 32, so scoring writes
@@ -31,20 +31,20 @@ TESTS = Path(__file__).parent
 DIGITS = 256
 BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "32"]
 BUILD_KILL_POINTS = [
-    ("d2c_pack.chunks:ChunkCache.add", 1, "after"),  # scoring: first chunk stored
-    ("d2c_pack.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
+    ("d2c_pack.selection.chunks:ChunkCache.add", 1, "after"),  # scoring: first chunk stored
+    ("d2c_pack.selection.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
     ("os:replace", 6, "before"),  # scoring: a chunk's temporary file written, not renamed into place
-    ("d2c_pack.chunks:ChunkCache.add", 8, "after"),  # scoring: every chunk stored, the merged file not yet
+    ("d2c_pack.selection.chunks:ChunkCache.add", 8, "after"),  # scoring: every chunk stored, the merged file not yet
     ("pyarrow.parquet:ParquetWriter.write_table", 11, "after"),  # scoring: 8 chunks stored, the merged file a few chunks in
-    ("d2c_pack.chunks:ChunkCache.merge", 1, "after"),  # scoring done
-    ("d2c_pack.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
-    ("d2c_pack.chunks:ChunkCache.add", 14, "before"),  # attaching: later
-    ("d2c_pack.package:write_split", 1, "before"),  # packaging: nothing written
-    ("d2c_pack.shard_writer:HashingFile.write", 3, "after"),  # packaging: the data shard half written
-    ("d2c_pack.package:write_split", 1, "after"),  # packaging: data shard written
-    ("d2c_pack.package:write_assets", 1, "after"),  # packaging: card figures written
-    ("d2c_pack.package:write_split", 2, "after"),  # packaging: scores shard written
-    ("d2c_pack.package:_file_list", 1, "after"),  # packaging: everything but the manifest and the final rename
+    ("d2c_pack.selection.chunks:ChunkCache.merge", 1, "after"),  # scoring done
+    ("d2c_pack.selection.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
+    ("d2c_pack.selection.chunks:ChunkCache.add", 14, "before"),  # attaching: later
+    ("d2c_pack.publish.package:write_split", 1, "before"),  # packaging: nothing written
+    ("d2c_pack.publish.shard_writer:HashingFile.write", 3, "after"),  # packaging: the data shard half written
+    ("d2c_pack.publish.package:write_split", 1, "after"),  # packaging: data shard written
+    ("d2c_pack.publish.package:write_assets", 1, "after"),  # packaging: card figures written
+    ("d2c_pack.publish.package:write_split", 2, "after"),  # packaging: scores shard written
+    ("d2c_pack.publish.package:_file_list", 1, "after"),  # packaging: everything but the manifest and the final rename
 ]
 
 
@@ -110,7 +110,7 @@ def test_an_interrupted_build_says_so_in_one_line_and_resumes_to_identical_bytes
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM mid-scoring: one line on what was kept and that the same command continues."""
     out, work = tmp_path / "out", tmp_path / "work"
     args = [*build_args, "--out", str(out), "--work", str(work)]
-    stopped = d2c_pack(*args, kill=("d2c_pack.chunks:ChunkCache.add", 4, f"after:{name}"), server=server)
+    stopped = d2c_pack(*args, kill=("d2c_pack.selection.chunks:ChunkCache.add", 4, f"after:{name}"), server=server)
     assert stopped.returncode == status, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr and "Aborted" not in stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == (
@@ -154,8 +154,8 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, server: Server, refe
 @pytest.mark.parametrize(
     "kill",
     [
-        ("d2c_pack.train.loop:_train_step", 3, "after"),  # between checkpoints: steps 3 is lost and redone
-        ("d2c_pack.train.loop:save_backbone", 2, "after"),  # mid-checkpoint: weights written, the checkpoint not complete
+        ("d2c_pack.training.loop:_train_step", 3, "after"),  # between checkpoints: steps 3 is lost and redone
+        ("d2c_pack.training.loop:save_backbone", 2, "after"),  # mid-checkpoint: weights written, the checkpoint not complete
     ],
     ids=["between-checkpoints", "mid-checkpoint"],
 )

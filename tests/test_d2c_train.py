@@ -17,16 +17,18 @@ from host_sync import HostSyncs
 from hub_server import HubServer
 from safetensors.torch import load_file
 
-from d2c_pack.build import BuildConfig, build
-from d2c_pack.errors import UserError
-from d2c_pack.latents import VaeSpace
-from d2c_pack.models import BACKBONES, load_backbone, load_class_text
-from d2c_pack.models.checkpoint import read_state_dict
+from d2c_pack.core.errors import UserError
+from d2c_pack.models.checkpoint import load_backbone, load_class_text, read_state_dict
 from d2c_pack.models.d2c import D2CSiT, DCEmbedding
-from d2c_pack.train.data import SubsetRows, collate_rows
-from d2c_pack.train.loop import TrainConfig, alignment_loss, model_inputs, prepare_data, resize_token_grid, step_randomness, train
-from d2c_pack.train.memory import SubsetArrays
-from d2c_pack.train.shards import ParquetShards, ShardRows
+from d2c_pack.models.dit import BACKBONES
+from d2c_pack.models.latents import VaeSpace
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.publish.shards import ParquetShards, ShardRows
+from d2c_pack.training.data import SubsetRows, collate_rows
+from d2c_pack.training.loop import alignment_loss, model_inputs, prepare_data, resize_token_grid, step_randomness, train
+from d2c_pack.training.memory import SubsetArrays
+from d2c_pack.training.settings import TrainConfig
 
 hub = hub_server.hub
 

@@ -8,10 +8,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from d2c_pack.models import load_backbone
-from d2c_pack.preprocess import tensor_to_image
-from d2c_pack.train.sample import generate
-from d2c_pack.train.sampling import Sampling
+from d2c_pack.diffusion.sampling import Sampling
+from d2c_pack.evaluation.sample import generate
+from d2c_pack.models.checkpoint import load_backbone
+from d2c_pack.sources.preprocess import tensor_to_image
 
 
 def as_sklearn_digit(image: Image.Image) -> np.ndarray:

@@ -20,11 +20,11 @@ from conftest import one_and_two_processes
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from d2c_pack.errors import UserError
-from d2c_pack.sources import open_source
-from d2c_pack.train import evaluation, metrics
-from d2c_pack.train.adm_npz import ImageBatches
-from d2c_pack.train.evaluation import (
+from d2c_pack.core.errors import UserError
+from d2c_pack.diffusion.sampling import Sampling
+from d2c_pack.evaluation import evaluator, metrics
+from d2c_pack.evaluation.adm_npz import ImageBatches
+from d2c_pack.evaluation.evaluator import (
     FeatureAccumulator,
     Reference,
     classifier_predictions,
@@ -39,9 +39,9 @@ from d2c_pack.train.evaluation import (
     score_samples,
     source_batches,
 )
-from d2c_pack.train.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
-from d2c_pack.train.sample import sample_labels, sample_npz
-from d2c_pack.train.sampling import Sampling
+from d2c_pack.evaluation.metrics import FeatureStatistics, Moments, frechet_distance, inception_score, precision_recall
+from d2c_pack.evaluation.sample import sample_labels, sample_npz
+from d2c_pack.sources.image_source import open_source
 
 ENCODER = "demo:digits-encoder"
 
@@ -63,7 +63,7 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for module in network.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight)
-    path = tmp_path_factory.mktemp("inception") / evaluation.INCEPTION_WEIGHTS_NAME
+    path = tmp_path_factory.mktemp("inception") / evaluator.INCEPTION_WEIGHTS_NAME
     torch.save(network.state_dict(), path)
     return path
 
@@ -214,7 +214,7 @@ def test_fid_is_zero_on_the_reference_set_and_grows_with_noise(tmp_path: Path, d
     assert distances[0] > 0
 
     # The second call reads the cache: no image is looked at.
-    monkeypatch.setattr(evaluation, "source_batches", lambda *args, **kwargs: pytest.fail("reference features recomputed"))
+    monkeypatch.setattr(evaluator, "source_batches", lambda *args, **kwargs: pytest.fail("reference features recomputed"))
     cached = reference_from_source("demo:digits", network, 32, work_dir=tmp_path)
     np.testing.assert_array_equal(cached.statistics.sigma, reference.statistics.sigma)
     assert torch.equal(cached.features, reference.features)
@@ -307,7 +307,7 @@ def test_adm_reference_batch_gives_fid_from_its_statistics_and_precision_recall_
         real = network(torch.from_numpy(reference_images).permute(0, 3, 1, 2))
         fake = network(torch.from_numpy(sample_images).permute(0, 3, 1, 2))
     compared = []  # (samples, reference) statistics of each Fréchet distance (its formula is tested above)
-    monkeypatch.setattr(evaluation, "frechet_distance", lambda a, b: compared.append((a, b)) or frechet_distance(a, b))
+    monkeypatch.setattr(evaluator, "frechet_distance", lambda a, b: compared.append((a, b)) or frechet_distance(a, b))
 
     # Statistics of a "whole training set" that are not the images': FID and sFID must use them.
     mu, sigma, mu_s, sigma_s = rng.normal(size=2048), np.eye(2048) * 0.01, rng.normal(size=2023), np.eye(2023) * 0.02
@@ -391,15 +391,15 @@ def test_eval_data_takes_its_reference_from_the_manifest_and_never_guesses(tmp_p
     (built / "d2c").mkdir(parents=True)
     manifest = {"source": {"spec": "demo:digits"}, "inputs": {"visual_encoder": ENCODER}}
     (built / "d2c" / "manifest.json").write_text(json.dumps(manifest))
-    assert evaluation.subset_defaults(str(built)) == ("demo:digits", ENCODER)
+    assert evaluator.subset_defaults(str(built)) == ("demo:digits", ENCODER)
     (built / "d2c" / "manifest.json").write_text(json.dumps(manifest | {"inputs": {"visual_encoder": "facebook/dinov2-base"}}))
-    assert evaluation.subset_defaults(str(built)) == ("demo:digits", evaluation.INCEPTION)
+    assert evaluator.subset_defaults(str(built)) == ("demo:digits", evaluator.INCEPTION)
     # A dataset d2c-pack did not build says nothing of the source it came from: no "hf:DATA with Inception" guess.
     (built / "d2c" / "manifest.json").unlink()
     with pytest.raises(UserError, match="no d2c/manifest.json.*pass --reference"):
-        evaluation.subset_defaults(str(built))
+        evaluator.subset_defaults(str(built))
     with pytest.raises(UserError, match="pass --reference"):
-        evaluation.subset_defaults(str(tmp_path / "missing"))
+        evaluator.subset_defaults(str(tmp_path / "missing"))
 
 
 def test_torchrun_eval_gives_the_metrics_of_one_process(tmp_path: Path) -> None:

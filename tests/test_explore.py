@@ -21,12 +21,15 @@ from hub_server import HubServer
 from PIL import Image
 from typer.testing import CliRunner
 
-from d2c_pack.build import BuildConfig, build
 from d2c_pack.cli import app
-from d2c_pack.errors import UserError
-from d2c_pack.explore import PAGE_FILE, SELECTED_THUMBNAILS, THUMBNAIL_SIZE, Explorable, ScoreColumns, explore, render_page
-from d2c_pack.hub import PushConfig, push
-from d2c_pack.verify import LocalFolder, verify
+from d2c_pack.core.errors import UserError
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.publish.explore import Explorable, ScoreColumns, explore, render_page
+from d2c_pack.publish.hub import push
+from d2c_pack.publish.layout import EXPLORE_PAGE
+from d2c_pack.publish.settings import SELECTED_THUMBNAILS, THUMBNAIL_SIZE, PushConfig
+from d2c_pack.publish.verify import LocalFolder, verify
 
 hub = hub_server.hub
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +100,7 @@ def subset_ids(out: Path) -> dict[str, list[str]]:
 
 def test_built_page_holds_every_class_and_exactly_the_subsets_selection(built) -> None:
     out, _ = built
-    parser, data = parse(out / PAGE_FILE)
+    parser, data = parse(out / EXPLORE_PAGE)
     by_class = subset_ids(out)
     assert [option.rsplit(" (", 1)[0] for option in parser.options] == list(by_class) == [c["name"] for c in data["classes"]]
     assert {c["name"]: [image[2] for image in c["sel"]] for c in data["classes"]} == by_class
@@ -112,12 +115,12 @@ def test_built_page_holds_every_class_and_exactly_the_subsets_selection(built) -
         assert all(image[3] for image in record["sel"] + record["rej"])  # the build has the source: every thumbnail
     # The page is part of the dataset: hashed in the manifest, linked from the card.
     assert verify(LocalFolder(out)) == []
-    assert PAGE_FILE in json.loads((out / "d2c/manifest.json").read_text())["files"]
-    assert f"]({PAGE_FILE})" in (out / "README.md").read_text()
+    assert EXPLORE_PAGE in json.loads((out / "d2c/manifest.json").read_text())["files"]
+    assert f"]({EXPLORE_PAGE})" in (out / "README.md").read_text()
 
 
 def test_thumbnails_are_small_webp_squares(built) -> None:
-    parser, data = parse(built[0] / PAGE_FILE)
+    parser, data = parse(built[0] / EXPLORE_PAGE)
     thumbnails = [image[3] for record in data["classes"] for image in record["sel"] + record["rej"]]
     for uri in thumbnails:
         head, payload = uri.split(",", 1)
@@ -125,14 +128,14 @@ def test_thumbnails_are_small_webp_squares(built) -> None:
         image = Image.open(io.BytesIO(base64.b64decode(payload)))
         assert (image.format, image.size) == ("WEBP", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     # Self-contained: no script, style sheet or image to fetch.
-    assert parser.links == [] and "url(" not in (built[0] / PAGE_FILE).read_text()
+    assert parser.links == [] and "url(" not in (built[0] / EXPLORE_PAGE).read_text()
 
 
 def test_explore_of_the_folder_with_its_source_gives_the_built_page_byte_for_byte(built, tmp_path: Path) -> None:
     out, images = built
     page = explore(str(out), tmp_path / "page.html", source=str(images))
     # Row r of the scores is source index r or r + 1 here (bee/broken.jpg is unreadable): every rejected image is found by id.
-    assert page.read_bytes() == (out / PAGE_FILE).read_bytes()
+    assert page.read_bytes() == (out / EXPLORE_PAGE).read_bytes()
 
 
 def test_without_the_source_rejected_images_are_shown_by_score_and_the_page_says_so(built, tmp_path: Path) -> None:
@@ -162,7 +165,7 @@ def test_explore_reads_a_hub_revision(hub: HubServer, built, tmp_path: Path) -> 
     out, images = built
     push(PushConfig(repo_id=REPO, source_dir=str(out), tag="v1.0"))
     page = explore(f"{REPO}@v1.0", tmp_path / "page.html", source=str(images))
-    assert page.read_bytes() == (out / PAGE_FILE).read_bytes()
+    assert page.read_bytes() == (out / EXPLORE_PAGE).read_bytes()
 
 
 def test_thumbnails_per_class_are_bounded_whatever_the_selection(tmp_path: Path) -> None:
@@ -190,7 +193,7 @@ def test_thumbnails_per_class_are_bounded_whatever_the_selection(tmp_path: Path)
 
 @pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_the_page_renders_in_headless_chromium_without_console_messages(built, tmp_path: Path) -> None:
-    command = [sys.executable, "benchmarks/explore_browser.py", str(built[0] / PAGE_FILE), "--screenshot", str(tmp_path / "page.png")]
+    command = [sys.executable, "benchmarks/explore_browser.py", str(built[0] / EXPLORE_PAGE), "--screenshot", str(tmp_path / "page.png")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "without console messages" in done.stdout

@@ -17,13 +17,14 @@ import torch
 from conftest import build_config, make_image_folder, make_official_scorer, make_tiny_vae
 from hub_server import HubServer
 
-import d2c_pack.export as export_module
-from d2c_pack import cli, imagenet
-from d2c_pack.build import build
-from d2c_pack.configs import ExportConfig
-from d2c_pack.errors import UserError
-from d2c_pack.export import class_folders, export
-from d2c_pack.preprocess import center_crop_adm
+import d2c_pack.publish.export as export_module
+from d2c_pack import cli
+from d2c_pack.core.errors import UserError
+from d2c_pack.pipeline.build import build
+from d2c_pack.publish.export import class_folders, export
+from d2c_pack.publish.settings import ExportConfig
+from d2c_pack.sources import imagenet
+from d2c_pack.sources.preprocess import center_crop_adm
 
 RESOLUTION = 16
 hub = hub_server.hub  # the in-process Hub fixture

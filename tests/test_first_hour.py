@@ -15,9 +15,10 @@ import pytest
 from conftest import build_config, make_image_folder, make_official_scorer
 from hub_server import HubServer, use_hub
 
-from d2c_pack import cli, hub_retry, progress
-from d2c_pack.build import build_folder
-from d2c_pack.hub_retry import RetryPolicy
+from d2c_pack import cli
+from d2c_pack.core import hub_retry, progress
+from d2c_pack.core.hub_retry import RetryPolicy
+from d2c_pack.pipeline.build import build_folder
 
 hub = hub_server.hub  # the fixture: clients talk to a fresh local Hub with HF_TOKEN = WRITE_TOKEN
 
@@ -136,7 +137,7 @@ def test_a_finished_build_is_up_to_date_without_loading_a_model(tiny_build, monk
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("d2c_pack.score.load_scorer", no_model)
+    monkeypatch.setattr("d2c_pack.selection.score.load_scorer", no_model)
     monkeypatch.setattr("d2c_pack.attach.columns.TextEncoder", no_model)
     out = Path(tiny_build.out)
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
@@ -159,7 +160,7 @@ def test_a_finished_build_is_up_to_date_without_loading_a_model(tiny_build, monk
 
 def test_a_changed_model_file_is_another_build(tiny_build, monkeypatch) -> None:
     """The manifest check compares the models' weight files too: a retrained scorer under the same name is not up to date."""
-    from d2c_pack.errors import UserError
+    from d2c_pack.core.errors import UserError
 
     weights = Path(tiny_build.scorer)
     weights.write_bytes(weights.read_bytes() + b"\0")
@@ -188,7 +189,7 @@ def test_the_shipped_local_hub_takes_a_push_as_its_instructions_say(tmp_path: Pa
 
 
 def test_the_manifest_check_imports_no_model_library() -> None:
-    code = "import d2c_pack.finished, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'diffusers', 'timm'}))"
+    code = "import d2c_pack.pipeline.finished, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'diffusers', 'timm'}))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
@@ -196,8 +197,10 @@ def test_a_mistyped_folder_is_refused_when_the_settings_are_made_before_any_heav
     (tmp_path / "out" / "digits-d2c").mkdir(parents=True)
     code = """
 import sys
-from d2c_pack.configs import EvalConfig, ExportConfig, InspectConfig, TrainConfig
-from d2c_pack.errors import UserError
+from d2c_pack.evaluation.settings import EvalConfig
+from d2c_pack.publish.settings import ExportConfig, InspectConfig
+from d2c_pack.training.settings import TrainConfig
+from d2c_pack.core.errors import UserError
 settings = [
     lambda: InspectConfig(name="out/digits-d2cc"), lambda: ExportConfig(name="out/digits-d2cc", format="repa", out="x"),
     lambda: TrainConfig(data="out/digits-d2cc", out="run"), lambda: EvalConfig(checkpoint="demo:digits", data="out/digits-d2cc"),

@@ -14,10 +14,12 @@ import pytest
 from hub_server import HubServer
 from huggingface_hub.utils import _http
 
-from d2c_pack import cli, hub_retry
-from d2c_pack.demo import flow
-from d2c_pack.hub import PushConfig, push
-from d2c_pack.hub_retry import RetryPolicy
+from d2c_pack import cli
+from d2c_pack.core import hub_retry
+from d2c_pack.core.hub_retry import RetryPolicy
+from d2c_pack.pipeline import demo as demo_flow
+from d2c_pack.publish.hub import push
+from d2c_pack.publish.settings import PushConfig
 
 hub = hub_server.hub  # the fixture: clients talk to a fresh local Hub with HF_TOKEN = WRITE_TOKEN
 REPO = "tester/faulty-d2c"
@@ -71,8 +73,8 @@ def test_every_hub_reading_command_completes_while_a_fifth_of_the_requests_fail(
 def test_the_demo_publish_step_completes_while_a_fifth_of_the_requests_fail(pushed: HubServer, tiny_build: Path) -> None:
     """``demo --push-to``'s Hub calls: push (tag moved with --force) and ``load_dataset`` of the pushed version."""
     pushed.inject_faults(0.2, FAULTS, seed=4, retry_after=0)
-    _, where, revision = flow._publish(tiny_build, REPO)
-    assert flow._load(where, revision).num_rows == 6 and pushed.faults
+    _, where, revision = demo_flow._publish(tiny_build, REPO)
+    assert demo_flow._load(where, revision).num_rows == 6 and pushed.faults
 
 
 # datasets reports a Hub that keeps failing as a file it could not locate

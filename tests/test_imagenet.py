@@ -14,13 +14,15 @@ import pytest
 from conftest import build_config, encode, make_official_scorer, noise_image
 from typer.testing import CliRunner
 
-from d2c_pack import imagenet
-from d2c_pack.build import build, describe_build
 from d2c_pack.cli import app
-from d2c_pack.errors import SourceError
-from d2c_pack.score import ScoreConfig, read_scores, score_source
-from d2c_pack.select import auto_interval, parse_budget
-from d2c_pack.sources import is_imagenet, open_source
+from d2c_pack.core.errors import SourceError
+from d2c_pack.pipeline.build import build, describe_build
+from d2c_pack.selection.budget import parse_budget
+from d2c_pack.selection.score import read_scores, score_source
+from d2c_pack.selection.selectors import auto_interval
+from d2c_pack.selection.settings import ScoreConfig
+from d2c_pack.sources import imagenet
+from d2c_pack.sources.image_source import is_imagenet, open_source
 
 # tench (0), crane the bird (134), Chihuahua (151), crane the machine (517), toilet tissue (999)
 SYNSETS = {"n01440764": 0, "n02012849": 134, "n02085620": 151, "n03126707": 517, "n15075141": 999}
@@ -207,7 +209,7 @@ def test_names_that_stay_ambiguous_fail_in_one_line_before_scoring(tmp_path: Pat
 
 
 def test_class_lists_in_messages_quote_each_name() -> None:
-    from d2c_pack.sources import quoted_names
+    from d2c_pack.sources.image_source import quoted_names
 
     assert quoted_names(["tench, Tinca tinca", "goldfish"]) == "'tench, Tinca tinca', 'goldfish'"
     assert quoted_names([str(i) for i in range(12)], limit=2) == "'0', '1' and 10 more"

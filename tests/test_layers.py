@@ -1,4 +1,5 @@
-"""The package's layers point one way: the library never imports the CLI, the demo plugin or typer, and no import cycle.
+"""The package's layers point one way: the stages import only the stages below them (in the order data flows),
+the library never imports the CLI, the demo plugin or typer, and no import cycle.
 
 Read from the source (the AST of every module), not by importing it, so that an import inside a
 function counts as much as one at the top. The library is every module but the command line
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import d2c_pack
-from d2c_pack import registry
-from d2c_pack.errors import SourceError, UserError
+from d2c_pack.core import registry
+from d2c_pack.core.errors import SourceError, UserError
 
 PACKAGE = Path(d2c_pack.__file__).parent
 TOP_LAYERS = ("d2c_pack.cli", "d2c_pack.__main__", "d2c_pack.cli_reference", "d2c_pack.demo")
@@ -28,6 +29,20 @@ FORBIDDEN = ("d2c_pack.cli", "d2c_pack.demo", "typer")
 # fix is merged. An entry that no longer occurs fails the test too.
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
+# The library's layers, lowest first: the stages in the order data flows through them, between the core and the
+# commands that run several stages. A module may import its own layer and the layers below it, never one above.
+STAGES = (
+    ("d2c_pack.core", "d2c_pack.version"),
+    ("d2c_pack.sources",),
+    ("d2c_pack.models",),
+    ("d2c_pack.diffusion",),
+    ("d2c_pack.selection",),
+    ("d2c_pack.attach",),
+    ("d2c_pack.publish",),
+    ("d2c_pack.training",),
+    ("d2c_pack.evaluation",),
+    ("d2c_pack.pipeline",),
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ def _is_module(name: str) -> bool:
 
 
 def _targets(node: ast.Import | ast.ImportFrom, module: str) -> Iterator[str]:
-    """The modules an import statement loads: ``from d2c_pack import registry`` loads ``d2c_pack.registry``."""
+    """The modules an import statement loads: ``from d2c_pack import registry`` loads ``d2c_pack.core.registry``."""
     if isinstance(node, ast.Import):
         yield from (alias.name for alias in node.names)
         return
@@ -145,6 +160,33 @@ def test_the_library_imports_neither_the_cli_nor_the_demo_nor_typer() -> None:
     problems = [f"{i.where()} imports {i.target}" for i in upward if (i.importer, i.target) not in KNOWN_UPWARD]
     problems += [f"known violation {edge} no longer occurs: remove it from KNOWN_UPWARD" for edge in KNOWN_UPWARD - known]
     assert not problems, "library modules import an upper layer:\n" + "\n".join(problems)
+
+
+def stage_of(module: str) -> int | None:
+    """The position of a module's layer in ``STAGES`` (None: the top — API, CLI, demo — or not d2c_pack)."""
+    return next((number for number, prefixes in enumerate(STAGES) if _within(module, prefixes)), None)
+
+
+def stage_violations(imports: list[Import]) -> list[str]:
+    """Imports, at any level, of a higher layer by a stage module."""
+    return [
+        f"{i.where()} imports {i.target}, a layer above it"
+        for i in imports
+        if (low := stage_of(i.importer)) is not None and (high := stage_of(i.target)) is not None and high > low
+    ]
+
+
+def test_every_library_module_belongs_to_a_stage() -> None:
+    modules = {_module_name(path) for path in PACKAGE.rglob("*.py")}
+    top = {"d2c_pack", "d2c_pack.api", "d2c_pack.testing", *TOP_LAYERS}
+    assert not [m for m in sorted(modules) if stage_of(m) is None and not _within(m, top)], "modules outside STAGES"
+
+
+def test_stages_import_only_the_stages_below_them() -> None:
+    problems = stage_violations(package_imports())
+    assert not problems, "\n".join(problems)
+    upward = [Import("d2c_pack.selection.score", "d2c_pack.publish.layout", 3, False)]
+    assert stage_violations(upward) == ["d2c_pack/selection/score.py:3 imports d2c_pack.publish.layout, a layer above it"]
 
 
 def test_no_import_cycle_among_the_modules() -> None:

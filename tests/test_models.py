@@ -10,9 +10,10 @@ import pytest
 import torch
 from conftest import make_repa_checkpoint, repa_state_dict
 
-from d2c_pack.errors import UserError
-from d2c_pack.models import BACKBONES, DiT, backbone_config, load_backbone, save_backbone
-from d2c_pack.train.transport import Condition, velocity
+from d2c_pack.core.errors import UserError
+from d2c_pack.diffusion.transport import Condition, velocity
+from d2c_pack.models.checkpoint import backbone_config, load_backbone, save_backbone
+from d2c_pack.models.dit import BACKBONES, DiT
 
 # Key shapes of the official DiT checkpoints (copied from the project's shared reference facts).
 REFERENCE = Path(__file__).parent / "data" / "dit_state_dict_shapes.json"
@@ -199,8 +200,8 @@ def test_sample_and_the_scorer_take_num_heads(tmp_path: Path, monkeypatch: pytes
     import sys
 
     from d2c_pack import cli
-    from d2c_pack.configs import ScoreConfig
-    from d2c_pack.score import load_scorer
+    from d2c_pack.selection.score import load_scorer
+    from d2c_pack.selection.settings import ScoreConfig
 
     path = tmp_path / "SiT-custom.pt"
     torch.save(randomized(DiT(input_size=8, patch_size=4, in_channels=3, hidden_size=96, depth=2, num_heads=3, num_classes=2)).state_dict(), path)

@@ -1,4 +1,4 @@
-"""Tests for d2c_pack.preprocess: mode conversion, the ADM crop, tensor round trips."""
+"""Tests for d2c_pack.sources.preprocess: mode conversion, the ADM crop, tensor round trips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d2c_pack.preprocess import center_crop_adm, image_to_tensor, tensor_to_image, to_rgb
+from d2c_pack.sources.preprocess import center_crop_adm, image_to_tensor, tensor_to_image, to_rgb
 
 
 def dit_center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:

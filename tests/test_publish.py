@@ -17,13 +17,13 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 from PIL import Image
 
-from d2c_pack import card as card_module
-from d2c_pack.build import build
 from d2c_pack.cli import app
-from d2c_pack.errors import UserError
-from d2c_pack.fingerprint import weight_files_sha256
-from d2c_pack.package import column_array
-from d2c_pack.verify import LocalFolder, verify
+from d2c_pack.core.arrays import column_array
+from d2c_pack.core.errors import UserError
+from d2c_pack.core.fingerprint import weight_files_sha256
+from d2c_pack.pipeline.build import build
+from d2c_pack.publish import card as card_module
+from d2c_pack.publish.verify import LocalFolder, verify
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,12 @@ from huggingface_hub import HfApi, _commit_api
 from huggingface_hub.errors import HfHubHTTPError
 from typer.testing import CliRunner
 
-from d2c_pack.build import BuildConfig, build
 from d2c_pack.cli import main
-from d2c_pack.errors import UserError
-from d2c_pack.hub import PushConfig, RetryPolicy, push, with_retries
+from d2c_pack.core.errors import UserError
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.publish.hub import RetryPolicy, push, with_retries
+from d2c_pack.publish.settings import PushConfig
 
 hub = hub_server.hub  # the fixture: clients talk to a fresh local Hub with HF_TOKEN = WRITE_TOKEN
 REPO = "tester/tiny-d2c"

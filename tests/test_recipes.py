@@ -13,14 +13,14 @@ from unittest import mock
 import pytest
 
 from d2c_pack import cli
-from d2c_pack.recipe import read_recipe, shipped_recipes
+from d2c_pack.core.recipe import read_recipe, shipped_recipes
 
 # The library function each command hands its settings to; the test stops there.
 ENTRY_POINTS = {
-    "score": ("d2c_pack.score", "score_source"),
-    "build": ("d2c_pack.build", "build_folder"),
-    "train": ("d2c_pack.train.loop", "train"),
-    "train-encoder": ("d2c_pack.train.encoder", "train_encoder"),
+    "score": ("d2c_pack.selection.score", "score_source"),
+    "build": ("d2c_pack.pipeline.build", "build_folder"),
+    "train": ("d2c_pack.training.loop", "train"),
+    "train-encoder": ("d2c_pack.training.encoder", "train_encoder"),
 }
 # A documented command line: `d2c-pack CMD ...` or `torchrun ... -m d2c_pack CMD ...`, or a benchmark script.
 COMMAND_LINE = re.compile(r"^#\s+(?:d2c-pack|torchrun .*-m d2c_pack)\s+(\S+)(.*?--recipe.*?)(?:\s{2,}\(.*)?$")

@@ -18,21 +18,10 @@ from host_sync import count_host_syncs
 from PIL import Image
 from torchdiffeq import odeint
 
-from d2c_pack.distributed import Context
-from d2c_pack.errors import UserError
-from d2c_pack.models import ClassText, backbone_config, save_backbone
-from d2c_pack.train.sample import (
-    generate,
-    generate_batches,
-    load_for_sampling,
-    sample_generators,
-    sample_grid,
-    sample_labels,
-    sample_npz,
-    to_uint8,
-)
-from d2c_pack.train.sampling import Sampling
-from d2c_pack.train.transport import (
+from d2c_pack.core.distributed import Context
+from d2c_pack.core.errors import UserError
+from d2c_pack.diffusion.sampling import Sampling
+from d2c_pack.diffusion.transport import (
     Condition,
     GuidanceInterval,
     dopri5_ode_sample,
@@ -43,6 +32,17 @@ from d2c_pack.train.transport import (
     time_grid,
     velocity,
 )
+from d2c_pack.evaluation.sample import (
+    generate,
+    generate_batches,
+    load_for_sampling,
+    sample_generators,
+    sample_grid,
+    sample_labels,
+    sample_npz,
+    to_uint8,
+)
+from d2c_pack.models.checkpoint import ClassText, backbone_config, save_backbone
 
 
 class Field(torch.nn.Module):
@@ -420,7 +420,7 @@ def test_no_host_sync_inside_a_sampling_step(demo, sampler: str) -> None:
     assert syncs == collections.Counter()
     with count_host_syncs() as syncs:  # before the first batch: the labels' range checked, the schedule computed once
         generate_batches(model, config, torch.tensor([3]))
-    assert {key.split(":")[0] for key in syncs} == {"d2c_pack/train/sample.py", "d2c_pack/train/transport.py"}
+    assert {key.split(":")[0] for key in syncs} == {"d2c_pack/evaluation/sample.py", "d2c_pack/diffusion/transport.py"}
 
 
 def random_sit(in_channels: int = 4, num_classes: int = 3) -> torch.nn.Module:

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from d2c_pack.chunks import ChunkCache, error_rows, list_array
-from d2c_pack.rowfile import RowFile, write_rows
-from d2c_pack.score import CACHE_SCHEMA, read_scores, score_features
-from d2c_pack.select import herding_select, kcenter_select
+from d2c_pack.selection.chunks import ChunkCache, error_rows, list_array
+from d2c_pack.selection.rowfile import RowFile, write_rows
+from d2c_pack.selection.score import CACHE_SCHEMA, read_scores, score_features
+from d2c_pack.selection.selectors import herding_select, kcenter_select
 
 CHUNK = 64
 

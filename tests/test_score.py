@@ -18,11 +18,12 @@ from conftest import CLASS_SIZES, make_official_scorer
 from torch.overrides import TorchFunctionMode
 
 import d2c_pack
-from d2c_pack.errors import UserError
-from d2c_pack.models import load_backbone
-from d2c_pack.preprocess import center_crop_adm, image_to_tensor
-from d2c_pack.score import DifficultyScorer, ScoreConfig, ddpm_alphas_cumprod, image_noise, read_scores, score_features, score_source, stratified_timesteps
-from d2c_pack.sources import open_source
+from d2c_pack.core.errors import UserError
+from d2c_pack.models.checkpoint import load_backbone
+from d2c_pack.selection.score import DifficultyScorer, ddpm_alphas_cumprod, image_noise, read_scores, score_features, score_source, stratified_timesteps
+from d2c_pack.selection.settings import ScoreConfig
+from d2c_pack.sources.image_source import open_source
+from d2c_pack.sources.preprocess import center_crop_adm, image_to_tensor
 
 NUM_IMAGES = sum(CLASS_SIZES.values())  # readable images of the test folder (plus one corrupt file)
 

@@ -12,11 +12,13 @@ import torch
 from conftest import make_image_folder
 from scipy.stats import spearmanr
 
-from d2c_pack.build import BuildConfig, build
-from d2c_pack.errors import UserError
-from d2c_pack.fingerprint import module_sha256
-from d2c_pack.models import DiT
-from d2c_pack.score import ScoreConfig, read_cache_key, read_scores, score_source
+from d2c_pack.core.errors import UserError
+from d2c_pack.core.fingerprint import module_sha256
+from d2c_pack.models.dit import DiT
+from d2c_pack.pipeline.build import build
+from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.selection.score import read_cache_key, read_scores, score_source
+from d2c_pack.selection.settings import ScoreConfig
 
 RESOLUTION = 32  # 8× VAE → 4×4 latents, patch 2 → 4 tokens
 

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from d2c_pack.errors import UserError
-from d2c_pack.select import (
+from d2c_pack.core.errors import UserError
+from d2c_pack.selection.budget import parse_budget
+from d2c_pack.selection.selectors import (
     SELECTORS,
     auto_interval,
     difficulty_ranks,
@@ -16,7 +17,6 @@ from d2c_pack.select import (
     max_select,
     medium_select,
     min_select,
-    parse_budget,
     random_select,
     select,
 )

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import build_config, make_image_folder, make_official_scorer
 
-from d2c_pack import shard_writer as shards
-from d2c_pack.build import build
-from d2c_pack.shard_writer import arrow_tables, write_split
-from d2c_pack.verify import LocalFolder, verify
+from d2c_pack.pipeline.build import build
+from d2c_pack.publish import shard_writer as shards
+from d2c_pack.publish.shard_writer import arrow_tables, write_split
+from d2c_pack.publish.verify import LocalFolder, verify
 
 ROWS = 50
 FEATURES = datasets.Features(

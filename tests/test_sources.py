@@ -1,4 +1,4 @@
-"""Tests for d2c_pack.sources: every source kind, corrupt images, errors, fingerprints."""
+"""Tests for d2c_pack.sources.image_source: every source kind, corrupt images, errors, fingerprints."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from conftest import encode
 from conftest import noise_image as noise
 from PIL import Image
 
-from d2c_pack.errors import SourceError, UserError
-from d2c_pack.sources import ImageFolderSource, ImageSource, SourceRecord, open_source
+from d2c_pack.core.errors import SourceError, UserError
+from d2c_pack.sources.image_source import ImageFolderSource, ImageSource, SourceRecord, open_source
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -144,7 +144,7 @@ def test_image_folder_records_and_corrupt_files(
     image_folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = open_source(str(image_folder))
-    with caplog.at_level(logging.WARNING, logger="d2c_pack.sources"):
+    with caplog.at_level(logging.WARNING, logger="d2c_pack.sources.image_source"):
         records = list(source.iter_records())
     expected_ids = sorted(GOOD_FILES)
     assert [r.source_id for r in records] == expected_ids

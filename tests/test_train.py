@@ -15,20 +15,22 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors.torch import load_file
 
-from d2c_pack import cli, distributed
-from d2c_pack.arrays import array_feature
-from d2c_pack.build import BuildConfig
-from d2c_pack.demo import flow
-from d2c_pack.errors import UserError
-from d2c_pack.fingerprint import module_sha256
-from d2c_pack.models import load_backbone
-from d2c_pack.recipe import read_recipe
-from d2c_pack.train import loop
-from d2c_pack.train.data import EpochPermutationBatches, collate_rows
-from d2c_pack.train.loop import TrainConfig, _new_run, _train_step, prepare_data, step_randomness, train, training_losses
-from d2c_pack.train.sample import generate, load_for_sampling
-from d2c_pack.train.sampling import Sampling
-from d2c_pack.train.transport import euler_ode_sample, interpolate
+from d2c_pack import cli
+from d2c_pack.core import distributed
+from d2c_pack.core.arrays import array_feature
+from d2c_pack.core.errors import UserError
+from d2c_pack.core.fingerprint import module_sha256
+from d2c_pack.core.recipe import read_recipe
+from d2c_pack.diffusion.sampling import Sampling
+from d2c_pack.diffusion.transport import euler_ode_sample, interpolate
+from d2c_pack.evaluation.sample import generate, load_for_sampling
+from d2c_pack.models.checkpoint import load_backbone
+from d2c_pack.pipeline import demo as demo_flow
+from d2c_pack.pipeline.settings import BuildConfig, DemoConfig
+from d2c_pack.training import loop
+from d2c_pack.training.data import EpochPermutationBatches, collate_rows
+from d2c_pack.training.loop import _new_run, _train_step, prepare_data, step_randomness, train, training_losses
+from d2c_pack.training.settings import TrainConfig
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
@@ -225,12 +227,12 @@ def test_the_demo_reuses_the_quickstarts_score_cache_and_checkpoints_every_minut
         raise Stop
 
     (tmp_path / "data").mkdir()  # what the stubbed build "built": training's settings refuse a folder that is not there
-    monkeypatch.setattr(flow, "build", lambda config: seen.setdefault("build", config) and tmp_path / "data")
-    monkeypatch.setattr(flow, "_publish", lambda data, repo_id: ("verified", str(data), None))
-    monkeypatch.setattr(flow, "_load", lambda where, revision: SimpleNamespace(num_rows=180, column_names=["image", "label"]))
-    monkeypatch.setattr(flow, "train", stop_training)
+    monkeypatch.setattr(demo_flow, "build", lambda config: seen.setdefault("build", config) and tmp_path / "data")
+    monkeypatch.setattr(demo_flow, "_publish", lambda data, repo_id: ("verified", str(data), None))
+    monkeypatch.setattr(demo_flow, "_load", lambda where, revision: SimpleNamespace(num_rows=180, column_names=["image", "label"]))
+    monkeypatch.setattr(demo_flow, "train", stop_training)
     with pytest.raises(Stop):
-        flow.run_demo(flow.DemoConfig(out=str(tmp_path / "demo")))
+        demo_flow.run_demo(DemoConfig(out=str(tmp_path / "demo")))
     quickstart = BuildConfig(**read_recipe("demo"))  # `d2c-pack build --recipe demo`
     assert seen["build"].work == quickstart.work == str(tmp_path / "d2c-cache")  # conftest points the default cache here
     assert seen["train"].ckpt_every_seconds is not None and seen["train"].ckpt_every_seconds <= 60
@@ -248,7 +250,7 @@ def test_a_time_based_checkpoint_is_taken_at_log_steps_only(tmp_path: Path, monk
 def test_the_host_sync_counter_counts_the_projects_calls_only() -> None:
     from host_sync import HostSyncs
 
-    from d2c_pack.preprocess import tensor_to_image
+    from d2c_pack.sources.preprocess import tensor_to_image
 
     model = torch.nn.Linear(3, 3)
     optimizer = torch.optim.AdamW(model.parameters())  # on the CPU its step reads its step counters: torch's own syncs
@@ -256,7 +258,7 @@ def test_the_host_sync_counter_counts_the_projects_calls_only() -> None:
         model(torch.ones(2, 3)).sum().backward()
         optimizer.step()
         torch.ones(2).tolist()  # this file is not the project
-        tensor_to_image(torch.zeros(3, 2, 2))  # .cpu() and .numpy() in d2c_pack/preprocess.py; the dtype-only .to() is no copy
+        tensor_to_image(torch.zeros(3, 2, 2))  # .cpu() and .numpy() in d2c_pack/sources/preprocess.py; the dtype-only .to() is no copy
         torch.zeros(2).to("cpu")  # a blocking copy, but not the project's
     assert sorted(call.rsplit(" ", 1)[1] for call in syncs.calls) == ["cpu", "numpy"] and syncs.count == 2, syncs.calls
-    assert all(call.startswith("d2c_pack/preprocess.py:") for call in syncs.calls)
+    assert all(call.startswith("d2c_pack/sources/preprocess.py:") for call in syncs.calls)

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from transformers import Dinov2ForImageClassification
 
 from d2c_pack.attach.visual import VisualEncoder
-from d2c_pack.errors import UserError
-from d2c_pack.train.encoder import EncoderTrainConfig, holdout_split, lr_factor, train_encoder
+from d2c_pack.core.errors import UserError
+from d2c_pack.training.encoder import holdout_split, lr_factor, train_encoder
+from d2c_pack.training.settings import EncoderTrainConfig
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
 

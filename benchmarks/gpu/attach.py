@@ -19,7 +19,7 @@ from benchmarks.gpu.measure import Row, count_flops, measure
 from benchmarks.gpu.specs import Spec, build_dinov2, build_t5, build_vae
 from d2c_pack.attach.text import TEXT_LENGTH, TextEncoder, class_prompts
 from d2c_pack.attach.visual import VisualEncoder
-from d2c_pack.latents import VaeSpace
+from d2c_pack.models.latents import VaeSpace
 
 T5_EOS, T5_FIRST_WORD = 1, 100
 

@@ -24,8 +24,8 @@ import torch
 
 from benchmarks.gpu.measure import Row, count_flops, failure, rate_row, release_memory, synchronize
 from benchmarks.gpu.specs import Spec, build_vae
-from d2c_pack.train.sample import generate, load_for_sampling, sample_labels
-from d2c_pack.train.sampling import GuidanceInterval, Sampling
+from d2c_pack.diffusion.sampling import GuidanceInterval, Sampling
+from d2c_pack.evaluation.sample import generate, load_for_sampling, sample_labels
 
 REPA_GUIDANCE = GuidanceInterval(0.0, 0.7, time="repa")
 SETTINGS = {

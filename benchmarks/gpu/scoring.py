@@ -30,10 +30,10 @@ from PIL import Image
 
 from benchmarks.gpu.measure import Row, count_flops, measure, rate_row
 from benchmarks.gpu.specs import IMAGENET_TRAIN_IMAGES, NUM_CLASSES, Spec, build_vae, scorer_config
-from d2c_pack.configs import ScoreConfig
-from d2c_pack.latents import PixelSpace, VaeSpace
-from d2c_pack.models import save_backbone
-from d2c_pack.score import DifficultyScorer, score_source
+from d2c_pack.models.checkpoint import save_backbone
+from d2c_pack.models.latents import PixelSpace, VaeSpace
+from d2c_pack.selection.score import DifficultyScorer, score_source
+from d2c_pack.selection.settings import ScoreConfig
 
 JPEG_SIZE = (500, 375)  # ImageNet's most common image size
 DISTINCT_JPEGS = 32

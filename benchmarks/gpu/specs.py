@@ -17,8 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import Dinov2Config, Dinov2Model, T5Config, T5EncoderModel
 
-from d2c_pack.models import BackboneConfig, backbone_config
-from d2c_pack.models.checkpoint import OFFICIAL_VAE
+from d2c_pack.models.checkpoint import OFFICIAL_VAE, BackboneConfig, backbone_config
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 NUM_CLASSES = 1000

@@ -1,4 +1,4 @@
-"""Training speed through the trainer itself: ``d2c_pack.train.loop.train()`` on a synthetic ImageNet-shaped build.
+"""Training speed through the trainer itself: ``d2c_pack.training.loop.train()`` on a synthetic ImageNet-shaped build.
 
 What ``d2c-pack train --data BUILD`` runs, nothing bypassed: the build's parquet shards read by
 the trainer's DataLoader (workers, pinned memory), each step's randomness, bf16 autocast, AdamW,
@@ -32,7 +32,8 @@ import torch
 from benchmarks.gpu.measure import Row, rate_row
 from benchmarks.gpu.specs import Spec
 from benchmarks.train_in_place import synthetic_build
-from d2c_pack.train.loop import TrainConfig, train
+from d2c_pack.training.loop import train
+from d2c_pack.training.settings import TrainConfig
 
 WARMUP_STEPS = 5  # the first steps start the loader workers, allocate the optimizer state and pick kernels
 TIMED_STEPS = 20

@@ -25,10 +25,11 @@ from benchmarks.gpu.measure import Row, count_flops, largest_batch, measure
 from benchmarks.gpu.specs import NUM_CLASSES, Spec, build_dinov2, build_vae
 from d2c_pack.attach.text import TEXT_LENGTH
 from d2c_pack.attach.visual import dinov2_inputs, encoder_input_size
-from d2c_pack.distributed import Context
-from d2c_pack.latents import VaeSpace
+from d2c_pack.core.distributed import Context
 from d2c_pack.models.checkpoint import OFFICIAL_VAE
-from d2c_pack.train.loop import Run, TrainConfig, TrainingData, _new_run, _train_step
+from d2c_pack.models.latents import VaeSpace
+from d2c_pack.training.loop import Run, TrainingData, _new_run, _train_step
+from d2c_pack.training.settings import TrainConfig
 
 Batch = dict[str, torch.Tensor]
 TEXT_TOKENS = 8  # real tokens of each caption; the rest of the L = 16 is padding

@@ -26,8 +26,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.gpu.measure import Row, failure, measure, release_memory
 from benchmarks.gpu.training import SD_VAE_SCALE, Batch, TrainingSetup, host_batch, online_visual_tokens
-from d2c_pack.train.loop import alignment_loss, update_ema
-from d2c_pack.train.transport import interpolate
+from d2c_pack.diffusion.transport import interpolate
+from d2c_pack.training.loop import alignment_loss, update_ema
 
 CLASS_DROPOUT, PROJ_COEFF, GRAD_CLIP, EMA_DECAY, LR = 0.1, 0.5, 1.0, 0.9999, 1e-4
 

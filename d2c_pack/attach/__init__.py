@@ -1,5 +1,5 @@
-"""Attach: the training-ready columns of every selected image (text, DINOv2 features, VAE latents)."""
+"""Attach: the training-ready columns of every selected image (text embeddings, DINOv2 features, VAE latents).
 
-from d2c_pack.attach.columns import AttachArgs, Attached, attach_columns, visual_cls_features
-
-__all__ = ["AttachArgs", "Attached", "attach_columns", "visual_cls_features"]
+Modules: :mod:`~d2c_pack.attach.settings` (the flags, no torch), :mod:`~d2c_pack.attach.text`,
+:mod:`~d2c_pack.attach.visual` (the encoders) and :mod:`~d2c_pack.attach.columns` (the columns of a build).
+"""

@@ -12,10 +12,10 @@ visual      visual_tokens (N_tok×D f16), visual_cls (D f32)       per image, DI
 latent      latent (2C×R/8×R/8 f16: posterior mean ‖ std)         per image, SD-VAE
 ==========  ====================================================  ==========================
 
-Array columns are nested fixed-size lists (:func:`~d2c_pack.arrays.array_feature`), which
+Array columns are nested fixed-size lists (:func:`~d2c_pack.core.arrays.array_feature`), which
 pyarrow, polars, DuckDB and ``datasets`` all read as numbers of a known shape.
 
-Per-image columns go through a :class:`~d2c_pack.chunks.ChunkCache` per group under
+Per-image columns go through a :class:`~d2c_pack.selection.chunks.ChunkCache` per group under
 ``WORK/attach/<group>/``, keyed by the source, the resolution and the models' weights, so
 attaching is resumable, runs under ``torchrun``, and a later selection from the same source
 only computes the images it has not seen.
@@ -35,17 +35,17 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from d2c_pack.arrays import array_feature, array_values, feature_shape
+from d2c_pack.attach.settings import AttachArgs
 from d2c_pack.attach.text import TEXT_LENGTH, Captioner, TextEncoder, class_prompts, encode_class_prompts
 from d2c_pack.attach.visual import VisualEncoder
-from d2c_pack.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
-from d2c_pack.configs import AttachArgs
-from d2c_pack.distributed import Context
-from d2c_pack.errors import UserError
-from d2c_pack.latents import VaeSpace, load_latent_space
-from d2c_pack.preprocess import to_unit_range
-from d2c_pack.rowfile import RowFile, write_rows
-from d2c_pack.sources import ImageSource
+from d2c_pack.core.arrays import array_feature, array_values, feature_shape
+from d2c_pack.core.distributed import Context
+from d2c_pack.core.errors import UserError
+from d2c_pack.models.latents import VaeSpace, load_latent_space
+from d2c_pack.selection.chunks import INDEX_FIELDS, ChunkCache, compute_chunks, list_array, list_values
+from d2c_pack.selection.rowfile import RowFile, write_rows
+from d2c_pack.sources.image_source import ImageSource
+from d2c_pack.sources.preprocess import to_unit_range
 
 CACHE_VERSION = 2  # bump when a change below alters what a cache holds (2: REPA's DINOv2 targets)
 ROW_BATCH = 256  # rows converted to NumPy at a time when reading a cache back
@@ -231,18 +231,27 @@ def attach_columns(
 
 
 def visual_cls_features(
-    args: AttachArgs, source: ImageSource, indices: Sequence[int], context: Context, *, resolution: int, work: Path, chunk_size: int, workers: int
+    encoder: str,
+    source: ImageSource,
+    indices: Sequence[int],
+    context: Context,
+    *,
+    resolution: int,
+    batch_size: int,
+    work: Path,
+    chunk_size: int,
+    workers: int,
 ) -> RowFile:
-    """The visual encoder's CLS of the images ``indices`` (ascending), (N, D) float32: the kcenter/herding features.
+    """The CLS of the visual encoder ``encoder`` for the images ``indices`` (ascending), (N, D) float32: the kcenter/herding features.
 
     The cache's ``visual_cls`` column is copied chunk by chunk into a row file in the cache folder,
     named by the digest of ``indices``, from which the selectors read a class at a time.
     """
     key = {"version": CACHE_VERSION, "source": source.fingerprint(), "resolution": resolution}
-    group = VisualColumns(VisualEncoder(args.visual_encoder, resolution, context.device), key, work / "attach", chunk_size, tokens=False)
+    group = VisualColumns(VisualEncoder(encoder, resolution, context.device), key, work / "attach", chunk_size, tokens=False)
     compute_chunks(
         [(group.cache, group.compute)], source, indices, context,
-        resolution=resolution, batch_size=args.attach_batch_size, workers=workers, description="visual features",
+        resolution=resolution, batch_size=batch_size, workers=workers, description="visual features",
     )  # fmt: skip
     indices = np.asarray(indices, dtype=np.int64)
     rows = group.cache.folder / f"cls-{hashlib.sha256(indices.tobytes()).hexdigest()[:16]}.npy"

@@ -17,17 +17,20 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from d2c_pack.configs import DEFAULT_PROMPT_TEMPLATE
-from d2c_pack.errors import UserError, first_line
-from d2c_pack.fingerprint import module_sha256, sha256_json
-from d2c_pack.progress import quiet_loading_bars
-from d2c_pack.registry import resolve_model_path
+from d2c_pack.attach.settings import DEFAULT_PROMPT_TEMPLATE
+from d2c_pack.core.errors import UserError, first_line
+from d2c_pack.core.fingerprint import module_sha256, sha256_json
+from d2c_pack.core.progress import quiet_loading_bars
+from d2c_pack.core.registry import resolve_model_path
 
+T = TypeVar("T")
 TEXT_LENGTH = 16  # L: tokens kept per caption (padded / truncated)
 _WORDNET_SUFFIX = re.compile(r" \(n\d{8}\)$")
 
@@ -77,7 +80,41 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-class TextEncoder:
+def _from_pretrained(name_or_path: str, what: str, load: Callable[[str], T]) -> T:
+    """``load(path)`` of a transformers model folder or Hub id (or a registered name), a failure told in one line naming ``what``."""
+    path = resolve_model_path(name_or_path)
+    quiet_loading_bars()
+    try:
+        return load(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot load the {what} {name_or_path!r}: {first_line(err)}") from None
+
+
+class _FrozenTextModel:
+    """A frozen transformers model with its tokenizer, identified by its weights, vocabulary size and settings."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+
+    def __init__(self, name_or_path: str, device: torch.device | str, batch_size: int):
+        self.name = name_or_path
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self._fingerprint: str | None = None
+
+    def _settings(self) -> dict:
+        """The settings besides the weights that change what the model outputs."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights, the tokenizer's vocabulary size and :meth:`_settings`: what produced the outputs, for cache keys."""
+        if self._fingerprint is None:  # hashing billions of weights takes seconds: do it once
+            weights = module_sha256(self.model)
+            self._fingerprint = sha256_json({"weights": weights, "vocab_size": len(self.tokenizer), **self._settings()})
+        return self._fingerprint
+
+
+class TextEncoder(_FrozenTextModel):
     """Token embeddings of any transformers text encoder, padded/truncated to L tokens."""
 
     def __init__(
@@ -89,19 +126,15 @@ class TextEncoder:
     ):
         import transformers  # a heavy import, only paid where text is encoded
 
-        self.name = name_or_path
-        self.device = torch.device(device)
+        super().__init__(name_or_path, device, batch_size)
         self.max_length = max_length
-        self.batch_size = batch_size
-        path = resolve_model_path(name_or_path)
-        quiet_loading_bars()
-        try:
+
+        def load(path: str) -> tuple:
             config = transformers.AutoConfig.from_pretrained(path)
             model_class = getattr(transformers, _ENCODER_ONLY_CLASSES.get(config.model_type, "AutoModel"))
-            model = model_class.from_pretrained(path, dtype=torch.float32)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as err:
-            raise UserError(f"cannot load the text encoder {name_or_path!r}: {first_line(err)}") from None
+            return config, model_class, model_class.from_pretrained(path, dtype=torch.float32), transformers.AutoTokenizer.from_pretrained(path)
+
+        config, model_class, model, self.tokenizer = _from_pretrained(name_or_path, "text encoder", load)
         if config.is_encoder_decoder and model_class is transformers.AutoModel:
             model = model.get_encoder()  # BART-like: AutoModel loads both halves, keep the encoder
         if self.tokenizer.pad_token is None:  # GPT-2 style tokenizers pad with their end-of-text token
@@ -111,7 +144,9 @@ class TextEncoder:
         self.tokenizer.padding_side = "right"
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
-        self._fingerprint: str | None = None
+
+    def _settings(self) -> dict:
+        return {"max_length": self.max_length}
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> TextEncoding:
@@ -133,13 +168,6 @@ class TextEncoder:
             mask[start : start + len(hidden)] = batch["attention_mask"].cpu().numpy()
         return TextEncoding(embedding=embedding, mask=mask)
 
-    def fingerprint(self) -> str:
-        """sha256 of the weights, tokenizer vocabulary size and L: what produced the embeddings, for cache keys."""
-        if self._fingerprint is None:  # hashing billions of weights takes seconds: do it once
-            weights = module_sha256(self.model)
-            self._fingerprint = sha256_json({"weights": weights, "vocab_size": len(self.tokenizer), "max_length": self.max_length})
-        return self._fingerprint
-
 
 def encode_class_prompts(
     encoder: TextEncoder, class_names: list[str], template: str = DEFAULT_PROMPT_TEMPLATE
@@ -152,7 +180,7 @@ def encode_class_prompts(
     return TextEncoding(embedding=encoding.embedding[rows], mask=encoding.mask[rows])
 
 
-class Captioner:
+class Captioner(_FrozenTextModel):
     """Per-image captions from any transformers image-to-text model (BLIP, ViT-GPT2 VisionEncoderDecoder, ...).
 
     transformers 5 dropped the "image-to-text" pipeline; its replacement, "image-text-to-text",
@@ -171,21 +199,19 @@ class Captioner:
     ):
         import transformers  # a heavy import, only paid where images are captioned
 
-        self.name = name_or_path
-        self.device = torch.device(device)
+        super().__init__(name_or_path, device, batch_size)
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        path = resolve_model_path(name_or_path)
-        quiet_loading_bars()
-        try:
+
+        def load(path: str) -> tuple:
+            # The image processor and tokenizer are loaded apart rather than through AutoProcessor: VisionEncoderDecoder folders have no processor.
             model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
-            # Loaded apart rather than through AutoProcessor: VisionEncoderDecoder folders have no processor.
-            self.image_processor = transformers.AutoImageProcessor.from_pretrained(path)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as err:
-            raise UserError(f"cannot load the captioning model {name_or_path!r}: {first_line(err)}") from None
+            return model, transformers.AutoImageProcessor.from_pretrained(path), transformers.AutoTokenizer.from_pretrained(path)
+
+        model, self.image_processor, self.tokenizer = _from_pretrained(name_or_path, "captioning model", load)
         self.model = model.to(self.device).eval().requires_grad_(False)
-        self._fingerprint: str | None = None
+
+    def _settings(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens}
 
     @torch.no_grad()
     def caption(self, images: list[Image.Image]) -> list[str]:
@@ -200,12 +226,3 @@ class Captioner:
                 )
             captions += [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         return captions
-
-    def fingerprint(self) -> str:
-        """sha256 of the weights, tokenizer vocabulary size and max_new_tokens: what produced the captions."""
-        if self._fingerprint is None:
-            weights = module_sha256(self.model)
-            self._fingerprint = sha256_json(
-                {"weights": weights, "vocab_size": len(self.tokenizer), "max_new_tokens": self.max_new_tokens}
-            )
-        return self._fingerprint

@@ -22,10 +22,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from d2c_pack.errors import UserError, first_line
-from d2c_pack.fingerprint import module_sha256, sha256_json
-from d2c_pack.progress import quiet_loading_bars
-from d2c_pack.registry import resolve_model_path
+from d2c_pack.attach.settings import encoder_input_size
+from d2c_pack.core.errors import UserError, first_line
+from d2c_pack.core.fingerprint import module_sha256, sha256_json
+from d2c_pack.core.progress import quiet_loading_bars
+from d2c_pack.core.registry import resolve_model_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,16 +34,11 @@ _TRANSFORMERS_TYPES = ("dinov2", "dinov2_with_registers")
 _TIMM_PREFIXES = ("timm/", "hf-hub:", "local-dir:")
 
 
-def encoder_input_size(resolution: int) -> int:
-    """Side S of the encoder's input for crops of side R: 224·R/256, rounded down."""
-    return 224 * resolution // 256
-
-
 def dinov2_inputs(crops: torch.Tensor, resolution: int, *, antialias: bool = False) -> torch.Tensor:
     """(B, 3, R, R) uint8 crops → (B, 3, S, S) float32: /255, ImageNet-normalised, bicubic-resized to S.
 
     The default is REPA's resize (no antialiasing, as ``F.interpolate`` does unless asked);
-    ``antialias=True`` is the input the encoder trainer (:mod:`d2c_pack.train.encoder`) uses.
+    ``antialias=True`` is the input the encoder trainer (:mod:`d2c_pack.training.encoder`) uses.
     """
     if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[1:] != (3, resolution, resolution):
         raise ValueError(f"expected uint8 crops of shape (B, 3, {resolution}, {resolution}), got {crops.dtype} {tuple(crops.shape)}")
@@ -55,7 +51,7 @@ def dinov2_inputs(crops: torch.Tensor, resolution: int, *, antialias: bool = Fal
 
 
 def classifier_inputs(crops: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(B, 3, R, R) uint8 crops → (B, 3, S, S): a classifier's input as :mod:`d2c_pack.train.encoder` trains it and ``eval`` judges with it.
+    """(B, 3, R, R) uint8 crops → (B, 3, S, S): a classifier's input as :mod:`d2c_pack.training.encoder` trains it and ``eval`` judges with it.
 
     Antialiased, unlike the visual attach step's (REPA's) inputs: ``d2c_pack/demo/digits-encoder``
     was trained on these, and the encoder trainer still rebuilds it. It classifies REPA's inputs as

@@ -1,6 +1,6 @@
 """The embedded demo: a plugin of models and a source that need no download, named ``demo:...``.
 
-Importing this package registers its names in :mod:`d2c_pack.registry`, which imports it the
+Importing this package registers its names in :mod:`d2c_pack.core.registry`, which imports it the
 first time a ``demo:`` name is asked for; the library itself never imports it.
 
 - ``demo:digits`` (source): the handwritten digits scikit-learn ships (:mod:`d2c_pack.demo.digits`);
@@ -17,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from d2c_pack import registry
-from d2c_pack.errors import require
+from d2c_pack.core import registry
+from d2c_pack.core.errors import require
 
 if TYPE_CHECKING:
-    from d2c_pack.sources import ImageSource
+    from d2c_pack.sources.image_source import ImageSource
 
 DEMO_DIR = Path(__file__).parent
 

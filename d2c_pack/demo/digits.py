@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from d2c_pack.errors import require
-from d2c_pack.fingerprint import sha256_json
-from d2c_pack.sources import Entry, ImageSource
+from d2c_pack.core.errors import require
+from d2c_pack.core.fingerprint import sha256_json
+from d2c_pack.sources.image_source import Entry, ImageSource
 
 
 class DigitsSource(ImageSource):

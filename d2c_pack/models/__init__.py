@@ -1,16 +1,8 @@
-"""Diffusion backbones: the official-compatible DiT/SiT network and its checkpoint formats."""
+"""Diffusion backbones: the official-compatible DiT/SiT network (:mod:`~d2c_pack.models.dit`), D2C's
+DC-Embedding and alignment projector (:mod:`~d2c_pack.models.d2c`), their checkpoint formats
+(:mod:`~d2c_pack.models.checkpoint`, :mod:`~d2c_pack.models.repa`), the VAE latent space
+(:mod:`~d2c_pack.models.latents`) and the size tables (:mod:`~d2c_pack.models.sizes`, no torch).
 
-from d2c_pack.models.checkpoint import (
-    BackboneConfig,
-    ClassText,
-    backbone_config,
-    backbone_weights_file,
-    infer_config,
-    load_backbone,
-    load_class_text,
-    save_backbone,
-)
-from d2c_pack.models.d2c import D2CSiT
-from d2c_pack.models.dit import BACKBONES, DiT
-
-__all__ = ["BACKBONES", "BackboneConfig", "ClassText", "D2CSiT", "DiT", "load_class_text", "backbone_config", "backbone_weights_file", "infer_config", "load_backbone", "save_backbone"]
+Import the module you need: this package's ``__init__`` loads nothing, so that the settings can
+read :mod:`~d2c_pack.models.sizes` without torch.
+"""

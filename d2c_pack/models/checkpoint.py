@@ -27,11 +27,12 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from d2c_pack.errors import UserError, first_line
-from d2c_pack.models.d2c import PROJECTOR_DIM, D2CSiT, default_encoder_depth
-from d2c_pack.models.dit import BACKBONES, MODEL_SIZES, DiT
+from d2c_pack.core.errors import UserError, first_line
+from d2c_pack.core.registry import resolve_model_path
+from d2c_pack.models.d2c import D2CSiT, default_encoder_depth
+from d2c_pack.models.dit import BACKBONES, DiT
 from d2c_pack.models.repa import RepaSettings, from_repa, is_repa_state_dict, repa_settings
-from d2c_pack.registry import resolve_model_path
+from d2c_pack.models.sizes import MODEL_SIZES, PROJECTOR_DIM
 
 Prediction = Literal["velocity", "epsilon"]
 PREDICTIONS: tuple[str, ...] = ("velocity", "epsilon")
@@ -52,7 +53,7 @@ class BackboneConfig:
     """Everything needed to rebuild a backbone and use it: architecture, target and input space.
 
     ``vae`` names the diffusers ``AutoencoderKL`` whose latents the backbone sees (``None`` = pixel
-    space) by Hub id or folder name, never a local path (see ``d2c_pack.latents.vae_reference``),
+    space) by Hub id or folder name, never a local path (see ``d2c_pack.models.latents.vae_reference``),
     and ``vae_sha256`` is the hash of its weights where known; ``image_size`` is the image
     resolution R before encoding.
     """
@@ -224,7 +225,7 @@ def backbone_weights_file(path: str | Path, *, use_ema: bool = True) -> Path:
 
 
 def resolve_backbone_path(path: str | Path) -> Path:
-    """A path as given, or the weights a plugin model name stands for (``demo:digits``, :mod:`d2c_pack.registry`)."""
+    """A path as given, or the weights a plugin model name stands for (``demo:digits``, :mod:`d2c_pack.core.registry`)."""
     return Path(resolve_model_path(str(path)))
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from d2c_pack.configs import PROJECTOR_DIM
 from d2c_pack.models.dit import DiT
+from d2c_pack.models.sizes import PROJECTOR_DIM
 
 
 class DCEmbedding(nn.Module):

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 
+from d2c_pack.models.sizes import MODEL_NAMES, MODEL_SIZES
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -261,17 +263,6 @@ def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.nda
 #                                DiT / SiT Configs                              #
 #################################################################################
 
-# size → (depth, hidden_size, num_heads), as in the DiT paper's Table 1. "T" (tiny) is not in
-# the papers: it is this project's size for the embedded demo and for tests.
-MODEL_SIZES: dict[str, tuple[int, int, int]] = {
-    "XL": (28, 1152, 16),
-    "L": (24, 1024, 16),
-    "B": (12, 768, 12),
-    "S": (12, 384, 6),
-    "T": (6, 128, 4),
-}
-PATCH_SIZES = (2, 4, 8)
-
 
 def _factory(depth: int, hidden_size: int, num_heads: int, patch_size: int) -> Callable[..., DiT]:
     def build(**kwargs) -> DiT:
@@ -281,9 +272,4 @@ def _factory(depth: int, hidden_size: int, num_heads: int, patch_size: int) -> C
 
 
 # "DiT-XL/2", "SiT-B/4", … → constructor taking the remaining DiT arguments (input_size, in_channels, …).
-BACKBONES: dict[str, Callable[..., DiT]] = {
-    f"{family}-{size}/{patch}": _factory(depth, hidden, heads, patch)
-    for family in ("DiT", "SiT")
-    for size, (depth, hidden, heads) in MODEL_SIZES.items()
-    for patch in PATCH_SIZES
-}
+BACKBONES: dict[str, Callable[..., DiT]] = {name: _factory(*MODEL_SIZES[size], patch) for name, (size, patch) in MODEL_NAMES.items()}

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from d2c_pack.errors import UserError
+from d2c_pack.core.errors import UserError
 
 PROJECTORS = "projectors."
 PROJECTOR_KEY = re.compile(r"projectors\.(\d+)\.(.+)")

@@ -1,1 +1,0 @@
-"""Reference trainer: SiT transport, data, training loop and sampling."""
