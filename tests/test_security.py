@@ -14,7 +14,6 @@ from conftest import encode, make_official_scorer, noise_image
 from hub_server import HubServer, use_hub
 
 FAKE_TOKEN = "hf_d2cFAKEsecret_7c1e9a5b3d_must_never_leak"
-TINY_BUILD = ["--timesteps", "1", "--chunk-size", "512"]
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -25,14 +24,18 @@ def files_holding(root: Path, secret: bytes) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()]
 
 
-def test_the_token_appears_in_no_output_log_card_manifest_or_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every command, run with HF_TOKEN set to a recognisable fake (a write token of the test Hub)."""
+def test_the_token_appears_in_no_output_log_card_manifest_or_checkpoint(tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command, run with HF_TOKEN set to a recognisable fake (a write token of the test Hub).
+
+    ``score``, ``build`` and ``demo`` find the digits' scores and columns in the default cache (``demo_cache``, under
+    ``tmp_path``), which the search for the token reads too.
+    """
     with HubServer(tokens={FAKE_TOKEN: "write"}) as server:
         use_hub(server, monkeypatch, tmp_path / "hf-home", token=FAKE_TOKEN)
-        data, run, work = tmp_path / "data", tmp_path / "run", tmp_path / "work"
+        data, run = tmp_path / "data", tmp_path / "run"
         runs = [
-            cli("score", "--recipe", "demo", *TINY_BUILD, "--work", str(work)),
-            cli("build", "--recipe", "demo", *TINY_BUILD, "--work", str(work), "--out", str(data)),
+            cli("score", "--recipe", "demo"),
+            cli("build", "--recipe", "demo", "--out", str(data)),
             cli("inspect", str(data)),
             cli("push", "tester/secret", "--from", str(data), "--tag", "v1.0"),
             cli("verify", "tester/secret@v1.0"),
