@@ -7,7 +7,7 @@ and times (CPU seconds of this process, best of ``--repeats``: the machine may b
 - ``trainer row``: the trainer's ``SubsetRows``, one row at a time (Arrow → float32 tensor);
 - ``torch row``: datasets' torch format, one row at a time (what the trainer read before);
 - ``torch column``: every row at once in datasets' torch format (float32);
-- ``column_array``: every row as one float16 NumPy array (``d2c_pack.publish.package.column_array``);
+- ``column_array``: every row as one float16 NumPy array (``d2c_pack.core.arrays.column_array``);
 - ``polars``: ``pl.read_parquet(shard)[column].to_numpy()``, with the dtype it gives.
 
     python benchmarks/array_columns.py [--rows 512] [--shape 256,768] [--tiny] [--json benchmarks/results/array_columns.json]
