@@ -218,3 +218,9 @@ def test_demo_names_resolve_through_the_registry_the_demo_registers_into() -> No
         registry.resolve_model_path("demo:nope")
     with pytest.raises(SourceError, match="unknown demo source 'demo:nope'; available: demo:digits"):
         registry.source_opener("demo:nope")
+
+
+def test_no_module_is_named_as_a_public_function() -> None:
+    """``d2c_pack.build`` & co. are functions only: a submodule of the same name would shadow one once imported."""
+    top_level = {path.stem for path in PACKAGE.glob("*.py")} | {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert top_level & set(d2c_pack.API) == set()
