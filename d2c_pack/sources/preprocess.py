@@ -85,7 +85,8 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image → float32 tensor (3, H, W) in [-1, 1]; other modes go through ``to_rgb``."""
     if image.mode != "RGB":
         image = to_rgb(image)
-    return to_unit_range(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)).contiguous()
+    pixels = torch.from_numpy(np.array(image))  # a writable copy: torch warns on PIL's read-only buffer
+    return to_unit_range(pixels.permute(2, 0, 1)).contiguous()
 
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
