@@ -15,6 +15,7 @@ the command as the line above does and exits (or is killed) as that process woul
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import os
@@ -25,8 +26,14 @@ import sys
 import threading
 from pathlib import Path
 
-# What a build imports, and most of the time a run spends before its first step: imported once by the server.
-PRELOAD = ("d2c_pack.cli", "d2c_pack.pipeline.build", "d2c_pack.demo", "transformers", "matplotlib")
+# What build and train runs import, and most of the time a short run would spend importing: imported once by the server
+# (the encoders' and figures' modules too, which the commands import only when they get there).
+PRELOAD = (
+    "d2c_pack.cli", "d2c_pack.pipeline.build", "d2c_pack.training.loop", "d2c_pack.demo", "transformers", "transformers.modeling_utils",
+    "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto", "transformers.image_processing_utils",
+    "transformers.models.bert.modeling_bert", "transformers.models.bert.tokenization_bert", "transformers.models.dinov2.modeling_dinov2",
+    "matplotlib", "matplotlib.pyplot", "matplotlib.backends.backend_agg", "pydantic.main", "pydantic.type_adapter",
+)  # fmt: skip
 
 
 def arm(target: str, nth: int, when: str, signum: int = signal.SIGKILL) -> None:
@@ -71,6 +78,9 @@ def serve() -> dict:
     for line in sys.stdin:
         sys.stdout.flush(), sys.stderr.flush()  # nothing buffered here is written twice
         request = json.loads(line)
+        # What exists now is shared with the child and lives as long as it: out of the collector's sight, the child's
+        # collections (and the one at its exit) do not write to every object it inherited, copying each page of them.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             return request
@@ -100,7 +110,10 @@ class Server:
         self.scratch, self.runs = scratch, 0
         # A session of its own: a command that runs past its timeout is killed with the server (os.killpg).
         command = [sys.executable, __file__, "--serve"]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        # One torch thread unless OMP_NUM_THREADS says otherwise (torch reads it when imported): on a 2-core machine
+        # shared with other jobs, a second thread of these small models mostly spins, waiting for a core.
+        env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True, env=env)
 
     def run(self, args: list[str], kill: tuple[str, int, str] | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         self.runs += 1

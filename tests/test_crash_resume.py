@@ -11,7 +11,9 @@ interpreter would spend most of each run importing torch.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,25 +28,31 @@ from killpoint import Server
 from d2c_pack.sources.image_source import open_source
 
 TESTS = Path(__file__).parent
-# The demo build, made quick: the first 256 digits (DIGITS), one timestep and chunks of 32, so scoring writes
-# 8 chunk files and attaching 8 more, as the whole 1,797 digits in chunks of 256 do.
-DIGITS = 256
-BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--chunk-size", "32"]
+# The demo build, made quick: the first 64 digits (DIGITS) of the classes 0-4 (CLASSES: the card's figures draw a row
+# a class), one timestep, 30% of them (4 a class) and chunks of 8, so scoring writes 8 chunk files and attaching 8 more,
+# as the whole 1,797 digits at 10% in chunks of 256 do.
+DIGITS, CLASSES = 64, 5
+BUILD = ["build", "--recipe", "demo", "--timesteps", "1", "--budget", "30%", "--chunk-size", "8"]
+# Where the killed run starts: an empty --work folder (EMPTY), or one holding a copy of the score cache the reference
+# build left (SCORED), for the kill points past scoring: a run from an empty folder would have written those same files
+# before getting there, so the killed run leaves the files it would have left, and the re-run starts from them, without
+# scoring the digits once more. A SCORED point's call count starts there: ChunkCache.add 2 is the second attach chunk.
+EMPTY, SCORED = "empty", "scored"
 BUILD_KILL_POINTS = [
-    ("d2c_pack.selection.chunks:ChunkCache.add", 1, "after"),  # scoring: first chunk stored
-    ("d2c_pack.selection.chunks:ChunkCache.add", 4, "before"),  # scoring: mid-way, a chunk computed but not stored
-    ("os:replace", 6, "before"),  # scoring: a chunk's temporary file written, not renamed into place
-    ("d2c_pack.selection.chunks:ChunkCache.add", 8, "after"),  # scoring: every chunk stored, the merged file not yet
-    ("pyarrow.parquet:ParquetWriter.write_table", 11, "after"),  # scoring: 8 chunks stored, the merged file a few chunks in
-    ("d2c_pack.selection.chunks:ChunkCache.merge", 1, "after"),  # scoring done
-    ("d2c_pack.selection.chunks:ChunkCache.add", 10, "after"),  # attaching: first chunks of the attach columns
-    ("d2c_pack.selection.chunks:ChunkCache.add", 14, "before"),  # attaching: later
-    ("d2c_pack.publish.package:write_split", 1, "before"),  # packaging: nothing written
-    ("d2c_pack.publish.shard_writer:HashingFile.write", 3, "after"),  # packaging: the data shard half written
-    ("d2c_pack.publish.package:write_split", 1, "after"),  # packaging: data shard written
-    ("d2c_pack.publish.package:write_assets", 1, "after"),  # packaging: card figures written
-    ("d2c_pack.publish.package:write_split", 2, "after"),  # packaging: scores shard written
-    ("d2c_pack.publish.package:_file_list", 1, "after"),  # packaging: everything but the manifest and the final rename
+    ("d2c_pack.selection.chunks:ChunkCache.add", 1, "after", EMPTY),  # scoring: first chunk stored
+    ("d2c_pack.selection.chunks:ChunkCache.add", 4, "before", EMPTY),  # scoring: mid-way, a chunk computed but not stored
+    ("os:replace", 6, "before", EMPTY),  # scoring: a chunk's temporary file written, not renamed into place
+    ("d2c_pack.selection.chunks:ChunkCache.add", 8, "after", EMPTY),  # scoring: every chunk stored, the merged file not yet
+    ("pyarrow.parquet:ParquetWriter.write_table", 11, "after", EMPTY),  # scoring: 8 chunks stored, the merged file a few chunks in
+    ("d2c_pack.selection.chunks:ChunkCache.merge", 1, "after", EMPTY),  # scoring done
+    ("d2c_pack.selection.chunks:ChunkCache.add", 2, "after", SCORED),  # attaching: first chunks of the attach columns
+    ("d2c_pack.selection.chunks:ChunkCache.add", 6, "before", SCORED),  # attaching: later
+    ("d2c_pack.publish.package:write_split", 1, "before", SCORED),  # packaging: nothing written
+    ("d2c_pack.publish.shard_writer:HashingFile.write", 3, "after", SCORED),  # packaging: the data shard half written
+    ("d2c_pack.publish.package:write_split", 1, "after", SCORED),  # packaging: data shard written
+    ("d2c_pack.publish.package:write_assets", 1, "after", SCORED),  # packaging: card figures written
+    ("d2c_pack.publish.package:write_split", 2, "after", SCORED),  # packaging: scores shard written
+    ("d2c_pack.publish.package:_file_list", 1, "after", SCORED),  # packaging: everything but the manifest and the final rename
 ]
 
 
@@ -79,9 +87,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def build_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """BUILD on an image folder of the first DIGITS demo digits (the PNG files of ``demo:digits``), in class folders 0..9."""
+    """BUILD on an image folder of the first DIGITS demo digits of the first CLASSES classes (the PNG files of ``demo:digits``),
+    in class folders 0..4."""
     root = tmp_path_factory.mktemp("digits")
-    for record in open_source("demo:digits").iter_records(range(DIGITS)):
+    digits = open_source("demo:digits")
+    for record in itertools.islice((r for r in digits.iter_records(range(len(digits))) if r.label < CLASSES), DIGITS):
         (root / str(record.label)).mkdir(exist_ok=True)
         (root / str(record.label) / f"{record.index:04d}.png").write_bytes(record.data)
     return [*BUILD, "--source", str(root)]
@@ -89,16 +99,20 @@ def build_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_build(tmp_path_factory: pytest.TempPathFactory, server: Server, build_args: list[str]) -> Path:
+    """The output folder of an uninterrupted build; its --work folder is beside it (``work``): never change either."""
     root = tmp_path_factory.mktemp("reference")
     done = d2c_pack(*build_args, "--out", str(root / "out"), "--work", str(root / "work"), server=server)
     assert done.returncode == 0, done.stderr[-3000:]
     return root / "out"
 
 
-@pytest.mark.parametrize("kill", BUILD_KILL_POINTS, ids=[f"{t.split(':')[1]}-{n}-{w}" for t, n, w in BUILD_KILL_POINTS])
+@pytest.mark.parametrize("kill", BUILD_KILL_POINTS, ids=[f"{t.split(':')[1]}-{n}-{w}" + ("-scored" if s == SCORED else "") for t, n, w, s in BUILD_KILL_POINTS])
 def test_a_killed_build_resumes_to_identical_bytes(server: Server, build_args: list[str], reference_build: Path, tmp_path: Path, kill) -> None:
-    out = tmp_path / "out"
-    killed_then_resumed([*build_args, "--out", str(out), "--work", str(tmp_path / "work")], kill, server=server)
+    *point, start = kill
+    out, work = tmp_path / "out", tmp_path / "work"
+    if start == SCORED:
+        shutil.copytree(reference_build.parent / "work" / "scores", work / "scores")
+    killed_then_resumed([*build_args, "--out", str(out), "--work", str(work)], tuple(point), server=server)
     assert file_hashes(out) == file_hashes(reference_build)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]  # no half-written folder left beside it
 
@@ -139,7 +153,7 @@ def test_a_killed_push_resumes_and_the_hub_matches_the_manifest(hub: HubServer, 
     assert {path: hashlib.sha256(remote[path]).hexdigest() for path in manifest["files"]} == {p: f["sha256"] for p, f in manifest["files"].items()}
 
 
-TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--batch-size", "16", "--log-every", "1"]
+TRAIN = ["train", "--recipe", "demo", "--steps", "6", "--ckpt-every", "2", "--batch-size", "4", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
