@@ -28,7 +28,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
-from _report import print_table, write_report
+if __package__:  # imported as benchmarks.train_in_place (benchmarks/gpu/trainer.py)
+    from ._report import print_table, write_report
+else:  # run as a script, or imported by name with this folder on sys.path
+    from _report import print_table, write_report
 
 from d2c_pack.core.arrays import array_feature
 from d2c_pack.core.fingerprint import sha256_file
