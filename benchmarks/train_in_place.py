@@ -28,15 +28,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
-if __package__:  # imported as benchmarks.train_in_place (benchmarks/gpu/trainer.py)
-    from ._report import print_table, write_report
-else:  # run as a script, or imported by name with this folder on sys.path
-    from _report import print_table, write_report
 
 from d2c_pack.core.arrays import array_feature
 from d2c_pack.core.fingerprint import sha256_file
 from d2c_pack.publish.shard_writer import ROW_GROUP_BYTES, parquet_options
 from d2c_pack.publish.verify import MANIFEST
+
+if __package__:  # imported as benchmarks.train_in_place (benchmarks/gpu/trainer.py)
+    from ._report import print_table, write_report
+else:  # run as a script, or imported by name with this folder on sys.path
+    from _report import print_table, write_report
 
 # What a build's manifest records of the VAE behind its latent column (training reads it from there): the SD VAE's
 # name and scale, and a placeholder hash, since the synthetic latents come from no VAE.
@@ -105,10 +106,13 @@ def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int,
 
 
 def train_in_place_benchmark(
-    data: str, steps: int, *, model: str = "SiT-S/2", batch_size: int = 256, workers: int = 4, device: str = "auto", text: bool = True, align: bool = True
-) -> dict:
+    data: str, steps: int, *, model: str = "SiT-S/2", batch_size: int = 256, workers: int = 4, device: str = "auto", text: bool = True, align: bool = True,
+    threads: int | None = None,
+) -> dict:  # fmt: skip
     """Trains ``steps`` steps of ``model`` from ``data`` in its own process; rows/s (training and reader alone),
-    peak RSS of its largest process, and the peak bytes it wrote to an empty HF_DATASETS_CACHE."""
+    peak RSS of its largest process, and the peak bytes it wrote to an empty HF_DATASETS_CACHE.
+
+    ``threads``: the trainer's OMP_NUM_THREADS (default: the environment's)."""
     flags = {"model": model, "device": device, "text": text, "align": align}
     with tempfile.TemporaryDirectory() as scratch:
         cache, out = Path(scratch) / "hf-datasets-cache", Path(scratch) / "run"
@@ -120,7 +124,8 @@ def train_in_place_benchmark(
         ]  # fmt: skip
         log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the run
         with log.open("w") as stderr:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ | {"HF_DATASETS_CACHE": str(cache)})
+            env = os.environ | {"HF_DATASETS_CACHE": str(cache)} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         peak_disk, status, usage = 0, None, None
         while status is None:
             pid, wait_status, wait_usage = os.wait4(process.pid, os.WNOHANG)
