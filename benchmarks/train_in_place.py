@@ -10,7 +10,7 @@ first (label, latent, text and visual columns of `--resolution`'s shapes, encode
 them, cut into row groups as a build cuts them unless `--rows-per-group` says otherwise).
 
     python benchmarks/train_in_place.py [--data BUILD] [--steps 50] [--model SiT-S/2] [--batch-size 256]
-    python benchmarks/train_in_place.py --tiny      # a 96-row synthetic build and SiT-T/2, as the test runs it
+    python benchmarks/train_in_place.py --tiny      # a 96-row synthetic build and SiT-T/2 on one thread, as the test runs it
 """
 
 from __future__ import annotations
@@ -155,20 +155,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="the trainer's OMP_NUM_THREADS (default: the environment's)")
     parser.add_argument("--rows", type=int, default=2048, help="rows of the synthetic build")
     parser.add_argument("--resolution", type=int, default=256, help="resolution of the synthetic build")
     parser.add_argument("--rows-per-group", type=int, default=None, help="parquet row group size of the synthetic build (default: a build's)")
-    parser.add_argument("--tiny", action="store_true", help="96 synthetic rows at R = 32, SiT-T/2, 4 steps of 8 rows")
+    parser.add_argument("--tiny", action="store_true", help="96 synthetic rows at R = 32, SiT-T/2, 4 steps of 8 rows, one thread")
     parser.add_argument("--json", default="benchmarks/results/train_in_place.json")
     args = parser.parse_args(argv)
     if args.tiny:
         args.rows, args.resolution, args.rows_per_group, args.model, args.steps, args.batch_size, args.workers = 96, 32, 10, "SiT-T/2", 4, 8, 2
+        args.threads = 1  # OpenMP threads waiting on each other dominate tiny ops on a small, shared CPU
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:
             shapes = {"text_shape": (16, 8), "visual_dim": 8} if args.tiny else {}
             data = str(synthetic_build(Path(scratch) / "build", args.rows, args.resolution, rows_per_group=args.rows_per_group, **shapes))
-        result = train_in_place_benchmark(data, args.steps, model=args.model, batch_size=args.batch_size, workers=args.workers, device=args.device)
+        result = train_in_place_benchmark(
+            data, args.steps, model=args.model, batch_size=args.batch_size, workers=args.workers, device=args.device, threads=args.threads
+        )
         if args.data is None:
             rows_per_group = pq.read_metadata(next(Path(data).glob("data/*.parquet"))).row_group(0).num_rows
             result |= {"synthetic": {"rows": args.rows, "resolution": args.resolution, "rows_per_group": rows_per_group}}
