@@ -67,18 +67,28 @@ def measure(values: np.ndarray, layout: str, folder: Path, repeats: int) -> dict
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line ``argv`` (default ``sys.argv[1:]``); datasets' progress bars are off while it runs."""
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        _run(argv)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--shape", default="256,768", help="one row's shape: N_tok,D (DINOv2-B at R = 256: 256,768)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="16 rows of 4 × 8, one repeat: a smoke test")
     parser.add_argument("--json", default="benchmarks/results/array_columns.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tiny:
         args.rows, args.shape, args.repeats = 16, "4,8", 1
     shape = tuple(int(size) for size in args.shape.split(","))
-    datasets.disable_progress_bars()
     values = np.random.default_rng(0).standard_normal((args.rows, *shape)).astype(np.float16)
     results = {}
     for layout in LAYOUTS:

@@ -41,16 +41,17 @@ from d2c_pack.publish.verify import LocalFolder
 
 TIMESTEPS = 8
 PHOTO_POOL = 512  # distinct JPEGs; image i is photo i mod PHOTO_POOL
+TINY_PHOTO_POOL = 64  # --tiny: more than the 39 thumbnails of its page
 PHOTO_SIZE = 192
 
 
-def photographs() -> list[bytes]:
-    """``PHOTO_POOL`` JPEG crops (various places and scales) of scikit-learn's sample photographs."""
+def photographs(count: int = PHOTO_POOL) -> list[bytes]:
+    """``count`` JPEG crops (various places and scales) of scikit-learn's sample photographs."""
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(0)
     photos, pool = [Image.fromarray(image) for image in load_sample_images().images], []
-    for index in range(PHOTO_POOL):
+    for index in range(count):
         photo = photos[index % len(photos)]
         side = int(rng.integers(96, min(photo.size)))
         left, top = (int(rng.integers(0, limit - side + 1)) for limit in photo.size)
@@ -61,7 +62,7 @@ def photographs() -> list[bytes]:
 
 
 class PhotoSource(SyntheticSource):
-    """``scale.py``'s synthetic source, whose image i is photograph i mod ``PHOTO_POOL``."""
+    """``scale.py``'s synthetic source, whose image i is photograph i mod the pool's size."""
 
     spec = "synthetic:explore"
 
@@ -70,7 +71,7 @@ class PhotoSource(SyntheticSource):
         self.pool = pool
 
     def image(self, index: int) -> bytes:
-        return self.pool[index % PHOTO_POOL]
+        return self.pool[index % len(self.pool)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Setup:
     folder: str
     rows: int
     per_class: int
+    photos: int = PHOTO_POOL  # distinct JPEGs
 
 
 def synthesize(setup: Setup, pool: list[bytes]) -> Layout:
@@ -115,7 +117,7 @@ def synthesize(setup: Setup, pool: list[bytes]) -> Layout:
             "difficulty": datasets.Value("float32"), "difficulty_rank": datasets.Value("int32"),
         }
     )  # fmt: skip
-    images = pa.array([{"bytes": pool[i % PHOTO_POOL], "path": None} for i in chosen.tolist()], rows.arrow_schema.field("image").type)
+    images = pa.array([{"bytes": pool[i % len(pool)], "path": None} for i in chosen.tolist()], rows.arrow_schema.field("image").type)
     data = pa.table([images, layout.labels[chosen], ids.take(chosen), difficulty[chosen], ranks[chosen]], schema=rows.arrow_schema)
     (folder / "data").mkdir()
     pq.write_table(data, folder / "data/train-00000-of-00001.parquet", row_group_size=100)  # datasets' row groups for images
@@ -139,7 +141,7 @@ def synthesize(setup: Setup, pool: list[bytes]) -> Layout:
 
 def write(setup: Setup, page: str) -> dict:
     """In a child process: the page with rejected thumbnails from the synthetic source; seconds and peak RSS."""
-    pool = photographs()
+    pool = photographs(setup.photos)
     layout = Layout(setup.rows, 0)
     baseline = _status("VmRSS")  # the imported tool (datasets, torch through the sources) before any work
     tic = time.perf_counter()
@@ -159,16 +161,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=IMAGENET_ROWS, help="Scored images (1,000 classes at full size).")
     parser.add_argument("--per-class", type=int, default=10, help="Selected images per class (ImageNet 10k: 10).")
-    parser.add_argument("--tiny", action="store_true", help="3,000 rows in 3 classes: a check that the benchmark runs.")
+    parser.add_argument("--tiny", action="store_true", help="3,000 rows in 3 classes, 64 distinct photographs: a check that the benchmark runs.")
     parser.add_argument("--work", default=None, help="Where the synthetic folder goes (removed at the end).")
     parser.add_argument("--out", default="benchmarks/results/explore_scale.json")
     args = parser.parse_args()
     rows = 3000 if args.tiny else args.rows
     with tempfile.TemporaryDirectory(dir=args.work) as work, ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
         pool.submit(int).result()  # forks now, before the synthetic data exists: the child holds the imported tool alone
-        setup = Setup(str(Path(work) / "subset"), rows, args.per_class)
+        setup = Setup(str(Path(work) / "subset"), rows, args.per_class, TINY_PHOTO_POOL if args.tiny else PHOTO_POOL)
         tic = time.perf_counter()
-        layout = synthesize(setup, photographs())
+        layout = synthesize(setup, photographs(setup.photos))
         synthesized = time.perf_counter() - tic
         page = Path(work) / "explore.html"
         figures = pool.submit(write, setup, str(page)).result()

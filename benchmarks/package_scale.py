@@ -14,6 +14,10 @@ hashes it against its manifest, ``push`` publishes it to the test suite's local 
 trains SiT-S/2 for ``--train-steps`` steps reading the folder in place (``benchmarks/train_in_place.py``;
 from a Hub revision the trainer reads the snapshot the same way, after downloading it once).
 
+``--tiny`` (the test) checks that all of it works at the least cost: 40 rows, 2 steps of 8 rows of SiT-T/2
+with one loader worker and one torch thread, and stage processes forked from this one (which has imported the
+tool) rather than started afresh.
+
     python benchmarks/package_scale.py [--rows 1000,5000] [--tiny] [--work DIR] [--out benchmarks/results/package_scale.json]
 
 "Before" figures: run this file with ``PYTHONPATH`` pointing at an older checkout of the tool.
@@ -78,6 +82,8 @@ class Setup:
     train_steps: int = 50
     train_batch_size: int = 8  # on 2 CPU cores SiT-S/2 takes ~1.5 s a step of 8 (~50 s at 256): the reader is what is measured
     train_workers: int = 2
+    train_model: str = "SiT-S/2"
+    threads: int | None = None  # torch threads of each stage process and of the trainer (None: torch's default)
 
     @property
     def out(self) -> Path:
@@ -208,11 +214,12 @@ def run_push(setup: Setup) -> dict:
 
 
 def run_train(setup: Setup) -> dict:
-    """``train_steps`` steps of SiT-S/2 reading the folder in place (``benchmarks/train_in_place.py``, in a process of
+    """``train_steps`` steps of ``train_model`` reading the folder in place (``benchmarks/train_in_place.py``, in a process of
     its own): training and reader-alone rows/s, the trainer's peak RSS and what it wrote to the ``datasets`` cache."""
     result: dict = {}
     figures = timed(lambda: result.update(train_in_place_benchmark(
-        str(setup.out), setup.train_steps, batch_size=setup.train_batch_size, workers=setup.train_workers, device="cpu"
+        str(setup.out), setup.train_steps, model=setup.train_model, batch_size=setup.train_batch_size, workers=setup.train_workers,
+        device="cpu", threads=setup.threads,
     )))  # fmt: skip
     return figures | {
         "rows_per_second": result["train_rows_per_second"],
@@ -261,6 +268,10 @@ class DiskPeak:
 
 def run_stage(stage: str, setup: Setup) -> dict:
     """Runs one stage in this (child) process: its own figures, peak RSS and peak extra disk."""
+    if setup.threads:
+        import torch
+
+        torch.set_num_threads(setup.threads)
     before = folder_bytes(Path(setup.work))
     with DiskPeak(Path(setup.work)) as disk:
         figures = STAGES[stage](setup)
@@ -281,14 +292,17 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def measure(rows: int, root: str | None, stages: Sequence[str], **settings: int) -> dict:
-    """Runs every stage on a synthetic subset of ``rows``, each in a fresh process (``settings``: more fields of :class:`Setup`)."""
+def measure(rows: int, root: str | None, stages: Sequence[str], start_method: str = "spawn", **settings: int | str) -> dict:
+    """Runs every stage on a synthetic subset of ``rows``, each in a process of its own (``settings``: more fields of :class:`Setup`).
+
+    ``start_method``: "spawn" (a fresh interpreter per stage, which imports the tool itself), or "fork" (a copy of this
+    process, its imports done: a stage's peak RSS then starts from this process's resident size)."""
     with tempfile.TemporaryDirectory(dir=root, prefix="d2c-package-scale-") as work:
         setup = Setup(work, rows, **settings)
         results = {}
         for stage in stages:
             load = os.getloadavg()[0]  # other work on the machine: figures taken under load are slower
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(1, mp_context=get_context(start_method)) as pool:
                 results[stage] = pool.submit(run_stage, stage, setup).result() | {"load_average": [load, os.getloadavg()[0]]}
             Console(stderr=True).print(f"{rows:,} rows, {stage}: {results[stage]}")
     return {"rows": rows, "stages": results}
@@ -318,7 +332,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000,5000", help="comma-separated subset sizes (20000: ~11 GB of output)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
-    parser.add_argument("--tiny", action="store_true", help="40 rows and 2 training steps of 8, for the test")
+    parser.add_argument("--tiny", action="store_true", help="40 rows and 2 SiT-T/2 steps of 8 in forked stage processes, for the test")
     parser.add_argument("--train-steps", type=int, default=Setup.train_steps, help="SiT-S/2 steps of the train stage")
     parser.add_argument("--train-batch-size", type=int, default=Setup.train_batch_size)
     parser.add_argument("--work", default=None, help="folder for the synthetic outputs (default: the system's temporary folder)")
@@ -327,7 +341,10 @@ def main() -> None:
     args = parser.parse_args()
 
     sizes = [40] if args.tiny else [int(n) for n in args.rows.split(",")]
-    train = {"train_steps": 2, "train_batch_size": 8} if args.tiny else {"train_steps": args.train_steps, "train_batch_size": args.train_batch_size}
+    if args.tiny:
+        train = {"train_steps": 2, "train_batch_size": 8, "train_model": "SiT-T/2", "train_workers": 1, "threads": 1, "start_method": "fork"}
+    else:
+        train = {"train_steps": args.train_steps, "train_batch_size": args.train_batch_size}
     results = [measure(rows, args.work, args.stages.split(","), **train) for rows in sizes]
     Console().print(table(results))
     report = {

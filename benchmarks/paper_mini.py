@@ -12,6 +12,10 @@ class counts would add their own spread to the comparison.
 
     python benchmarks/paper_mini.py [--recipe benchmarks/paper-mini.yaml] [--out runs/paper-mini] [--tiny]
 
+``--tiny`` (the CI test) applies the recipe's ``tiny:`` overrides: one seed, a few steps and samples, the first
+digits of each class (``digits_per_class``, written as an image folder) rather than all 1,797, also the FID
+reference, and one torch thread.
+
 The recipe is this benchmark's, not a command's: it lives here rather than among the shipped
 recipes, which each drive the ``d2c-pack`` command they name.
 
@@ -23,12 +27,14 @@ the three reports elsewhere, e.g. benchmarks/results/).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,6 +47,7 @@ from d2c_pack.diffusion.sampling import Sampling
 from d2c_pack.evaluation.evaluator import evaluate, load_features, load_reference
 from d2c_pack.pipeline.build import build
 from d2c_pack.pipeline.settings import BuildConfig
+from d2c_pack.sources.image_source import open_source
 from d2c_pack.training.loop import train
 from d2c_pack.training.settings import TrainConfig
 
@@ -66,6 +73,7 @@ class MiniSettings:
     sampling_steps: int = 20
     cfg_scale: float = 1.5
     processes: int = 2  # runs in parallel, one thread each: small models use one core better than two
+    digits_per_class: int | None = None  # build from, and compare with, the first N digits of each class (an image folder under OUT); None: all 1,797
     build: dict = dataclasses.field(default_factory=dict)
     train: dict = dataclasses.field(default_factory=dict)
 
@@ -103,6 +111,8 @@ def read_settings(recipe: str, tiny: bool) -> MiniSettings:
 def build_subsets(settings: MiniSettings, out: Path) -> dict[tuple[str, int], str]:
     """Builds every subset once; only random selection depends on the seed. Returns {(selector, seed): folder}."""
     base = read_recipe("demo") | settings.build | {"work": str(out / "work"), "budget": settings.budget}
+    if settings.digits_per_class:
+        base["source"] = digits_folder(settings.digits_per_class, out / "source")
     folders = {}
     wanted = [(s, seed) for s in settings.selectors for seed in settings.seeds]
     if settings.full_data:
@@ -116,6 +126,28 @@ def build_subsets(settings: MiniSettings, out: Path) -> dict[tuple[str, int], st
             build(BuildConfig(**base | options | {"seed": selection_seed, "out": str(folder)}))
         folders[selector, seed] = str(folder)
     return folders
+
+
+def reference(settings: MiniSettings, out: Path) -> str:
+    """What the samples' FID compares them with: all the digits, or the smaller source the subsets were built from."""
+    return digits_folder(settings.digits_per_class, out / "source") if settings.digits_per_class else REFERENCE
+
+
+def digits_folder(per_class: int, folder: Path) -> str:
+    """The first ``per_class`` digits of each class, as an image folder (a sub-folder per class, the demo's PNG bytes)."""
+    if not folder.exists():
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        taken: collections.Counter[str] = collections.Counter()
+        digits = open_source("demo:digits")
+        for record in digits.iter_records():
+            name = digits.class_names[record.label]
+            if taken[name] < per_class:
+                (partial / name).mkdir(parents=True, exist_ok=True)
+                (partial / name / f"{record.index:04d}.png").write_bytes(record.data)
+                taken[name] += 1
+        partial.rename(folder)
+    return str(folder)
 
 
 def plan_jobs(settings: MiniSettings, subsets: dict[tuple[str, int], str]) -> list[Job]:
@@ -145,7 +177,7 @@ def run_job(job: Job, settings: MiniSettings, out: Path) -> dict:
     curve = []
     for checkpoint in sorted((run / "checkpoints").glob("[0-9]" * 7)):
         metrics = evaluate(
-            checkpoint, reference=REFERENCE, features=FEATURES, num_samples=settings.num_samples, device="cpu",
+            checkpoint, reference=reference(settings, out), features=FEATURES, num_samples=settings.num_samples, device="cpu",
             sampling=Sampling(labels="balanced", steps=settings.sampling_steps, cfg_scale=settings.cfg_scale, seed=0), work_dir=out / "work",
         )  # fmt: skip
         curve.append({"step": int(checkpoint.name), "fid": metrics["fid"], "accuracy": metrics["accuracy"]})
@@ -199,10 +231,11 @@ def markdown(summary: list[dict], settings: MiniSettings) -> str:
     by_table = {name: [row for row in summary if row["table"] == name] for name in ("selection", "attach", "reference")}
     both = [dict(row, name="both") for row in by_table["selection"] if row["name"] == "interval"]
     seeds = ", ".join(map(str, settings.seeds))
+    compared = f"the first {settings.digits_per_class} digits of each class" if settings.digits_per_class else "all 1,797 digits"
     lines = [
         f"Digits, {settings.budget} budget, {settings.train.get('model')} trained {settings.steps} steps with batch "
         f"{settings.train.get('batch_size')}; mean ± std over seeds {seeds}; {settings.num_samples} samples "
-        f"({settings.sampling_steps} Euler steps, CFG {settings.cfg_scale}) per evaluation; FID on demo-encoder features against all 1,797 digits.",
+        f"({settings.sampling_steps} Euler steps, CFG {settings.cfg_scale}) per evaluation; FID on demo-encoder features against {compared}.",
         "",
         "**Selection (Table 1 in miniature)** — all trained with DC-Embedding + alignment:",
         "",
@@ -242,20 +275,30 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(RECIPE), help="YAML path of the benchmark's recipe.")
     parser.add_argument("--out", default="runs/paper-mini", help="Working folder (subsets, runs, results, reports).")
     parser.add_argument("--tiny", action="store_true", help="Apply the recipe's tiny: overrides (the CI size).")
     parser.add_argument("--report-dir", default=None, help="Also copy paper_mini.{md,json} and fid_vs_steps.png here.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = read_settings(args.recipe, args.tiny)
+    threads = torch.get_num_threads()
+    if args.tiny:  # OpenMP threads waiting on each other dominate tiny ops on a small, shared CPU
+        torch.set_num_threads(1)
+    try:
+        run(args, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace, settings: MiniSettings) -> None:
     out = Path(args.out)
     tic = time.perf_counter()
     subsets = build_subsets(settings, out)
     # The reference statistics are cached before the workers start, so that they do not race to write them.
     extractor = load_features(FEATURES, settings.train.get("resolution", 32))
-    load_reference(REFERENCE, extractor, settings.train.get("resolution", 32), work_dir=out / "work")
+    load_reference(reference(settings, out), extractor, settings.train.get("resolution", 32), work_dir=out / "work")
     results = run_jobs(plan_jobs(settings, subsets), settings, out)
     summary = summarise(results)
     report = markdown(summary, settings)

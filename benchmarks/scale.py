@@ -6,9 +6,10 @@ sizes at smaller sizes), with random scores, losses and float16 features and Ima
 (``n01440764/n01440764_10026.JPEG``). The classes are shuffled over the source indices: the worst
 case for reading one class's features. Then every stage runs in a child process of its own that
 reports its seconds and its peak RSS (VmHWM). The children are forked from a server that has
-imported the tool once, so each figure is the imported tool (resident, ≈ 0.45 GiB) plus the
-stage's own peak; ``baseline`` is a freshly started interpreter importing the tool, whose
-transient peak is higher than what stays resident.
+imported the tool once (``--tiny``: from the script's process, which has too, so that no server
+starts), so each figure is the imported tool (resident, ≈ 0.45 GiB) plus the stage's own peak;
+``baseline`` is a freshly started interpreter importing the tool, whose transient peak is higher
+than what stays resident.
 
 - ``merge``: the chunks into ``scores.parquet``, as ``score_source`` does after scoring;
 - ``read``: ``read_scores``;
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import io
 import json
 import math
@@ -249,21 +251,21 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def in_child(function: Callable, *args: object, fresh: bool = False) -> object:
-    """``function(*args)`` in a process of its own: forked from the server that has imported the tool, or
-    (``fresh``) a new interpreter that imports it itself."""
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn" if fresh else "forkserver")) as pool:
+def in_child(function: Callable, *args: object, fresh: bool = False, forked: str = "forkserver") -> object:
+    """``function(*args)`` in a process of its own: forked (``forked``: "forkserver" from the server that has imported
+    the tool, "fork" from this process, which has too), or (``fresh``) a new interpreter that imports it itself."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn" if fresh else forked)) as pool:
         return pool.submit(function, *args).result()
 
 
-def measure(rows: int, feature_dim: int, subset: int, root: str | None) -> dict:
-    """Synthesises a source of ``rows`` and runs every stage on it, each in its own process."""
+def measure(rows: int, feature_dim: int, subset: int, root: str | None, forked: str = "forkserver") -> dict:
+    """Synthesises a source of ``rows`` and runs every stage on it, each in its own process (``forked``: see ``in_child``)."""
     with tempfile.TemporaryDirectory(dir=root, prefix="d2c-scale-") as work:
         setup = Setup(work, rows, feature_dim, subset)
-        synthesis = _timed(lambda: in_child(synthesise, setup))
+        synthesis = _timed(lambda: in_child(synthesise, setup, forked=forked))
         stages = {}
         for stage in STAGES:
-            stages[stage] = in_child(run_stage, stage, setup, fresh=stage == "baseline")
+            stages[stage] = in_child(run_stage, stage, setup, fresh=stage == "baseline", forked=forked)
             Console(stderr=True).print(f"{rows:,} rows, {stage}: {stages[stage]['seconds']:.1f} s, {stages[stage]['peak_rss_bytes'] / 2**30:.2f} GiB")
         layout = Layout(rows, setup.seed)
     return {
@@ -293,14 +295,18 @@ def main() -> None:
     parser.add_argument("--sizes", default=f"128116,{IMAGENET_ROWS}", help="comma-separated source sizes (rows)")
     parser.add_argument("--feature-dim", type=int, default=768, help="width of the pooled features kcenter/herding use")
     parser.add_argument("--subset", type=int, default=10_000, help="images selected")
-    parser.add_argument("--tiny", action="store_true", help="one source of 3,000 rows, a 300-image subset (seconds; for CI)")
+    parser.add_argument("--tiny", action="store_true", help="one source of 3,000 rows, a 300-image subset, stages forked from this process (for CI)")
     parser.add_argument("--work", default=None, help="folder for the synthetic caches (default: the system's temporary folder)")
     parser.add_argument("--out", default="benchmarks/results/scale.json")
     args = parser.parse_args()
-    if args.tiny:
-        args.sizes, args.subset = "3000", 300
-    get_context("forkserver").set_forkserver_preload(["__main__", *PRELOAD])
-    results = [measure(int(rows), args.feature_dim, args.subset, args.work) for rows in args.sizes.split(",")]
+    forked = "forkserver"
+    if args.tiny:  # the stages fork from this process, with the server's imports: no server to start (an interpreter importing the tool)
+        args.sizes, args.subset, forked = "3000", 300, "fork"
+        for module in PRELOAD:
+            importlib.import_module(module)
+    else:
+        get_context("forkserver").set_forkserver_preload(["__main__", *PRELOAD])
+    results = [measure(int(rows), args.feature_dim, args.subset, args.work, forked) for rows in args.sizes.split(",")]
     print_table(results)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ first (label, latent, text and visual columns of `--resolution`'s shapes, encode
 them, cut into row groups as a build cuts them unless `--rows-per-group` says otherwise).
 
     python benchmarks/train_in_place.py [--data BUILD] [--steps 50] [--model SiT-S/2] [--batch-size 256]
-    python benchmarks/train_in_place.py --tiny      # a 96-row synthetic build and SiT-T/2, as the test runs it
+    python benchmarks/train_in_place.py --tiny      # a 96-row synthetic build and SiT-T/2 on one thread, as the test runs it
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
-from _report import print_table, write_report
 
 from d2c_pack.core.arrays import array_feature
 from d2c_pack.core.fingerprint import sha256_file
 from d2c_pack.publish.shard_writer import ROW_GROUP_BYTES, parquet_options
 from d2c_pack.publish.verify import MANIFEST
+
+if __package__:  # imported as benchmarks.train_in_place (benchmarks/gpu/trainer.py)
+    from ._report import print_table, write_report
+else:  # run as a script, or imported by name with this folder on sys.path
+    from _report import print_table, write_report
 
 # What a build's manifest records of the VAE behind its latent column (training reads it from there): the SD VAE's
 # name and scale, and a placeholder hash, since the synthetic latents come from no VAE.
@@ -102,10 +106,13 @@ def reader_rows_per_second(data: str, steps: int, batch_size: int, workers: int,
 
 
 def train_in_place_benchmark(
-    data: str, steps: int, *, model: str = "SiT-S/2", batch_size: int = 256, workers: int = 4, device: str = "auto", text: bool = True, align: bool = True
-) -> dict:
+    data: str, steps: int, *, model: str = "SiT-S/2", batch_size: int = 256, workers: int = 4, device: str = "auto", text: bool = True, align: bool = True,
+    threads: int | None = None,
+) -> dict:  # fmt: skip
     """Trains ``steps`` steps of ``model`` from ``data`` in its own process; rows/s (training and reader alone),
-    peak RSS of its largest process, and the peak bytes it wrote to an empty HF_DATASETS_CACHE."""
+    peak RSS of its largest process, and the peak bytes it wrote to an empty HF_DATASETS_CACHE.
+
+    ``threads``: the trainer's OMP_NUM_THREADS (default: the environment's)."""
     flags = {"model": model, "device": device, "text": text, "align": align}
     with tempfile.TemporaryDirectory() as scratch:
         cache, out = Path(scratch) / "hf-datasets-cache", Path(scratch) / "run"
@@ -117,7 +124,8 @@ def train_in_place_benchmark(
         ]  # fmt: skip
         log = Path(scratch) / "train.log"  # a file, not a pipe: a full pipe would stall the run
         with log.open("w") as stderr:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=os.environ | {"HF_DATASETS_CACHE": str(cache)})
+            env = os.environ | {"HF_DATASETS_CACHE": str(cache)} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         peak_disk, status, usage = 0, None, None
         while status is None:
             pid, wait_status, wait_usage = os.wait4(process.pid, os.WNOHANG)
@@ -147,20 +155,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="the trainer's OMP_NUM_THREADS (default: the environment's)")
     parser.add_argument("--rows", type=int, default=2048, help="rows of the synthetic build")
     parser.add_argument("--resolution", type=int, default=256, help="resolution of the synthetic build")
     parser.add_argument("--rows-per-group", type=int, default=None, help="parquet row group size of the synthetic build (default: a build's)")
-    parser.add_argument("--tiny", action="store_true", help="96 synthetic rows at R = 32, SiT-T/2, 4 steps of 8 rows")
+    parser.add_argument("--tiny", action="store_true", help="96 synthetic rows at R = 32, SiT-T/2, 4 steps of 8 rows, one thread")
     parser.add_argument("--json", default="benchmarks/results/train_in_place.json")
     args = parser.parse_args(argv)
     if args.tiny:
         args.rows, args.resolution, args.rows_per_group, args.model, args.steps, args.batch_size, args.workers = 96, 32, 10, "SiT-T/2", 4, 8, 2
+        args.threads = 1  # OpenMP threads waiting on each other dominate tiny ops on a small, shared CPU
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:
             shapes = {"text_shape": (16, 8), "visual_dim": 8} if args.tiny else {}
             data = str(synthetic_build(Path(scratch) / "build", args.rows, args.resolution, rows_per_group=args.rows_per_group, **shapes))
-        result = train_in_place_benchmark(data, args.steps, model=args.model, batch_size=args.batch_size, workers=args.workers, device=args.device)
+        result = train_in_place_benchmark(
+            data, args.steps, model=args.model, batch_size=args.batch_size, workers=args.workers, device=args.device, threads=args.threads
+        )
         if args.data is None:
             rows_per_group = pq.read_metadata(next(Path(data).glob("data/*.parquet"))).row_group(0).num_rows
             result |= {"synthetic": {"rows": args.rows, "resolution": args.resolution, "rows_per_group": rows_per_group}}

@@ -3,26 +3,28 @@ and an MFU that is its FLOP rate over the stated peak; the datasheet peaks are m
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.gpu.measure import datasheet_peak, mfu_peak
+from benchmarks.gpu.run import main
 
-ROOT = Path(__file__).resolve().parents[1]
 LADDER = ("fp32 baseline", "bf16 autocast", "SDPA flash", "torch.compile", "fused AdamW", "on every batch", "channels-last VAE", "CUDA graphs")
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``python benchmarks/gpu/run.py --tiny --device cpu --json OUT``, run as its ``main`` in this process (no second interpreter importing torch)."""
     out = tmp_path_factory.mktemp("gpu-bench") / "gpu.json"
-    command = [sys.executable, "benchmarks/gpu/run.py", "--tiny", "--device", "cpu", "--json", str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)  # minutes when the CPU is shared
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "goals" in done.stdout
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["--tiny", "--device", "cpu", "--json", str(out)])
+    assert torch.get_num_threads() == threads  # --tiny's single thread is the benchmark's alone
+    assert "goals" in printed.getvalue()
     return json.loads(out.read_text())
 
 

@@ -179,8 +179,12 @@ def largest_batch(fits: Callable[[int], object], device: torch.device, *, start:
 
 
 def release_memory(device: torch.device) -> None:
-    gc.collect()
+    """Hands the GPU's cached memory back, after collecting the garbage that may still hold tensors on it.
+
+    Nothing to do on a CPU: a full collection there (~0.3 s with the libraries imported) would only slow the tiny run.
+    """
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
 
 

@@ -48,7 +48,16 @@ DEFAULT_JSON = "benchmarks/results/gpu.json"
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line ``argv`` (default ``sys.argv[1:]``); torch's thread count is restored afterwards (--tiny uses one)."""
     args = _parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        _run(args, sys.argv if argv is None else ["benchmarks/gpu/run.py", *argv])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, command: list[str]) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             "timm": timm.__version__,
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join([Path(sys.executable).name, *command]),
         "tiny": spec.tiny,
         "spec": {"scorer": spec.scorer, "trainee": spec.trainee, "resolution": spec.resolution, "timesteps": spec.timesteps},
     }
