@@ -59,10 +59,16 @@ from d2c_pack.selection.score import Scores
 from d2c_pack.selection.subset import Selection
 from d2c_pack.sources.image_source import Entry, ImageSource
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(1, str(Path(__file__).parents[1] / "tests"))  # the local Hub server of the push stage
-from row_size import features as attach_features  # noqa: E402  (the declared ImageNet-256 Attach features)
-from train_in_place import SYNTHETIC_LATENT_INPUTS, train_in_place_benchmark  # noqa: E402
+if __package__:  # imported as benchmarks.package_scale (its test runs main() in the test's process)
+    from .row_size import features as attach_features
+    from .train_in_place import SYNTHETIC_LATENT_INPUTS, train_in_place_benchmark
+else:  # run as a script
+    sys.path.insert(0, str(Path(__file__).parent))
+    from row_size import features as attach_features  # the declared ImageNet-256 Attach features
+    from train_in_place import SYNTHETIC_LATENT_INPUTS, train_in_place_benchmark
+TESTS = str(Path(__file__).parents[1] / "tests")  # the local Hub server of the push stage
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
 
 CLASSES = 1000
 POOL = 32  # distinct JPEGs and distinct array rows, reused round-robin
@@ -328,7 +334,7 @@ def table(results: list[dict]) -> Table:
     return out
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000,5000", help="comma-separated subset sizes (20000: ~11 GB of output)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
@@ -338,7 +344,7 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for the synthetic outputs (default: the system's temporary folder)")
     parser.add_argument("--out", default="benchmarks/results/package_scale.json")
     parser.add_argument("--label", default="", help="what is measured (e.g. 'before', 'after'), recorded with the results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     sizes = [40] if args.tiny else [int(n) for n in args.rows.split(",")]
     if args.tiny:
