@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -24,6 +28,9 @@ from d2c_pack.models.dit import (
     DiT,
     get_2d_sincos_pos_embed,  # noqa: E402
 )
+
+if TYPE_CHECKING:
+    from d2c_pack.evaluation.evaluator import Reference
 
 
 def private_caches(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +66,25 @@ def demo_cache_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_cache(demo_cache_pristine: Path, tmp_path: Path) -> Path:
     """This test's copy of ``demo_cache_pristine``, at d2c-pack's default cache (``datasets_cache`` points it here)."""
     return Path(shutil.copytree(demo_cache_pristine, tmp_path / "d2c-cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reference]:
+    """The FID reference of the demo digits under ``demo:digits-encoder`` at 32 px, what ``eval`` of a demo model compares
+    with: ``reference_from_source`` computed it once, from an empty work folder. Returns (that folder, the reference).
+
+    Never change it: ``copy_digits_reference`` puts the cached file into a test's own work folder or cache.
+    """
+    from d2c_pack.evaluation.evaluator import load_features, reference_from_source
+
+    work = tmp_path_factory.mktemp("digits-reference")
+    return work, reference_from_source("demo:digits", load_features("demo:digits-encoder", 32), 32, work_dir=work)
+
+
+def copy_digits_reference(digits_reference: tuple[Path, Reference], work: Path) -> Path:
+    """``work`` (a work folder or d2c-pack's cache, made if missing) holding the digits' cached reference, as an earlier ``eval`` leaves it."""
+    shutil.copytree(digits_reference[0] / "fid-references", work / "fid-references", dirs_exist_ok=True)
+    return work
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
@@ -215,15 +241,52 @@ def run_tiny_benchmark(script: str, tmp_path: Path, timeout: int) -> dict:
     return json.loads(out.read_text())
 
 
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Exit code of ``d2c-pack ARGS`` run in this process through the console entry point ``d2c_pack.cli.main``.
+
+    ``main`` itself turns a user error or a Hub failure into one line and exit code 2, and an interrupt into 130 or 143,
+    so the code is the program's: a subprocess would add only its seconds of imports. Read the output with ``capsys``.
+    """
+    from d2c_pack import cli
+
+    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch and the BLAS libraries on one thread, as ``OMP_NUM_THREADS=1`` starts a process."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def one_and_two_processes(
     args: list[str], one: list[str], two: list[str], env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
-    """``d2c-pack ARGS ONE`` in one process, then ``ARGS TWO`` under ``torchrun`` with 2 CPU ranks (one torch thread each); both must succeed."""
-    env = os.environ | {"OMP_NUM_THREADS": "1"} | (env or {})
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
-    runs = []
-    for launcher, extra in (([sys.executable], one), (torchrun, two)):
-        run = subprocess.run([*launcher, "-m", "d2c_pack", *args, *extra], env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
-        runs.append(run)
-    return runs[0], runs[1]
+    """``d2c-pack ARGS ONE`` in one process, then ``ARGS TWO`` under ``torchrun`` with 2 CPU ranks; both must succeed.
+
+    Every run has one torch thread, as ``OMP_NUM_THREADS=1``. The one process is this one (``run_cli``, with ``env``
+    set): the ranks are separate processes, the run they must equal need not be.
+    """
+    with pytest.MonkeyPatch.context() as monkeypatch, one_thread(), CliRunner().isolation() as (stdout, stderr, _):
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        try:
+            code = run_cli(monkeypatch, *args, *one)
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+        single = subprocess.CompletedProcess(["d2c-pack", *args, *one], code, stdout.getvalue().decode(), stderr.getvalue().decode())
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack"]
+    pair = subprocess.run([*torchrun, *args, *two], env=os.environ | {"OMP_NUM_THREADS": "1"} | (env or {}), capture_output=True, text=True, timeout=300)
+    assert pair.returncode == 0, pair.stderr[-3000:]
+    return single, pair

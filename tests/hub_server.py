@@ -35,9 +35,15 @@ from pathlib import Path
 
 import pytest
 
+from d2c_pack.testing import hub_server as _shipped
 from d2c_pack.testing.hub_server import READ_TOKEN, WRITE_TOKEN, HubServer, git_blob_sha
 
 __all__ = ["READ_TOKEN", "WRITE_TOKEN", "HubServer", "git_blob_sha", "hub", "use_hub"]
+
+# The handler writes an answer's headers, then its body: with Nagle's algorithm on, the body waits for the client's
+# delayed ACK of the headers, 40 ms an answer on Linux (a push makes dozens of requests). socketserver's own switch
+# sets TCP_NODELAY on each connection, for every server a test process starts (the tests' and the benchmarks').
+_shipped._Handler.disable_nagle_algorithm = True
 
 
 # -- pointing the real clients at a server ---------------------------------------------------------------------

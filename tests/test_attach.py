@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_image_folder, make_official_scorer, make_tiny_dinov2, make_tiny_vae, one_and_two_processes
+from conftest import make_tiny_dinov2, make_tiny_vae, one_and_two_processes
 
 from d2c_pack.attach.text import TextEncoder, class_prompts, encode_class_prompts
 from d2c_pack.attach.visual import VisualEncoder
@@ -26,14 +27,23 @@ from d2c_pack.sources.preprocess import center_crop_adm
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_scorer: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {
-        "images": make_image_folder(root / "images"),
-        "scorer": make_official_scorer(root / "scorer"),
-        "visual": make_tiny_dinov2(root / "dinov2"),
-        "vae": make_tiny_vae(root / "vae"),
-    }
+    return {"images": tiny_images, "scorer": tiny_scorer, "visual": make_tiny_dinov2(root / "dinov2"), "vae": make_tiny_vae(root / "vae")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, models) -> Path:
+    """``config``'s build (3 per class, every column attached) from an empty work folder: read it, never change it.
+    Its ``work`` holds the scores and the attached columns' caches; ``work_copy`` gives a test its own copy."""
+    root = tmp_path_factory.mktemp("built")
+    build(config(root, models))
+    return root
+
+
+def work_copy(built: Path, tmp_path: Path) -> Path:
+    """``tmp_path / "work"``: a copy of the module build's work folder, as that build left it."""
+    return Path(shutil.copytree(built / "work", tmp_path / "work"))
 
 
 def config(tmp_path: Path, models: dict[str, Path], **overrides) -> BuildConfig:
@@ -49,9 +59,8 @@ def crop_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.array(center_crop_adm(image, 16))).permute(2, 0, 1)[None]  # (1, 3, R, R) uint8
 
 
-def test_columns_have_declared_shapes_and_direct_values(tmp_path: Path, models) -> None:
-    out = build(config(tmp_path, models))
-    loaded = datasets.load_dataset(str(out), split="train")
+def test_columns_have_declared_shapes_and_direct_values(built: Path, models) -> None:
+    loaded = datasets.load_dataset(str(built / "out"), split="train")
     assert loaded.num_rows == 9
     declared = {
         "text_embedding": array_feature((16, 384), "float16"), "text_mask": array_feature((16,), "int8"),
@@ -89,9 +98,8 @@ def chunk_stamps(work: Path, group: str) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (work / "attach" / group).glob("*/chunks/*.parquet")}
 
 
-def test_attachments_are_cached_per_image_across_selections(tmp_path: Path, models) -> None:
-    build(config(tmp_path, models))
-    work = tmp_path / "work"
+def test_attachments_are_cached_per_image_across_selections(tmp_path: Path, built: Path, models) -> None:
+    work = work_copy(built, tmp_path)  # what the module's build, from an empty work folder, attached
     before = {group: chunk_stamps(work, group) for group in ("visual", "latent")}
     assert all(before.values()) and not (work / "attach" / "caption").exists()  # class prompts need no per-image cache
     build(config(tmp_path, models, out=str(tmp_path / "same")))
@@ -101,7 +109,8 @@ def test_attachments_are_cached_per_image_across_selections(tmp_path: Path, mode
     assert rows == 15  # the 9 images attached before plus the 6 new ones, each once
 
 
-def test_kcenter_and_herding_select_on_visual_cls(tmp_path: Path, models) -> None:
+def test_kcenter_and_herding_select_on_visual_cls(tmp_path: Path, built: Path, models) -> None:
+    work_copy(built, tmp_path)  # the scores, and the visual columns of 9 of the 36 images
     out = build(config(tmp_path, models, selector="kcenter", text_encoder="none", vae="none"))
     manifest = json.loads((out / "d2c/manifest.json").read_text())
     assert manifest["inputs"]["selection_features"] == "visual_cls"
@@ -117,9 +126,10 @@ def test_kcenter_and_herding_select_on_visual_cls(tmp_path: Path, models) -> Non
     }  # fmt: skip
 
 
-def test_captioner_captions_each_image(tmp_path: Path, models) -> None:
+def test_captioner_captions_each_image(tmp_path: Path, built: Path, models) -> None:
     from test_attach_text import tiny_vit_gpt2, word_tokenizer
 
+    work_copy(built, tmp_path)  # the scores
     captioner = tmp_path / "captioner"
     tiny_vit_gpt2(captioner)
     out = build(config(tmp_path, models, captioner=str(captioner), text_encoder="demo:minilm", visual_encoder="none", vae="none"))

@@ -13,19 +13,13 @@ import numpy as np
 import pytest
 import typer
 import yaml
-from conftest import run_tiny_benchmark
+from conftest import copy_digits_reference, run_cli, run_tiny_benchmark
 from PIL import Image
 from typer.testing import CliRunner
 
 from d2c_pack import cli
+from d2c_pack.core.errors import UserError
 from d2c_pack.pipeline.settings import BuildConfig
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code
 
 
 def assert_user_error(monkeypatch, capsys, args: list[str], message: str) -> None:
@@ -99,11 +93,12 @@ def test_sample_takes_repas_guidance_convention_and_dopri5(tmp_path: Path, monke
     assert Image.open(tmp_path / "d.png").size == (32, 32)  # one tile, no padding
 
 
-def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "d2c_pack", "--debug", "sample", str(tmp_path / "nowhere")], capture_output=True, text=True
-    )
-    assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+def test_debug_flag_shows_the_traceback(tmp_path: Path, monkeypatch) -> None:
+    """With --debug the entry point lets the error go: Python prints its traceback and exits with 1, not one line and 2."""
+    monkeypatch.setattr(cli, "_show_tracebacks", False)  # --debug sets it for the process: undone after the test
+    monkeypatch.setattr(sys, "argv", ["d2c-pack", "--debug", "sample", str(tmp_path / "nowhere")])
+    with pytest.raises(UserError, match="no backbone"):
+        cli.main()
 
 
 COMMANDS = ["score", "build", "train", "demo", "train-encoder", "sample", "eval", "push", "verify", "inspect", "explore", "export"]
@@ -223,8 +218,12 @@ def test_build_user_errors_are_one_line(tmp_path: Path, monkeypatch, capsys, arg
     assert_user_error(monkeypatch, capsys, [a.format(tmp=tmp_path) for a in args] + extra, message)
 
 
-def test_demo_acceptance_flow(tmp_path: Path, demo_cache: Path, monkeypatch, capsys) -> None:
-    """build --recipe demo → train --recipe demo --data → sample RUN → eval RUN --data, at tiny sizes."""
+def test_demo_acceptance_flow(tmp_path: Path, demo_cache: Path, digits_reference, monkeypatch, capsys) -> None:
+    """build --recipe demo → train --recipe demo --data → sample RUN → eval RUN --data, at tiny sizes.
+
+    The digits' reference features are in the cache, as after a first ``eval`` (``test_eval.py`` computes them).
+    """
+    copy_digits_reference(digits_reference, demo_cache)
     data, run = tmp_path / "data", tmp_path / "run"
     assert run_cli(monkeypatch, "build", "--recipe", "demo", "--out", str(data), "--work", str(demo_cache)) == 0
     assert run_cli(monkeypatch, "train", "--recipe", "demo", "--data", str(data), "--steps", "3", "--out", str(run)) == 0

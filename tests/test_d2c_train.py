@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_image_folder, make_official_scorer, make_repa_checkpoint, make_tiny_dinov2, make_tiny_vae, one_and_two_processes
+from conftest import make_repa_checkpoint, make_tiny_dinov2, make_tiny_vae, one_and_two_processes
 from host_sync import HostSyncs
 from hub_server import HubServer
 from safetensors.torch import load_file
@@ -47,12 +47,17 @@ def subsets(tmp_path_factory: pytest.TempPathFactory, tiny_images: Path, tiny_sc
     }
 
 
+DEFAULT = object()  # a setting ``config`` leaves at TrainConfig's default
+
+
 def config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
+    """A tiny run: SiT-T/4 at 16 px, 4 steps of 8, and a projector 64 wide (REPA's 2048, the default, is 2.5 times the
+    backbone's weights and triples the cost of a step; ``test_projector_width...`` trains it)."""
     settings = dict(
         data=str(data), out=str(tmp_path / "run"), model="SiT-T/4", resolution=16, vae="none", learn_sigma=False, steps=4,
-        batch_size=8, lr=1e-3, ema_decay=0.9, workers=0, log_every=1, ckpt_every=2, device="cpu",
+        batch_size=8, lr=1e-3, ema_decay=0.9, workers=0, log_every=1, ckpt_every=2, device="cpu", projector_dim=64,
     )  # fmt: skip
-    return TrainConfig(**(settings | overrides))
+    return TrainConfig(**{name: value for name, value in (settings | overrides).items() if value is not DEFAULT})
 
 
 def test_dc_embedding_shapes_and_null_text() -> None:
@@ -97,24 +102,25 @@ def test_alignment_loss_is_minus_mean_cosine() -> None:
 
 
 def test_loss_falls_with_every_component_on(tmp_path: Path, subsets) -> None:
-    run = train(config(tmp_path, subsets["pixels"], steps=80, batch_size=12, lr=2e-3, ckpt_every=80))
+    run = train(config(tmp_path, subsets["pixels"], steps=40, batch_size=12, lr=2e-3, ckpt_every=40))
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first, last = lines[:10], lines[-10:]
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     assert mean(last, "velocity_loss") < 0.7 * mean(first, "velocity_loss")
     assert mean(last, "align_loss") < lines[0]["align_loss"] - 0.3  # the projection learns the visual tokens (cos ↑)
     model, backbone = load_backbone(run)
-    assert (backbone.text_dim, backbone.visual_dim, backbone.encoder_depth, backbone.projector_dim) == (384, 32, 2, 2048)
-    assert [layer.out_features for layer in model.projector if hasattr(layer, "out_features")] == [2048, 2048, 32]
+    assert (backbone.text_dim, backbone.visual_dim, backbone.encoder_depth, backbone.projector_dim) == (384, 32, 2, 64)
+    assert [layer.out_features for layer in model.projector if hasattr(layer, "out_features")] == [64, 64, 32]
     class_text = load_class_text(run)
     assert class_text.embedding.shape == (3, 16, 384) and class_text.mask.dtype == torch.int8
 
 
-def test_projector_width_is_a_setting_kept_with_the_weights(tmp_path: Path, subsets) -> None:
-    run = train(config(tmp_path, subsets["pixels"], steps=1, projector_dim=48))
+@pytest.mark.parametrize(("setting", "width"), [(DEFAULT, 2048), (48, 48)], ids=["default-repa", "set"])
+def test_projector_width_is_a_setting_kept_with_the_weights(tmp_path: Path, subsets, setting, width: int) -> None:
+    run = train(config(tmp_path, subsets["pixels"], steps=1, projector_dim=setting))
     model, backbone = load_backbone(run)
-    assert backbone.projector_dim == 48
-    assert [layer.out_features for layer in model.projector if hasattr(layer, "out_features")] == [48, 48, 32]
+    assert backbone.projector_dim == width
+    assert [layer.out_features for layer in model.projector if hasattr(layer, "out_features")] == [width, width, 32]
 
 
 def test_latent_column_trains_without_a_vae(tmp_path: Path, subsets) -> None:
@@ -131,7 +137,7 @@ def test_a_subset_trains_at_its_own_resolution(tmp_path: Path, subsets) -> None:
         prepare_data(config(tmp_path, subsets["pixels"], resolution=32), torch.device("cpu"))
 
 
-def test_latents_are_shifted_and_scaled_by_the_vaes_own_factors(tmp_path: Path) -> None:
+def test_latents_are_shifted_and_scaled_by_the_vaes_own_factors(tmp_path: Path, tiny_images: Path, tiny_scorer: Path) -> None:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -141,7 +147,7 @@ def test_latents_are_shifted_and_scaled_by_the_vaes_own_factors(tmp_path: Path) 
     )  # fmt: skip
     vae.save_pretrained(tmp_path / "vae")
     subset = build(BuildConfig(
-        source=str(make_image_folder(tmp_path / "images")), scorer=str(make_official_scorer(tmp_path / "scorer")), resolution=16,
+        source=str(tiny_images), scorer=str(tiny_scorer), resolution=16,
         timesteps=1, workers=0, device="cpu", work=str(tmp_path / "work"), budget="2/class", text_encoder="none", visual_encoder="none",
         vae=str(tmp_path / "vae"), out=str(tmp_path / "subset"),
     ))  # fmt: skip
@@ -232,6 +238,7 @@ def test_two_processes_train_like_one(tmp_path: Path, subsets) -> None:
     args = [
         "train", "--data", str(subsets["pixels"]), "--model", "SiT-T/4", "--resolution", "16", "--vae", "none", "--no-learn-sigma",
         "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--workers", "0", "--log-every", "1", "--ckpt-every", "3", "--device", "cpu",
+        "--projector-dim", "64",
     ]  # fmt: skip
     one_and_two_processes(args, ["--out", str(tmp_path / "one")], ["--out", str(tmp_path / "two")])
     one = load_file(str(tmp_path / "one" / "checkpoints" / "0000003" / "model.safetensors"))
@@ -323,9 +330,9 @@ def test_columns_in_memory_train_like_rows_read_in_place_and_a_subset_over_budge
 
 
 def test_training_steps_read_the_device_only_at_log_steps(tmp_path: Path, subsets) -> None:
-    """40 steps, 2 log steps and a time-based checkpoint check: a handful of host syncs, none per step."""
+    """20 steps, 2 log steps and a time-based checkpoint check: a handful of host syncs, none per step."""
     with HostSyncs() as syncs:
-        train(config(tmp_path, subsets["pixels"], steps=40, log_every=20, ckpt_every=40, ckpt_every_seconds=3600))
+        train(config(tmp_path, subsets["pixels"], steps=20, log_every=10, ckpt_every=20, ckpt_every_seconds=3600))
     assert syncs.count <= 10, syncs.calls
     assert sum(n for call, n in syncs.calls.items() if call.endswith(" tolist")) == 2, syncs.calls  # one read per log step
 

@@ -12,22 +12,14 @@ from pathlib import Path
 
 import hub_server
 import pytest
-from conftest import build_config, make_image_folder, make_official_scorer
+from conftest import build_config, make_image_folder, make_official_scorer, run_cli
 from hub_server import HubServer, use_hub
 
-from d2c_pack import cli
 from d2c_pack.core import hub_retry, progress
 from d2c_pack.core.hub_retry import RetryPolicy
 from d2c_pack.pipeline.build import build_folder
 
 hub = hub_server.hub  # the fixture: clients talk to a fresh local Hub with HF_TOKEN = WRITE_TOKEN
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code
 
 
 TYPOS = {

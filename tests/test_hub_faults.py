@@ -5,16 +5,15 @@ refused token, a Hub that keeps failing) is one line and exit code 2, never a tr
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import hub_server
 import pytest
+from conftest import run_cli
 from hub_server import HubServer
 from huggingface_hub.utils import _http
 
-from d2c_pack import cli
 from d2c_pack.core import hub_retry
 from d2c_pack.core.hub_retry import RetryPolicy
 from d2c_pack.pipeline import demo as demo_flow
@@ -34,14 +33,6 @@ def pushed(hub: HubServer, tiny_build: Path, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(backoff, "__kwdefaults__", backoff.__kwdefaults__ | {"base_wait_time": 0.01, "max_wait_time": 0.05})
     push(PushConfig(repo_id=REPO, source_dir=str(tiny_build), tag="v1.0"))
     return hub
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """Exit code of ``d2c-pack ARGS`` through the console entry point, as a user runs it."""
-    monkeypatch.setattr(sys, "argv", ["d2c-pack", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code
 
 
 COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {

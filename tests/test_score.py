@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import CLASS_SIZES, make_official_scorer
+from conftest import CLASS_SIZES, make_official_scorer, one_and_two_processes, one_thread, run_cli
 from torch.overrides import TorchFunctionMode
 
 import d2c_pack
@@ -31,6 +32,12 @@ NUM_IMAGES = sum(CLASS_SIZES.values())  # readable images of the test folder (pl
 @pytest.fixture
 def folder(tiny_images: Path) -> Path:
     return tiny_images
+
+
+@pytest.fixture
+def scorer(tiny_scorer: Path) -> Path:
+    """``make_official_scorer()``: a tiny SiT of 3 classes at 16 px (the session's; read only)."""
+    return tiny_scorer
 
 
 def config_for(tmp_path: Path, folder: Path, scorer: Path, **overrides) -> ScoreConfig:
@@ -91,48 +98,40 @@ def test_scores_follow_the_formula(tmp_path: Path, folder: Path, family: str) ->
     assert score_features(scores_file).shape == (NUM_IMAGES, 128)  # the scorer's width
 
 
-def test_corrupt_images_are_listed_not_scored(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
+def test_corrupt_images_are_listed_not_scored(tmp_path: Path, folder: Path, scorer: Path) -> None:
     scores = read_scores(score_source(config_for(tmp_path, folder, scorer)))
     assert len(scores) == NUM_IMAGES
     assert [(source_id, reason) for _, source_id, reason in scores.errors] == [("bee/broken.jpg", "cannot decode: not a recognised image format")]
     assert np.bincount(scores.labels).tolist() == list(CLASS_SIZES.values())
 
 
-def test_scores_do_not_depend_on_batching_or_workers(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
+def test_scores_do_not_depend_on_batching_or_workers(tmp_path: Path, folder: Path, scorer: Path) -> None:
     first = read_scores(score_source(config_for(tmp_path / "a", folder, scorer, batch_size=3)))
     second = read_scores(score_source(config_for(tmp_path / "b", folder, scorer, batch_size=16, workers=2)))
     assert first.source_ids == second.source_ids
     np.testing.assert_allclose(first.losses, second.losses, rtol=1e-5)
 
 
-SPAWNED_SCORE = """
-import multiprocessing, sys
-if __name__ == "__main__":
-    multiprocessing.set_start_method("spawn")  # macOS's default and Python 3.14's on Linux: workers unpickle what they run
-    from d2c_pack.cli import main
-    sys.argv = ["d2c-pack", "score", *sys.argv[1:]]
-    main()
-"""
-
-
-def test_loader_workers_started_by_spawn_score_alike(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
+def test_loader_workers_started_by_spawn_score_alike(
+    tmp_path: Path, folder: Path, scorer: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Workers started by spawn (macOS's default, and Python 3.14's on Linux) unpickle what they run: ``d2c-pack score``
+    with 2 of them scores as one process does."""
     in_process = read_scores(score_source(config_for(tmp_path / "a", folder, scorer)))
-    script = tmp_path / "spawned_score.py"
-    script.write_text(SPAWNED_SCORE)
     args = ["--source", str(folder), "--scorer", str(scorer), "--resolution", "16", "--timesteps", "4", "--batch-size", "5",
             "--chunk-size", "8", "--workers", "2", "--work", str(tmp_path / "b" / "work")]  # fmt: skip
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        assert run_cli(monkeypatch, "score", *args) == 0, capsys.readouterr().err[-2000:]
+    finally:
+        multiprocessing.set_start_method(start_method, force=True)
     spawned = read_scores(next((tmp_path / "b" / "work" / "scores").glob("*/scores.parquet")))
     assert spawned.source_ids == in_process.source_ids
     np.testing.assert_allclose(spawned.losses, in_process.losses, rtol=1e-5)
 
 
-def test_cache_is_reused_and_keyed(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
+def test_cache_is_reused_and_keyed(tmp_path: Path, folder: Path, scorer: Path) -> None:
     merged = score_source(config_for(tmp_path, folder, scorer))
     stamp = merged.stat().st_mtime_ns
     assert score_source(config_for(tmp_path, folder, scorer, batch_size=7)) == merged  # batching is not in the key
@@ -141,8 +140,7 @@ def test_cache_is_reused_and_keyed(tmp_path: Path, folder: Path) -> None:
     assert score_source(config_for(tmp_path, folder, scorer, timesteps=2)) != merged
 
 
-def test_lost_chunks_are_recomputed_and_others_kept(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
+def test_lost_chunks_are_recomputed_and_others_kept(tmp_path: Path, folder: Path, scorer: Path) -> None:
     merged = score_source(config_for(tmp_path, folder, scorer))
     expected = pq.read_table(merged)
     chunks = sorted((merged.parent / "chunks").glob("*.parquet"))
@@ -168,10 +166,11 @@ def cli_args(tmp_path: Path, folder: Path, scorer: Path, work: str) -> list[str]
     ]  # fmt: skip
 
 
-def test_killed_run_resumes_without_recomputing(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
-    reference = run_score(cli_args(tmp_path, folder, scorer, "reference"))
-    assert reference.wait() == 0, reference.stderr.read().decode()
+def test_killed_run_resumes_without_recomputing(tmp_path: Path, folder: Path, scorer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``d2c-pack score`` process killed (SIGKILL) after its second chunk: re-run, it keeps those chunks and ends with
+    the scores of a run never interrupted. The runs beside the killed one are this process's, on one thread like it."""
+    with one_thread():
+        assert run_cli(monkeypatch, "score", *cli_args(tmp_path, folder, scorer, "reference")) == 0
     interrupted = run_score(cli_args(tmp_path, folder, scorer, "killed"))
     chunks_dir = next((tmp_path / "reference" / "scores").iterdir()).name
     chunks = tmp_path / "killed" / "scores" / chunks_dir / "chunks"
@@ -180,32 +179,26 @@ def test_killed_run_resumes_without_recomputing(tmp_path: Path, folder: Path) ->
         assert interrupted.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.01)
     interrupted.send_signal(signal.SIGKILL)
-    interrupted.wait()
+    assert interrupted.wait() == -signal.SIGKILL
     survivors = {c: c.stat().st_mtime_ns for c in chunks.glob("*.parquet")}
     assert 2 <= len(survivors) < 10 and not (chunks.parent / "scores.parquet").exists()
-    resumed = run_score(cli_args(tmp_path, folder, scorer, "killed"))
-    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    with one_thread():
+        assert run_cli(monkeypatch, "score", *cli_args(tmp_path, folder, scorer, "killed")) == 0
     assert all(c.stat().st_mtime_ns == stamp for c, stamp in survivors.items())
     ours = pq.read_table(chunks.parent / "scores.parquet")
     assert ours.equals(pq.read_table(tmp_path / "reference" / "scores" / chunks_dir / "scores.parquet"))
 
 
-def test_torchrun_two_processes_equal_one(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
-    single = run_score(cli_args(tmp_path, folder, scorer, "single"))
-    assert single.wait() == 0, single.stderr.read().decode()
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "d2c_pack", "score", *cli_args(tmp_path, folder, scorer, "pair")]
-    result = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def test_torchrun_two_processes_equal_one(tmp_path: Path, folder: Path, scorer: Path) -> None:
+    args = ["score", *cli_args(tmp_path, folder, scorer, "unused")[:-2]]  # less its --work: each run names its own
+    one_and_two_processes(args, ["--work", str(tmp_path / "single")], ["--work", str(tmp_path / "pair")])
     (single_file,) = (tmp_path / "single").glob("scores/*/scores.parquet")
     (pair_file,) = (tmp_path / "pair").glob("scores/*/scores.parquet")
     assert single_file.parent.name == pair_file.parent.name  # the same cache key
     assert pq.read_table(pair_file).equals(pq.read_table(single_file))
 
 
-def test_scorer_resolution_must_match(tmp_path: Path, folder: Path) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
+def test_scorer_resolution_must_match(tmp_path: Path, folder: Path, scorer: Path) -> None:
     with pytest.raises(UserError, match="set --resolution 16"):
         score_source(config_for(tmp_path, folder, scorer, resolution=32))
 
@@ -216,7 +209,7 @@ def test_bad_settings_are_refused(tmp_path: Path, field: str, value: object) -> 
         ScoreConfig(source="demo:digits", work=str(tmp_path), **{field: value})
 
 
-def test_streamed_hub_source_scores_like_random_access(tmp_path: Path, folder: Path) -> None:
+def test_streamed_hub_source_scores_like_random_access(tmp_path: Path, folder: Path, scorer: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     table = {
         "image": [{"bytes": p.read_bytes(), "path": p.relative_to(folder).as_posix()} for p in files],
@@ -226,7 +219,6 @@ def test_streamed_hub_source_scores_like_random_access(tmp_path: Path, folder: P
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
     datasets.Dataset.from_dict(table, features=features).to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
-    scorer = make_official_scorer(tmp_path / "models")
     mapped = score_source(config_for(tmp_path / "mapped", f"hf:{repo}", scorer, workers=2))
     streamed = score_source(config_for(tmp_path / "streamed", f"hf:{repo}", scorer, streaming=True, workers=2))
     assert pq.read_table(streamed).equals(pq.read_table(mapped))
@@ -257,9 +249,8 @@ class ScoringTrace(TorchFunctionMode):
 
 
 def test_a_batch_is_read_back_after_the_next_is_launched_and_crops_cross_as_uint8(
-    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, folder: Path, scorer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scorer = make_official_scorer(tmp_path / "models")
     trace = ScoringTrace()
     forward = DifficultyScorer.__call__
 
@@ -330,9 +321,8 @@ main()
 """
 
 
-def test_torchrun_ranks_read_only_their_shards_of_a_stream_and_score_like_one_process(tmp_path: Path, folder: Path) -> None:
+def test_torchrun_ranks_read_only_their_shards_of_a_stream_and_score_like_one_process(tmp_path: Path, folder: Path, scorer: Path) -> None:
     repo = streamed_repo(tmp_path, folder, shards=2)  # 19 + 18 rows; chunk 2 (rows 16…23) straddles the two
-    scorer = make_official_scorer(tmp_path / "models")
     single = score_source(config_for(tmp_path / "single", f"hf:{repo}", scorer, streaming=True))
     script, counts = tmp_path / "counting_score.py", tmp_path / "rows-read"
     script.write_text(COUNTING_SCORE)

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import encode, make_official_scorer, noise_image
+from conftest import encode, make_official_scorer, noise_image, run_cli
 from hub_server import HubServer, use_hub
 
 FAKE_TOKEN = "hf_d2cFAKEsecret_7c1e9a5b3d_must_never_leak"
@@ -53,8 +53,14 @@ def test_the_token_appears_in_no_output_log_card_manifest_or_checkpoint(tmp_path
     assert all(FAKE_TOKEN.encode() not in blob for blob in server.files("tester/secret", "v1.0").values())
 
 
-def test_class_names_and_source_ids_cannot_steer_writes_outside_the_output(tmp_path: Path) -> None:
-    """A datasets source whose class names and ids are paths (../, absolute): every file lands in the chosen folders."""
+def test_class_names_and_source_ids_cannot_steer_writes_outside_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A datasets source whose class names and ids are paths (../, absolute): every file lands in the chosen folders.
+
+    The commands run in this process (``run_cli``), from a working folder three levels down, with the caches that
+    ``datasets_cache`` gives every test, which lie in ``tmp_path`` too: nothing may write there either.
+    """
     outside = tmp_path / "outside"
     escapes = ["../../outside/escaped-class", str(outside / "absolute-class")]
     ids = ["../../../outside/escaped-id.png", str(outside / "absolute-id.png"), "..", "/"]
@@ -67,17 +73,18 @@ def test_class_names_and_source_ids_cannot_steer_writes_outside_the_output(tmp_p
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "source"))
     workdir = tmp_path / "a" / "b" / "c"
     workdir.mkdir(parents=True)
+    monkeypatch.chdir(workdir)
     scorer_file = make_official_scorer(tmp_path / "scorer", num_classes=2)
-    build = cli(
-        "build", "--source", str(tmp_path / "source"), "--id-column", "id", "--scorer", str(scorer_file), "--resolution", "16",
+    build = run_cli(
+        monkeypatch, "build", "--source", str(tmp_path / "source"), "--id-column", "id", "--scorer", str(scorer_file), "--resolution", "16",
         "--timesteps", "1", "--budget", "2/class", "--text-encoder", "none", "--visual-encoder", "none", "--vae", "none",
-        "--out", "subset", "--work", "work", cwd=workdir,
+        "--out", "subset", "--work", "work",
     )  # fmt: skip
-    assert build.returncode == 0, build.stderr[-2000:]
-    train = cli("train", "--data", "subset", "--out", "run", "--model", "SiT-T/4", "--resolution", "16", "--vae", "none",
-                "--no-text", "--no-align", "--steps", "1", "--batch-size", "4", "--workers", "0", cwd=workdir)  # fmt: skip
-    assert train.returncode == 0, train.stderr[-2000:]
-    assert cli("sample", "run", "--out", "grid.png", "--per-class", "1", "--sampling-steps", "1", cwd=workdir).returncode == 0
+    assert build == 0, capsys.readouterr().err[-2000:]
+    train = run_cli(monkeypatch, "train", "--data", "subset", "--out", "run", "--model", "SiT-T/4", "--resolution", "16", "--vae", "none",
+                    "--no-text", "--no-align", "--steps", "1", "--batch-size", "4", "--workers", "0")  # fmt: skip
+    assert train == 0, capsys.readouterr().err[-2000:]
+    assert run_cli(monkeypatch, "sample", "run", "--out", "grid.png", "--per-class", "1", "--sampling-steps", "1") == 0
     assert not outside.exists()
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
     assert written <= {"source", "scorer", "a"}, written
@@ -95,7 +102,9 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_pickled_checkpoints_are_read_weights_only(tmp_path: Path) -> None:
+def test_pickled_checkpoints_are_read_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Each command that reads a checkpoint, given a pickle that runs code when unpickled: one line, exit code 2, no code run.
+    They run in this process (``run_cli``), where the payload would run as in a process of their own."""
     marker = tmp_path / "code-ran"
     evil = tmp_path / "SiT-evil.pt"
     evil.write_bytes(pickle.dumps({"model": {"weight": np.zeros(1)}, "payload": _Payload(marker)}, protocol=2))  # as torch.save writes
@@ -106,7 +115,8 @@ def test_pickled_checkpoints_are_read_weights_only(tmp_path: Path) -> None:
         ["sample", str(evil), "--out", str(tmp_path / "g.png")],
         ["eval", "demo:digits", "--features", "inception", "--inception-weights", str(evil), "--reference", "demo:digits"],
     ):  # fmt: skip
-        done = cli(*args)
-        assert done.returncode == 2, f"{args[0]}: {done.stderr[-2000:]}"
-        assert "weights-only" in done.stderr and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+        code = run_cli(monkeypatch, *args)
+        err = capsys.readouterr().err
+        assert code == 2, f"{args[0]}: {err[-2000:]}"
+        assert "weights-only" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
         assert not marker.exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import datasets
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -96,7 +97,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         train(tiny_config(tmp_path, steps=2, resolution=32))
 
 
-def test_training_in_vae_latent_space(tmp_path: Path) -> None:
+def test_training_in_vae_latent_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=16)  # fmt: skip
     vae.save_pretrained(tmp_path / "tiny-vae")
@@ -105,7 +106,10 @@ def test_training_in_vae_latent_space(tmp_path: Path) -> None:
     # The model names its VAE portably (no path of this machine) and pins its weights by hash.
     assert (config.in_channels, config.input_size, config.image_size, config.vae) == (4, 8, 16, "tiny-vae")
     assert config.vae_sha256 == module_sha256(vae) and str(tmp_path) not in (model_dir / "config.json").read_text()
-    with pytest.raises(UserError, match="--vae FOLDER"):  # "tiny-vae" is no Hub id: the user points at a copy
+    # "tiny-vae" is no Hub id: the user points at a copy. The Hub is not asked (huggingface_hub read HF_HUB_OFFLINE before
+    # conftest set it: without this, a machine with no network waits out 23 s of retries for the same answer).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="--vae FOLDER"):
         generate(model, config, torch.tensor([0, 1]), Sampling(steps=2))
     moved = (tmp_path / "tiny-vae").rename(tmp_path / "elsewhere")
     model, config, _ = load_for_sampling(model_dir, vae=str(moved))
