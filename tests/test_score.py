@@ -210,15 +210,7 @@ def test_bad_settings_are_refused(tmp_path: Path, field: str, value: object) -> 
 
 
 def test_streamed_hub_source_scores_like_random_access(tmp_path: Path, folder: Path, scorer: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    table = {
-        "image": [{"bytes": p.read_bytes(), "path": p.relative_to(folder).as_posix()} for p in files],
-        "label": [sorted(CLASS_SIZES).index(p.parent.name) for p in files],
-    }
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(CLASS_SIZES))})
-    repo = tmp_path / "repo"
-    (repo / "data").mkdir(parents=True)
-    datasets.Dataset.from_dict(table, features=features).to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    repo = streamed_repo(tmp_path, folder, shards=1)
     mapped = score_source(config_for(tmp_path / "mapped", f"hf:{repo}", scorer, workers=2))
     streamed = score_source(config_for(tmp_path / "streamed", f"hf:{repo}", scorer, streaming=True, workers=2))
     assert pq.read_table(streamed).equals(pq.read_table(mapped))
